@@ -1,0 +1,345 @@
+//! Configuration: a TOML file with production-safe defaults for every field.
+//!
+//! Loaded and checked before any socket is bound. Unknown fields are errors. Durations are
+//! written like `"500ms"`, `"10s"`, `"1h"`. `shoal up --print-config` prints the defaults.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::synthetic::SyntheticSpec;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Cluster name: the TLS server name of the hub and every shard.
+    pub cluster: String,
+    /// Where `shoal up` keeps the dev secret and dev certificates it creates.
+    pub data_dir: PathBuf,
+    pub hub: HubConfig,
+    pub keys: KeysConfig,
+    pub tls: TlsFiles,
+    pub shards: ShardsConfig,
+    pub streams: StreamsConfig,
+    pub transport: TransportSettings,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// UDP address of the hub.
+    pub listen: SocketAddr,
+    /// How many ranked shards of the chosen group a grant lists.
+    pub grant_shards: usize,
+    /// Lifetime of a token.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// TLS session tickets sent per hub handshake: one per shard connection the client may
+    /// open with 0-RTT (primary, failovers), plus spare.
+    pub tickets_per_handshake: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// File holding the cluster secret as 64 hex digits. Without it, the secret comes from
+    /// `SHOAL_CLUSTER_SECRET`, else from `<data_dir>/cluster.secret` (created by `shoal up`).
+    pub secret_file: Option<PathBuf>,
+    /// Token-sealing key rotation interval.
+    #[serde(with = "humantime_serde")]
+    pub epoch_interval: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// PEM certificate chain of the cluster (hub and shards). Default: `<data_dir>/cluster.pem`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key. Default: `<data_dir>/cluster.key`.
+    pub key: Option<PathBuf>,
+    /// PEM CA that clients trust. Default: `<data_dir>/ca.pem`.
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// Embedded shards started with the hub.
+    pub count: u32,
+    /// Groups the shards are spread over (round robin).
+    pub groups: u32,
+    /// IP the shards bind; port `base_port + index`, or ephemeral ports when `base_port` is 0.
+    pub listen_ip: IpAddr,
+    pub base_port: u16,
+    /// Most sessions one shard admits.
+    pub max_sessions: u32,
+    /// UDP send and receive buffer size requested for every socket.
+    pub socket_buffer_bytes: usize,
+    /// How long a shard waits for the attach on a new connection.
+    #[serde(with = "humantime_serde")]
+    pub attach_timeout: Duration,
+    /// Remembered attach nonces per shard (replay protection), bounded.
+    pub replay_cache: usize,
+    /// TLS session tickets sent per shard handshake.
+    pub tickets_per_handshake: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Chunks per second of every `synth/…` stream.
+    pub synthetic_rate_hz: u32,
+    /// Payload bytes of every synthetic chunk.
+    pub synthetic_chunk_bytes: u32,
+    /// Chunks a shard keeps per live stream for subscribers that resume.
+    pub buffer_chunks: usize,
+    /// How far back (in chunks) a synthetic stream can be resumed.
+    pub replay_window_chunks: u64,
+    /// Session store capacity (tickets) shared by hub and shards.
+    pub session_store_entries: usize,
+    /// Lifetime of a stored session ticket.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSettings {
+    /// QUIC idle timeout (a backstop only; failures are detected with heartbeats).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A side that sent nothing for this long sends a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After a go-away, how long clients get to move before connections close.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cluster: crate::DEFAULT_CLUSTER.into(),
+            data_dir: PathBuf::from(".shoal"),
+            hub: HubConfig::default(),
+            keys: KeysConfig::default(),
+            tls: TlsFiles::default(),
+            shards: ShardsConfig::default(),
+            streams: StreamsConfig::default(),
+            transport: TransportSettings::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4433),
+            grant_shards: 2,
+            token_ttl: Duration::from_secs(600),
+            tickets_per_handshake: 4,
+        }
+    }
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            secret_file: None,
+            epoch_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        Self {
+            count: 4,
+            groups: 2,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            base_port: 0,
+            max_sessions: 10_000,
+            socket_buffer_bytes: 4 << 20,
+            attach_timeout: Duration::from_secs(5),
+            replay_cache: 100_000,
+            tickets_per_handshake: 2,
+        }
+    }
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            synthetic_rate_hz: 100,
+            synthetic_chunk_bytes: 1024,
+            buffer_chunks: 1024,
+            replay_window_chunks: 30_000,
+            session_store_entries: 100_000,
+            session_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_string(),
+            source: Box::new(source),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if rustls::pki_types::ServerName::try_from(self.cluster.clone()).is_err() {
+            return bad("cluster must be a valid DNS name");
+        }
+        if self.shards.count == 0 || self.shards.groups == 0 {
+            return bad("shards.count and shards.groups must be at least 1");
+        }
+        if self.shards.groups > self.shards.count {
+            return bad("shards.groups must not exceed shards.count");
+        }
+        if self.hub.grant_shards == 0 {
+            return bad("hub.grant_shards must be at least 1");
+        }
+        if self.hub.tickets_per_handshake == 0 || self.hub.tickets_per_handshake > 8 {
+            return bad("hub.tickets_per_handshake must be in 1..=8 (clients keep 8 per name)");
+        }
+        if self.shards.tickets_per_handshake > 8 {
+            return bad("shards.tickets_per_handshake must be in 0..=8");
+        }
+        if self.keys.epoch_interval < Duration::from_secs(1) {
+            return bad("keys.epoch_interval must be at least 1s");
+        }
+        if self.hub.token_ttl.is_zero() || self.hub.token_ttl > self.keys.epoch_interval {
+            return bad("hub.token_ttl must be positive and at most keys.epoch_interval");
+        }
+        let s = &self.streams;
+        if s.synthetic_rate_hz == 0 || s.synthetic_rate_hz > 100_000 {
+            return bad("streams.synthetic_rate_hz must be in 1..=100000");
+        }
+        if s.synthetic_chunk_bytes as usize > crate::wire::MAX_CHUNK_PAYLOAD {
+            return bad("streams.synthetic_chunk_bytes must be at most 1 MiB");
+        }
+        if s.buffer_chunks == 0 || s.session_store_entries == 0 {
+            return bad("streams.buffer_chunks and streams.session_store_entries must be >= 1");
+        }
+        if self.transport.heartbeat_interval.is_zero()
+            || self.transport.heartbeat_interval * 4 > self.transport.idle_timeout
+        {
+            return bad("transport.heartbeat_interval must be positive and at most idle_timeout/4");
+        }
+        Ok(())
+    }
+
+    pub fn synthetic(&self) -> SyntheticSpec {
+        SyntheticSpec {
+            rate_hz: self.streams.synthetic_rate_hz,
+            chunk_bytes: self.streams.synthetic_chunk_bytes,
+        }
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cluster.pem"))
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cluster.key"))
+    }
+    pub fn ca_path(&self) -> PathBuf {
+        self.tls
+            .ca
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca.pem"))
+    }
+    pub fn secret_path(&self) -> PathBuf {
+        self.keys
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cluster.secret"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text, "t").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_ranges_are_refused() {
+        let e = Config::parse("[hub]\nlisen = \"1.2.3.4:5\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        assert!(Config::parse("[shards]\ncount = 0\n", "t").is_err());
+        assert!(Config::parse("[transport]\nheartbeat_interval = \"20s\"\n", "t").is_err());
+        let c = Config::parse("[shards]\ncount = 6\ngroups = 3\n[hub]\ntoken_ttl = \"30s\"\n", "t")
+            .unwrap();
+        assert_eq!(c.shards.count, 6);
+        assert_eq!(c.hub.token_ttl, Duration::from_secs(30));
+    }
+}

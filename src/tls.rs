@@ -1,0 +1,137 @@
+//! TLS and QUIC transport settings shared by hub, shards and clients.
+//!
+//! 0-RTT to a shard with a ticket from the hub needs (DESIGN.md): the same SNI and ALPN on hub
+//! and shards, the *same* `Arc<rustls::ClientConfig>` for every connection of a client, and shard
+//! transport limits no lower than the hub's — so every endpoint takes its transport settings
+//! from [`transport_config`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::ALPN;
+
+/// Loading certificates or building a TLS configuration failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no {what}")]
+    Empty { path: String, what: &'static str },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC does not accept this TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// Transport settings used by every shoal endpoint.
+pub fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle_timeout).unwrap_or(quinn::VarInt::MAX.into()),
+    ));
+    // Failure detection is done with application heartbeats (see the shard and the client),
+    // never with the idle timeout.
+    t.keep_alive_interval(None);
+    t.max_concurrent_bidi_streams(64u32.into());
+    t.max_concurrent_uni_streams(64u32.into());
+    Arc::new(t)
+}
+
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs = rustls_pemfile::certs(&mut &data[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.display().to_string(),
+            what: "PEM certificate",
+        });
+    }
+    Ok(certs)
+}
+
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    rustls_pemfile::private_key(&mut &data[..])
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Empty {
+            path: path.display().to_string(),
+            what: "PEM private key",
+        })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The client's TLS configuration. Build it once per client and share it: rustls enables
+/// 0-RTT only when the resumed ticket came from the very same configuration.
+pub fn client_crypto(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.enable_early_data = true;
+    // Room for the 8 tickets rustls keeps per server name, for a few names.
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
+    Ok(Arc::new(cfg))
+}
+
+/// A quinn client configuration over a shared TLS configuration.
+pub fn client_config(
+    crypto: Arc<rustls::ClientConfig>,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport_config(idle_timeout));
+    Ok(cfg)
+}
+
+/// The server's TLS configuration: stateful resumption through `store` (the only kind that
+/// allows early data in rustls 0.23), `tickets` session tickets per handshake, 0-RTT on.
+#[cfg(feature = "server")]
+pub fn server_crypto(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    store: Arc<dyn rustls::server::StoresServerSessions>,
+    tickets: usize,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.max_early_data_size = u32::MAX;
+    cfg.session_storage = store;
+    cfg.send_tls13_tickets = tickets;
+    Ok(Arc::new(cfg))
+}
