@@ -19,24 +19,24 @@ pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "client")]
-// pub mod client;
+pub mod client;
 
 #[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
-// pub mod cluster;
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
-// pub mod demo;
+pub mod demo;
 #[cfg(feature = "server")]
-// pub mod hub;
+pub mod hub;
 #[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
 pub mod net;
 #[cfg(feature = "server")]
-// pub mod shard;
+pub mod shard;
 #[cfg(feature = "server")]
 pub mod tickets;
 #[cfg(feature = "server")]
@@ -46,3 +46,10 @@ pub mod token;
 pub const ALPN: &[u8] = b"shoal/1";
 /// The cluster name used when none is configured; it is the TLS server name of hub and shards.
 pub const DEFAULT_CLUSTER: &str = "shoal.local";
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

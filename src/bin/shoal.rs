@@ -1,1 +1,351 @@
-fn main(){}
+//! The `shoal` command: serve a cluster, subscribe, publish, run the demo, make certificates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+
+use shoal::client::{Client, ClientOptions, Delivery};
+use shoal::cluster::{Cluster, Material};
+use shoal::config::Config;
+use shoal::demo::{self, DemoOptions};
+use shoal::ids::{ClientId, StreamName};
+use shoal::synthetic::{stream_seed, verify};
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "QUIC-native stream transport: hub, shards, clients")]
+struct Cli {
+    /// Log as JSON lines instead of text. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a hub with embedded shards until Ctrl-C (then drain gracefully).
+    Up(UpArgs),
+    /// Run the embedded cluster with N subscribing clients, kill a shard halfway, report.
+    Demo(DemoArgs),
+    /// Subscribe to a stream and print what arrives.
+    Subscribe(SubscribeArgs),
+    /// Publish chunks to a live stream.
+    Publish(PublishArgs),
+    /// Generate a CA and a cluster certificate.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// TOML config file; every field has a default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override hub.listen.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override shards.count.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Override shards.groups.
+    #[arg(long)]
+    groups: Option<u32>,
+    /// Override data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Distinct synthetic streams.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Do not kill a shard halfway.
+    #[arg(long)]
+    no_kill: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Hub address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    hub: SocketAddr,
+    /// CA certificate to trust (PEM).
+    #[arg(long, default_value = ".shoal/ca.pem")]
+    ca: PathBuf,
+    /// Cluster name (TLS server name).
+    #[arg(long, default_value = shoal::DEFAULT_CLUSTER)]
+    cluster: String,
+    /// Client id the hub profiles.
+    #[arg(long, default_value = "cli")]
+    client_id: String,
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Stop after this many chunks (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Stop after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    seconds: f64,
+    /// Only print a summary at the end.
+    #[arg(long, short)]
+    quiet: bool,
+    stream: String,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Chunks per second.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Number of chunks to send (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Payload bytes per chunk.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    stream: String,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = shoal::DEFAULT_CLUSTER)]
+    cluster: String,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Up(a) => up(a).await,
+            Cmd::Demo(a) => run_demo(a).await,
+            Cmd::Subscribe(a) => subscribe(a).await,
+            Cmd::Publish(a) => publish(a).await,
+            Cmd::Certs(a) => certs(a),
+        }
+    })
+}
+
+async fn up(a: UpArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.hub.listen = l;
+    }
+    if let Some(n) = a.shards {
+        cfg.shards.count = n;
+    }
+    if let Some(g) = a.groups {
+        cfg.shards.groups = g;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    cfg.validate()?;
+    if a.print_config {
+        print!("{}", toml::to_string(&cfg).context("printing the config")?);
+        return Ok(());
+    }
+    let (material, notes) = Material::load_or_create(&cfg)?;
+    for n in notes {
+        tracing::info!("{n}");
+    }
+    let cluster = Cluster::start(&cfg, material)?;
+    tracing::info!(
+        hub = %cluster.hub.addr(),
+        ca = %cfg.ca_path().display(),
+        "ready: try `shoal subscribe --hub {} synth/hello`",
+        cluster.hub.addr()
+    );
+    wait_for_signal().await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_demo(a: DemoArgs) -> Result<()> {
+    if a.clients == 0 || !(a.seconds > 0.0 && a.seconds <= 3600.0) {
+        bail!("--clients must be at least 1 and --seconds in (0, 3600]");
+    }
+    let opts = DemoOptions {
+        clients: a.clients,
+        duration: Duration::from_secs_f64(a.seconds),
+        streams: a.streams,
+        kill: !a.no_kill,
+        ..DemoOptions::default()
+    };
+    let report = demo::run(opts, |line| eprintln!("demo: {line}")).await?;
+    println!("{}", report.table());
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn client(c: &ConnectArgs) -> Result<Client> {
+    let ca = shoal::tls::read_certs(&c.ca)
+        .with_context(|| format!("reading the CA (start `shoal up` first, or pass --ca)"))?;
+    let id = ClientId::new(c.client_id.clone())?;
+    Ok(Client::new(c.hub, ClientOptions::new(c.cluster.clone(), ca, id))?)
+}
+
+async fn subscribe(a: SubscribeArgs) -> Result<()> {
+    let stream = StreamName::new(a.stream.clone())?;
+    let client = client(&a.conn)?;
+    let seed = stream.is_synthetic().then(|| stream_seed(&stream));
+    let mut sub = client
+        .subscribe(&stream)
+        .await
+        .with_context(|| format!("subscribing to {stream} at {}", a.conn.hub))?;
+    let started = Instant::now();
+    let limit = (a.seconds > 0.0).then(|| Duration::from_secs_f64(a.seconds));
+    let (mut chunks, mut bad) = (0u64, 0u64);
+    loop {
+        let left = limit.map(|l| l.saturating_sub(started.elapsed()));
+        let next = async {
+            tokio::select! {
+                n = sub.next() => Some(n),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        };
+        let item = match left {
+            Some(l) => tokio::time::timeout(l, next).await.ok().flatten(),
+            None => next.await,
+        };
+        match item {
+            None | Some(None) => break,
+            Some(Some(Ok(Delivery::Chunk(c)))) => {
+                chunks += 1;
+                let ok = seed.is_none_or(|s| verify(s, c.seq, &c.payload));
+                bad += u64::from(!ok);
+                if !a.quiet {
+                    println!(
+                        "seq={} ts_us={} bytes={}{}",
+                        c.seq,
+                        c.timestamp_us,
+                        c.payload.len(),
+                        if ok { "" } else { " INTEGRITY-FAILURE" }
+                    );
+                }
+                if a.count > 0 && chunks >= a.count {
+                    break;
+                }
+            }
+            Some(Some(Ok(Delivery::Gap { from, to }))) => println!("gap {from}..{to}"),
+            Some(Some(Err(e))) => bail!("subscription ended: {e}"),
+        }
+    }
+    let s = sub.stats();
+    eprintln!(
+        "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, 0-RTT {}/{}, ttfb {:.2} ms",
+        s.missing,
+        s.duplicates,
+        s.zero_rtt_accepted,
+        s.zero_rtt_attempted,
+        s.ttfb_us as f64 / 1000.0
+    );
+    drop(sub);
+    client.close().await;
+    if bad > 0 {
+        bail!("{bad} chunks failed the integrity check");
+    }
+    Ok(())
+}
+
+async fn publish(a: PublishArgs) -> Result<()> {
+    let stream = StreamName::new(a.stream.clone())?;
+    if stream.is_synthetic() {
+        bail!("{stream} is synthetic (synth/…); publish to another name, e.g. live/demo");
+    }
+    if a.rate == 0 || a.size > shoal::wire::MAX_CHUNK_PAYLOAD {
+        bail!("--rate must be at least 1 and --size at most 1 MiB");
+    }
+    let client = client(&a.conn)?;
+    let mut publisher = client
+        .publish(&stream)
+        .await
+        .with_context(|| format!("publishing to {stream} at {}", a.conn.hub))?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(a.rate)));
+    let mut sent = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let payload = Bytes::from(format!("{stream} chunk {sent} ").repeat(a.size / 16 + 1))
+            .slice(..a.size);
+        let seq = publisher.send(payload).await?;
+        sent += 1;
+        tracing::debug!(seq, "published");
+        if a.count > 0 && sent >= a.count {
+            break;
+        }
+    }
+    publisher.finish().await?;
+    eprintln!("published {sent} chunks to {stream}");
+    client.close().await;
+    Ok(())
+}
+
+fn certs(a: CertsArgs) -> Result<()> {
+    let c = shoal::certs::generate(&a.cluster)?;
+    for p in shoal::certs::write(&a.out, &c)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}

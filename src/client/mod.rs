@@ -1,0 +1,513 @@
+//! The client library: request a grant from the hub, attach to a shard with 0-RTT, receive a
+//! stream in order with automatic resume, publish.
+//!
+//! A [`Client`] owns one QUIC endpoint and one `Arc<rustls::ClientConfig>` for all its
+//! connections: rustls only uses a ticket for 0-RTT with the configuration that received it,
+//! so a client that rebuilt its configuration would silently lose 0-RTT.
+//!
+//! [`Client::subscribe`] returns a [`Subscription`] whose driver task keeps the stream going: if
+//! the shard connection dies (closed, go-away, silent for four heartbeat intervals) it attaches
+//! to the next shard of the grant and resumes from the sequence after the last one delivered —
+//! duplicates are dropped and counted, gaps are delivered as [`Delivery::Gap`] and counted. When
+//! every shard of the grant failed, it asks the hub for a new grant.
+
+mod publish;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+use crate::ids::{ClientId, Seq, StreamName};
+use crate::wire::{
+    write_control, Chunk, ErrorCode, Frame, FrameReader, Grant, Hints, Message, Role, StreamRequest,
+    WireError,
+};
+
+pub use publish::Publisher;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot open a UDP socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("refused: {code}: {reason}")]
+    Refused { code: ErrorCode, reason: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("no answer from {addr} within {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("gave up after {attempts} attach attempts; last error: {last}")]
+    Exhausted { attempts: u32, last: String },
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+/// How a client connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// TLS server name of hub and shards (the cluster name).
+    pub cluster: String,
+    /// Certificates the client trusts.
+    pub ca: Vec<CertificateDer<'static>>,
+    pub client_id: ClientId,
+    pub hints: Hints,
+    /// Local address of the client's socket.
+    pub bind: SocketAddr,
+    pub idle_timeout: Duration,
+    /// Heartbeat interval; a shard silent for four intervals is considered dead.
+    pub heartbeat_interval: Duration,
+    /// Time limit for a grant request and for an attach answer.
+    pub request_timeout: Duration,
+    /// Attach attempts after failures before a subscription gives up (reset by progress).
+    pub max_failovers: u32,
+    /// Chunks buffered between the driver and the application.
+    pub channel_capacity: usize,
+}
+
+impl ClientOptions {
+    pub fn new(cluster: impl Into<String>, ca: Vec<CertificateDer<'static>>, client_id: ClientId) -> Self {
+        Self {
+            cluster: cluster.into(),
+            ca,
+            client_id,
+            hints: Hints::default(),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            idle_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(5),
+            max_failovers: 8,
+            channel_capacity: 1024,
+        }
+    }
+}
+
+/// A grant and the chunks that came with it.
+#[derive(Debug, Clone)]
+pub struct GrantReply {
+    pub grant: Grant,
+    pub first_chunks: Vec<Chunk>,
+}
+
+/// Counters of one subscription or publisher. Read them with [`Stats::snapshot`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub grants: AtomicU64,
+    pub attaches: AtomicU64,
+    pub zero_rtt_attempted: AtomicU64,
+    pub zero_rtt_accepted: AtomicU64,
+    /// Attaches made with a full handshake because no ticket was available.
+    pub full_handshakes: AtomicU64,
+    /// Re-attaches after a failure (each one resumes from the last sequence).
+    pub resumes: AtomicU64,
+    pub chunks: AtomicU64,
+    /// Chunks that never arrived (reported gaps and unexpected jumps).
+    pub missing: AtomicU64,
+    /// Chunks that arrived twice and were dropped.
+    pub duplicates: AtomicU64,
+    /// Microseconds from `subscribe` to the first chunk; 0 until then.
+    pub ttfb_us: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub grants: u64,
+    pub attaches: u64,
+    pub zero_rtt_attempted: u64,
+    pub zero_rtt_accepted: u64,
+    pub full_handshakes: u64,
+    pub resumes: u64,
+    pub chunks: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub ttfb_us: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            grants: l(&self.grants),
+            attaches: l(&self.attaches),
+            zero_rtt_attempted: l(&self.zero_rtt_attempted),
+            zero_rtt_accepted: l(&self.zero_rtt_accepted),
+            full_handshakes: l(&self.full_handshakes),
+            resumes: l(&self.resumes),
+            chunks: l(&self.chunks),
+            missing: l(&self.missing),
+            duplicates: l(&self.duplicates),
+            ttfb_us: l(&self.ttfb_us),
+        }
+    }
+
+    pub(crate) fn inc(a: &AtomicU64) {
+        a.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a subscription delivers, in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Chunk(Chunk),
+    /// Chunks `from..to` were not delivered and never will be.
+    Gap { from: Seq, to: Seq },
+}
+
+/// A client of a shoal cluster.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) quic: quinn::ClientConfig,
+    pub(crate) hub: SocketAddr,
+    pub(crate) opts: ClientOptions,
+    hub_conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+}
+
+impl Client {
+    /// A client of the hub at `hub`. Binds its UDP socket now.
+    pub fn new(hub: SocketAddr, opts: ClientOptions) -> Result<Client, ClientError> {
+        let crypto = crate::tls::client_crypto(&opts.ca)?;
+        let quic = crate::tls::client_config(crypto, opts.idle_timeout)?;
+        let bind = match (hub, opts.bind) {
+            (SocketAddr::V6(_), SocketAddr::V4(b)) if b.ip().is_unspecified() => {
+                SocketAddr::from(([0u16; 8], b.port()))
+            }
+            (_, b) => b,
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(quic.clone());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                quic,
+                hub,
+                opts,
+                hub_conn: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The client's QUIC endpoint (for example to `rebind` it).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Asks the hub for a grant.
+    pub async fn request(&self, stream: &StreamName, role: Role) -> Result<GrantReply, ClientError> {
+        self.inner.request(stream, role).await
+    }
+
+    /// Subscribes to `stream`: grant, 0-RTT attach, then chunks in order until dropped.
+    pub async fn subscribe(&self, stream: &StreamName) -> Result<Subscription, ClientError> {
+        let started = Instant::now();
+        let stats = Arc::new(Stats::default());
+        let reply = self.inner.request(stream, Role::Subscribe).await?;
+        Stats::inc(&stats.grants);
+        let (tx, rx) = mpsc::channel(self.inner.opts.channel_capacity.max(1));
+        let task = tokio::spawn(session::run_subscription(
+            self.inner.clone(),
+            stream.clone(),
+            reply,
+            tx,
+            stats.clone(),
+            started,
+        ));
+        Ok(Subscription {
+            rx,
+            stats,
+            task: Some(task),
+        })
+    }
+
+    /// Opens a publisher for the live stream `stream`.
+    pub async fn publish(&self, stream: &StreamName) -> Result<Publisher, ClientError> {
+        Publisher::open(self.inner.clone(), stream.clone()).await
+    }
+
+    /// Closes every connection of this client.
+    pub async fn close(&self) {
+        self.inner
+            .endpoint
+            .close(ErrorCode::NoError.varint(), b"client closed");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Inner {
+    async fn hub_connection(&self) -> Result<quinn::Connection, ClientError> {
+        let mut slot = self.hub_conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.quic.clone(), self.hub, &self.opts.cluster)
+            .map_err(|e| ClientError::Connect {
+                addr: self.hub,
+                reason: e.to_string(),
+            })?;
+        let conn = tokio::time::timeout(self.opts.request_timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                addr: self.hub,
+                after: self.opts.request_timeout,
+            })??;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    pub(crate) async fn request(
+        &self,
+        stream: &StreamName,
+        role: Role,
+    ) -> Result<GrantReply, ClientError> {
+        let timeout = self.opts.request_timeout;
+        let work = async {
+            let conn = self.hub_connection().await?;
+            let (mut send, recv) = conn.open_bi().await?;
+            let req = Message::StreamRequest(StreamRequest {
+                client_id: self.opts.client_id.clone(),
+                stream: stream.clone(),
+                role,
+                hints: self.opts.hints.clone(),
+            });
+            write_control(&mut send, &req)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let _ = send.finish();
+            let mut reader = FrameReader::new(recv);
+            let grant = match reader.next().await {
+                Ok(Some(Frame::Control(Message::Grant(g)))) => g,
+                Ok(Some(Frame::Control(Message::Reject(r)))) => {
+                    return Err(ClientError::Refused {
+                        code: ErrorCode::from_u32(r.code).unwrap_or(ErrorCode::Internal),
+                        reason: r.reason,
+                    })
+                }
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected a grant, got {other:?}"
+                    )))
+                }
+                Err(e) => return Err(closed_or(&conn, e.into())),
+            };
+            if grant.shards.is_empty() || grant.session_secret.len() != crate::proof::SECRET_LEN {
+                return Err(ClientError::Protocol("grant without shards or secret".into()));
+            }
+            let mut first_chunks = Vec::new();
+            while let Ok(Some(Frame::Chunk(c))) = reader.next().await {
+                first_chunks.push(c);
+            }
+            Ok(GrantReply {
+                grant,
+                first_chunks,
+            })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                addr: self.hub,
+                after: timeout,
+            })?
+    }
+}
+
+/// The connection's close reason if it has one (more telling than a stream error).
+pub(crate) fn closed_or(conn: &quinn::Connection, e: ClientError) -> ClientError {
+    match conn.close_reason() {
+        Some(reason) => refused_or_lost(reason),
+        None => e,
+    }
+}
+
+pub(crate) fn refused_or_lost(err: quinn::ConnectionError) -> ClientError {
+    match ErrorCode::of_close(&err) {
+        Some(code) if code != ErrorCode::NoError => ClientError::Refused {
+            code,
+            reason: code.reason().to_string(),
+        },
+        _ => ClientError::Connection(err),
+    }
+}
+
+/// A stream being received. Dropping it ends the subscription and closes its connection.
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<Delivery, ClientError>>,
+    stats: Arc<Stats>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Subscription {
+    /// The next chunk or gap; `None` after the subscription ended with an error already
+    /// returned.
+    pub async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
+        self.rx.recv().await
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Shared helper: the ticket-aware connect used for shard attaches. Returns the connection,
+/// the 0-RTT acceptance future when 0-RTT was attempted, and the time the attempt started.
+pub(crate) fn connect_shard(
+    inner: &Inner,
+    addr: SocketAddr,
+    stats: &Stats,
+) -> Result<Attempt, ClientError> {
+    let connecting = inner
+        .endpoint
+        .connect_with(inner.quic.clone(), addr, &inner.opts.cluster)
+        .map_err(|e| ClientError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    Stats::inc(&stats.attaches);
+    Ok(match connecting.into_0rtt() {
+        Ok((conn, accepted)) => {
+            Stats::inc(&stats.zero_rtt_attempted);
+            Attempt::ZeroRtt(conn, accepted)
+        }
+        Err(connecting) => {
+            Stats::inc(&stats.full_handshakes);
+            Attempt::Full(connecting)
+        }
+    })
+}
+
+pub(crate) enum Attempt {
+    ZeroRtt(quinn::Connection, quinn::ZeroRttAccepted),
+    Full(quinn::Connecting),
+}
+
+/// Where a failover should go next; kept small and separate so it can be tested alone.
+#[derive(Debug, Default)]
+pub(crate) struct Rotation {
+    pub rank: usize,
+    pub tried_in_grant: usize,
+    pub failures: u32,
+}
+
+impl Rotation {
+    /// Records a failed or ended attach; returns true when every shard of the grant failed
+    /// since the last progress (time to ask the hub again).
+    pub fn failed(&mut self, shards: usize, made_progress: bool) -> bool {
+        if made_progress {
+            self.failures = 0;
+            self.tried_in_grant = 0;
+        }
+        self.failures += 1;
+        self.tried_in_grant += 1;
+        self.rank = (self.rank + 1) % shards.max(1);
+        self.tried_in_grant >= shards
+    }
+
+    pub fn regranted(&mut self) {
+        self.rank = 0;
+        self.tried_in_grant = 0;
+    }
+
+    pub fn backoff(&self) -> Duration {
+        Duration::from_millis((20u64 << self.failures.min(6)).min(1000))
+    }
+}
+
+/// Remembers the last sequence delivered, and counts gaps and duplicates.
+#[derive(Debug, Default)]
+pub(crate) struct SeqTracker {
+    pub last: Option<Seq>,
+}
+
+impl SeqTracker {
+    /// Classifies an arriving chunk: `None` for a duplicate (drop it), else the number of
+    /// chunks skipped before it.
+    pub fn accept(&mut self, seq: Seq) -> Option<u64> {
+        match self.last {
+            Some(l) if seq <= l => None,
+            Some(l) => {
+                self.last = Some(seq);
+                Some(seq - l - 1)
+            }
+            None => {
+                self.last = Some(seq);
+                Some(0)
+            }
+        }
+    }
+
+    pub fn next(&self) -> Option<Seq> {
+        self.last.map(|l| l + 1)
+    }
+}
+
+pub(crate) type Tx = mpsc::Sender<Result<Delivery, ClientError>>;
+
+/// Sets ttfb once.
+pub(crate) fn mark_ttfb(stats: &Stats, started: Instant) {
+    let us = started.elapsed().as_micros().max(1) as u64;
+    let _ = stats
+        .ttfb_us
+        .compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_tracker_counts_gaps_and_drops_duplicates() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.accept(10), Some(0));
+        assert_eq!(t.accept(11), Some(0));
+        assert_eq!(t.accept(11), None);
+        assert_eq!(t.accept(5), None);
+        assert_eq!(t.accept(14), Some(2));
+        assert_eq!(t.next(), Some(15));
+    }
+
+    #[test]
+    fn rotation_walks_the_grant_then_asks_again() {
+        let mut r = Rotation::default();
+        assert!(!r.failed(3, false));
+        assert_eq!(r.rank, 1);
+        assert!(!r.failed(3, false));
+        assert!(r.failed(3, false));
+        r.regranted();
+        assert_eq!(r.rank, 0);
+        // Progress resets the count.
+        assert!(!r.failed(2, true));
+        assert_eq!(r.failures, 1);
+        assert!(r.backoff() <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,222 @@
+//! Publishing to a live stream.
+//!
+//! The publisher numbers its chunks itself, starting from the Unix time in microseconds when it
+//! was opened (so a restarted publisher continues above its predecessor). It keeps the last
+//! chunks it sent; when its shard connection fails it attaches to the next shard of the grant,
+//! binds, and sends them again — the shard drops sequences it already has.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::session::{attach, Attachment};
+use super::{closed_or, ClientError, Inner, Rotation, Stats, StatsSnapshot};
+use crate::ids::{Seq, StreamName};
+use crate::proof::{bind_mac, exporter};
+use crate::wire::{
+    write_chunk, write_control, Bind, Chunk, ErrorCode, Frame, Grant, Heartbeat, Message, Publish,
+    Role,
+};
+
+/// Chunks kept for replay after a failover.
+const REPLAY: usize = 1024;
+
+/// A publisher of one live stream. Dropping it ends the publication.
+pub struct Publisher {
+    tx: mpsc::Sender<Chunk>,
+    next_seq: AtomicU64,
+    stats: Arc<Stats>,
+    done: Option<oneshot::Receiver<ClientError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub(crate) async fn open(inner: Arc<Inner>, stream: StreamName) -> Result<Self, ClientError> {
+        let stats = Arc::new(Stats::default());
+        let reply = inner.request(&stream, Role::Publish).await?;
+        Stats::inc(&stats.grants);
+        // Attach and bind before returning, so that errors surface here.
+        let mut rot = Rotation::default();
+        let a = bind_publish(&inner, &reply.grant, rot.rank, &stream, &stats).await?;
+        let (tx, rx) = mpsc::channel(inner.opts.channel_capacity.max(1));
+        let (done_tx, done) = oneshot::channel();
+        let st = stats.clone();
+        let task = tokio::spawn(async move {
+            let err = drive(&inner, reply.grant, &stream, a, rx, &st, &mut rot).await;
+            let _ = done_tx.send(err);
+        });
+        Ok(Publisher {
+            tx,
+            next_seq: AtomicU64::new(crate::unix_us()),
+            stats,
+            done: Some(done),
+            task,
+        })
+    }
+
+    /// Queues `payload` as the next chunk; returns its sequence number.
+    pub async fn send(&mut self, payload: Bytes) -> Result<Seq, ClientError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let chunk = Chunk {
+            seq,
+            timestamp_us: crate::unix_us(),
+            payload,
+        };
+        if self.tx.send(chunk).await.is_err() {
+            return Err(self.failure().await);
+        }
+        Stats::inc(&self.stats.chunks);
+        Ok(seq)
+    }
+
+    async fn failure(&mut self) -> ClientError {
+        match self.done.take() {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| ClientError::Protocol("publisher stopped".into())),
+            None => ClientError::Protocol("publisher stopped".into()),
+        }
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Sends what is queued, then ends the publication cleanly.
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        match self.done.take() {
+            Some(rx) => match rx.await {
+                Ok(ClientError::Refused {
+                    code: ErrorCode::NoError,
+                    ..
+                }) => Ok(()),
+                Ok(e) => Err(e),
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+async fn bind_publish(
+    inner: &Inner,
+    grant: &Grant,
+    rank: usize,
+    stream: &StreamName,
+    stats: &Stats,
+) -> Result<Attachment, ClientError> {
+    let shard = &grant.shards[rank % grant.shards.len()];
+    let mut a = attach(inner, grant, shard, None, stats).await?;
+    let exp = exporter(&a.conn).ok_or_else(|| ClientError::Protocol("no TLS exporter".into()))?;
+    let bind = Message::Bind(Bind {
+        mac: bind_mac(&grant.session_secret, &exp).to_vec(),
+    });
+    let wr = |_| closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+    write_control(&mut a.send, &bind).await.map_err(wr)?;
+    loop {
+        match a.reader.next().await {
+            Ok(Some(Frame::Control(Message::Bound(_)))) => break,
+            Ok(Some(Frame::Control(Message::Heartbeat(_)))) => continue,
+            Ok(other) => {
+                let e = ClientError::Protocol(format!("expected bound, got {other:?}"));
+                return Err(closed_or(&a.conn, e));
+            }
+            Err(e) => return Err(closed_or(&a.conn, e.into())),
+        }
+    }
+    let publish = Message::Publish(Publish {
+        stream: stream.clone(),
+    });
+    let wr = |_| closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+    write_control(&mut a.send, &publish).await.map_err(wr)?;
+    Ok(a)
+}
+
+/// Runs until the application finishes (returns a `NoError` refusal) or failover gives up.
+async fn drive(
+    inner: &Inner,
+    grant: Grant,
+    stream: &StreamName,
+    mut a: Attachment,
+    mut rx: mpsc::Receiver<Chunk>,
+    stats: &Stats,
+    rot: &mut Rotation,
+) -> ClientError {
+    let mut sent: VecDeque<Chunk> = VecDeque::with_capacity(REPLAY);
+    let hb = inner.opts.heartbeat_interval;
+    loop {
+        let mut heartbeat = tokio::time::interval(hb);
+        let failure = loop {
+            tokio::select! {
+                chunk = rx.recv() => {
+                    let Some(chunk) = chunk else {
+                        let _ = a.send.finish();
+                        let _ = tokio::time::timeout(hb, a.send.stopped()).await;
+                        a.conn.close(ErrorCode::NoError.varint(), b"");
+                        return ClientError::Refused { code: ErrorCode::NoError, reason: "finished".into() };
+                    };
+                    if sent.len() == REPLAY {
+                        sent.pop_front();
+                    }
+                    sent.push_back(chunk.clone());
+                    if write_chunk(&mut a.send, &chunk).await.is_err() {
+                        break closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+                    }
+                }
+                frame = a.reader.next() => match frame {
+                    Ok(Some(Frame::Control(Message::Heartbeat(_)))) => {}
+                    Ok(Some(Frame::Control(Message::GoAway(_)))) => {
+                        break ClientError::Refused { code: ErrorCode::GoingAway, reason: "go-away".into() };
+                    }
+                    Ok(other) => break closed_or(&a.conn, ClientError::Protocol(format!("unexpected {other:?}"))),
+                    Err(e) => break closed_or(&a.conn, e.into()),
+                },
+                _ = heartbeat.tick() => {
+                    let m = Message::Heartbeat(Heartbeat { at_us: crate::unix_us() });
+                    if write_control(&mut a.send, &m).await.is_err() {
+                        break closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+                    }
+                }
+            }
+        };
+        tracing::debug!(error = %failure, "publisher connection failed; failing over");
+        a.conn.close(ErrorCode::NoError.varint(), b"");
+        // Re-attach to the next shard and replay what the new shard may lack.
+        loop {
+            rot.failed(grant.shards.len(), false);
+            if rot.failures > inner.opts.max_failovers {
+                return ClientError::Exhausted {
+                    attempts: rot.failures,
+                    last: failure.to_string(),
+                };
+            }
+            tokio::time::sleep(rot.backoff()).await;
+            Stats::inc(&stats.resumes);
+            match bind_publish(inner, &grant, rot.rank, stream, stats).await {
+                Ok(next) => {
+                    a = next;
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "publisher re-attach failed"),
+            }
+        }
+        for c in &sent {
+            if write_chunk(&mut a.send, c).await.is_err() {
+                break;
+            }
+        }
+    }
+}

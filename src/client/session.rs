@@ -1,0 +1,284 @@
+//! The drivers behind [`Subscription`](super::Subscription): attach to a shard, read frames,
+//! fail over and resume.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use ring::rand::SecureRandom;
+
+use super::{
+    closed_or, connect_shard, mark_ttfb, refused_or_lost, Attempt, ClientError, Delivery,
+    GrantReply, Inner, Rotation, SeqTracker, Stats, Tx,
+};
+use crate::ids::StreamName;
+use crate::proof::{attach_proof, NONCE_LEN};
+use crate::wire::{
+    encode_control, write_control, Attach, Attached, Chunk, ErrorCode, Frame, FrameReader, Grant,
+    Heartbeat, Message, Role, ShardAddr, Subscribe,
+};
+
+/// An admitted shard connection.
+pub(crate) struct Attachment {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub reader: FrameReader<quinn::RecvStream>,
+    #[allow(dead_code)] // kept for callers that log which shard admitted them
+    pub attached: Attached,
+}
+
+/// Connects to `shard` and sends the attach (and `then`, e.g. a subscribe) in the first flight,
+/// with 0-RTT when a ticket is available; falls back to 1-RTT when the shard refuses 0-RTT.
+pub(crate) async fn attach(
+    inner: &Inner,
+    grant: &Grant,
+    shard: &ShardAddr,
+    then: Option<&Message>,
+    stats: &Stats,
+) -> Result<Attachment, ClientError> {
+    let addr: SocketAddr = shard
+        .addr
+        .parse()
+        .map_err(|_| ClientError::Protocol(format!("bad shard address {:?}", shard.addr)))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| ClientError::Protocol("no randomness".into()))?;
+    let msg = Message::Attach(Attach {
+        token: grant.token.clone(),
+        nonce: nonce.to_vec(),
+        proof: attach_proof(&grant.session_secret, shard.id, &nonce).to_vec(),
+    });
+    let mut flight = BytesMut::from(&encode_control(&msg)[..]);
+    if let Some(m) = then {
+        flight.extend_from_slice(&encode_control(m));
+    }
+    let flight: Bytes = flight.freeze();
+    let timeout = inner.opts.request_timeout;
+    let work = async {
+        let (conn, send, recv) = match connect_shard(inner, addr, stats)? {
+            Attempt::ZeroRtt(conn, accepted) => {
+                let (mut send, recv) = conn.open_bi().await?;
+                // Written into 0-RTT packets; if the shard rejects 0-RTT they are discarded and
+                // the stream is gone, so it is sent again after the handshake.
+                let _ = send.write_all(&flight).await;
+                if accepted.await {
+                    Stats::inc(&stats.zero_rtt_accepted);
+                    (conn, send, recv)
+                } else {
+                    let (mut send, recv) = conn.open_bi().await?;
+                    send.write_all(&flight)
+                        .await
+                        .map_err(|_| closed_or(&conn, ClientError::Protocol("write".into())))?;
+                    (conn, send, recv)
+                }
+            }
+            Attempt::Full(connecting) => {
+                let conn = connecting.await.map_err(refused_or_lost)?;
+                let (mut send, recv) = conn.open_bi().await?;
+                send.write_all(&flight)
+                    .await
+                    .map_err(|_| closed_or(&conn, ClientError::Protocol("write".into())))?;
+                (conn, send, recv)
+            }
+        };
+        let mut reader = FrameReader::new(recv);
+        match reader.next().await {
+            Ok(Some(Frame::Control(Message::Attached(attached)))) => Ok(Attachment {
+                conn,
+                send,
+                reader,
+                attached,
+            }),
+            Ok(other) => {
+                let e = ClientError::Protocol(format!("expected attached, got {other:?}"));
+                Err(closed_or(&conn, e))
+            }
+            Err(e) => {
+                // Give the close frame a moment to arrive: it says why.
+                let reason = tokio::time::timeout(timeout, conn.closed()).await;
+                Err(match reason {
+                    Ok(r) => refused_or_lost(r),
+                    Err(_) => e.into(),
+                })
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout {
+            addr,
+            after: timeout,
+        }),
+    }
+}
+
+/// How one attached session ended.
+enum End {
+    /// The application dropped the subscription.
+    ReceiverGone,
+    /// Try elsewhere.
+    Failed(ClientError),
+}
+
+pub(crate) async fn run_subscription(
+    inner: Arc<Inner>,
+    stream: StreamName,
+    reply: GrantReply,
+    tx: Tx,
+    stats: Arc<Stats>,
+    started: Instant,
+) {
+    let mut seq = SeqTracker::default();
+    for c in reply.first_chunks {
+        if deliver(&tx, &stats, &mut seq, c, started).await.is_err() {
+            return;
+        }
+    }
+    let mut grant = reply.grant;
+    let mut rot = Rotation::default();
+    loop {
+        let shard = grant.shards[rot.rank % grant.shards.len()].clone();
+        let before = stats.chunks.load(Ordering::Relaxed);
+        let err = match stream_from(&inner, &grant, &shard, &stream, &tx, &stats, &mut seq, started)
+            .await
+        {
+            End::ReceiverGone => return,
+            End::Failed(e) => e,
+        };
+        let progressed = stats.chunks.load(Ordering::Relaxed) > before;
+        let code = match &err {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        };
+        tracing::debug!(shard = shard.id.0, error = %err, "shard session ended");
+        // A token the cluster refuses will be refused everywhere: give up, except for expiry.
+        let expired = code == Some(ErrorCode::TokenExpired);
+        if code.is_some_and(|c| c.is_admission_failure()) && !expired {
+            let _ = tx.send(Err(err)).await;
+            return;
+        }
+        let regrant = rot.failed(grant.shards.len(), progressed) || expired;
+        if rot.failures > inner.opts.max_failovers {
+            let _ = tx
+                .send(Err(ClientError::Exhausted {
+                    attempts: rot.failures,
+                    last: err.to_string(),
+                }))
+                .await;
+            return;
+        }
+        if rot.failures > 1 {
+            tokio::time::sleep(rot.backoff()).await;
+        }
+        if regrant {
+            match inner.request(&stream, Role::Subscribe).await {
+                Ok(r) => {
+                    Stats::inc(&stats.grants);
+                    grant = r.grant;
+                    rot.regranted();
+                }
+                Err(e) => tracing::debug!(error = %e, "re-grant failed"),
+            }
+        }
+        Stats::inc(&stats.resumes);
+    }
+}
+
+async fn deliver(
+    tx: &Tx,
+    stats: &Stats,
+    seq: &mut SeqTracker,
+    chunk: Chunk,
+    started: Instant,
+) -> Result<(), ()> {
+    let Some(skipped) = seq.accept(chunk.seq) else {
+        Stats::inc(&stats.duplicates);
+        return Ok(());
+    };
+    if skipped > 0 {
+        stats.missing.fetch_add(skipped, Ordering::Relaxed);
+        let gap = Delivery::Gap {
+            from: chunk.seq - skipped,
+            to: chunk.seq,
+        };
+        tx.send(Ok(gap)).await.map_err(|_| ())?;
+    }
+    Stats::inc(&stats.chunks);
+    mark_ttfb(stats, started);
+    tx.send(Ok(Delivery::Chunk(chunk))).await.map_err(|_| ())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_from(
+    inner: &Inner,
+    grant: &Grant,
+    shard: &ShardAddr,
+    stream: &StreamName,
+    tx: &Tx,
+    stats: &Stats,
+    seq: &mut SeqTracker,
+    started: Instant,
+) -> End {
+    let sub = Message::Subscribe(Subscribe {
+        stream: stream.clone(),
+        from_seq: seq.next(),
+    });
+    let mut a = match attach(inner, grant, shard, Some(&sub), stats).await {
+        Ok(a) => a,
+        Err(e) => return End::Failed(e),
+    };
+    let hb = inner.opts.heartbeat_interval;
+    let mut heartbeat = tokio::time::interval(hb);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            frame = tokio::time::timeout(hb * 4, a.reader.next()) => {
+                let frame = match frame {
+                    Err(_) => {
+                        let code = ErrorCode::HeartbeatTimeout;
+                        break End::Failed(ClientError::Refused { code, reason: "shard went silent".into() });
+                    }
+                    Ok(Ok(Some(f))) => f,
+                    Ok(Ok(None)) => break End::Failed(closed_or(&a.conn, ClientError::Protocol("shard ended the stream".into()))),
+                    Ok(Err(e)) => break End::Failed(closed_or(&a.conn, e.into())),
+                };
+                match frame {
+                    Frame::Chunk(c) => {
+                        if deliver(tx, stats, seq, c, started).await.is_err() {
+                            break End::ReceiverGone;
+                        }
+                    }
+                    Frame::Control(Message::Gap(g)) => {
+                        if g.to > g.from && seq.next().is_none_or(|n| g.from >= n) {
+                            stats.missing.fetch_add(g.to - g.from, Ordering::Relaxed);
+                            seq.last = Some(g.to - 1);
+                            if tx.send(Ok(Delivery::Gap { from: g.from, to: g.to })).await.is_err() {
+                                break End::ReceiverGone;
+                            }
+                        }
+                    }
+                    Frame::Control(Message::GoAway(g)) => {
+                        let code = ErrorCode::from_u32(g.code).unwrap_or(ErrorCode::GoingAway);
+                        break End::Failed(ClientError::Refused { code, reason: "go-away".into() });
+                    }
+                    Frame::Control(Message::Heartbeat(_)) => {}
+                    Frame::Control(other) => {
+                        break End::Failed(ClientError::Protocol(format!("unexpected {}", other.kind())));
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let m = Message::Heartbeat(Heartbeat { at_us: crate::unix_us() });
+                if write_control(&mut a.send, &m).await.is_err() {
+                    break End::Failed(closed_or(&a.conn, ClientError::Protocol("write failed".into())));
+                }
+            }
+        }
+    };
+    let _ = a.send.finish();
+    a.conn.close(ErrorCode::NoError.varint(), b"");
+    end
+}

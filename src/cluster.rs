@@ -1,0 +1,237 @@
+//! The embedded cluster: a hub and its shards in one process, built from a [`Config`].
+//!
+//! Start-up order: config (already checked) → key material → TLS and QUIC configs → bind every
+//! shard → bind the hub. Shutdown: the hub stops granting, shards send go-away and drain within
+//! the grace period, then everything closes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::info;
+
+use crate::config::Config;
+use crate::hub::placement::{HeadroomPlacer, Placer};
+use crate::hub::{Hub, HubParams};
+use crate::ids::{GroupId, ShardId};
+use crate::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
+use crate::shard::streams::StreamSettings;
+use crate::shard::{Admission, Shard, ShardParams};
+use crate::tickets::SessionStore;
+use crate::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
+use crate::token::TokenKeys;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The secret and certificates a cluster runs with.
+pub struct Material {
+    pub secret: ClusterSecret,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// What clients must trust.
+    pub ca: Vec<CertificateDer<'static>>,
+}
+
+fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
+impl Material {
+    /// Fresh in-memory material: a random secret and a new CA and cluster certificate.
+    pub fn generate(cluster: &str) -> Result<Self, ClusterError> {
+        let c = crate::certs::generate(cluster)?;
+        let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
+            .ok()
+            .flatten()
+            .expect("rcgen writes a valid PEM key");
+        Ok(Self {
+            secret: ClusterSecret::random()?,
+            chain: pem_certs(&c.chain_pem),
+            key,
+            ca: pem_certs(&c.ca_pem),
+        })
+    }
+
+    /// Reads the configured material. What is not configured comes from the data directory,
+    /// where dev material is created if missing; the returned notes say what was created.
+    pub fn load_or_create(cfg: &Config) -> Result<(Self, Vec<String>), ClusterError> {
+        let mut notes = Vec::new();
+        let secret = if let Some(path) = &cfg.keys.secret_file {
+            ClusterSecret::load(path)?
+        } else if let Ok(hex) = std::env::var(SECRET_ENV) {
+            ClusterSecret::from_hex(&hex, SECRET_ENV)?
+        } else {
+            let path = cfg.secret_path();
+            if !path.exists() {
+                ClusterSecret::random()?.save(&path)?;
+                notes.push(format!(
+                    "created a dev cluster secret at {} (set keys.secret_file or {SECRET_ENV} in production)",
+                    path.display()
+                ));
+            }
+            ClusterSecret::load(&path)?
+        };
+        let cert = cfg.cert_path();
+        if cfg.tls.cert.is_none() && !cert.exists() {
+            let certs = crate::certs::generate(&cfg.cluster)?;
+            crate::certs::write(&cfg.data_dir, &certs)?;
+            notes.push(format!(
+                "created dev certificates for {} in {} (clients trust {})",
+                cfg.cluster,
+                cfg.data_dir.display(),
+                cfg.ca_path().display()
+            ));
+        }
+        let m = Self {
+            secret,
+            chain: read_certs(&cert)?,
+            key: read_key(&cfg.key_path())?,
+            ca: read_certs(&cfg.ca_path())?,
+        };
+        Ok((m, notes))
+    }
+}
+
+/// A running hub with its embedded shards.
+pub struct Cluster {
+    pub hub: Hub,
+    pub shards: Vec<Shard>,
+    pub store: Arc<SessionStore>,
+    pub ca: Vec<CertificateDer<'static>>,
+    pub cluster: String,
+    grace: Duration,
+}
+
+impl Cluster {
+    /// Binds and starts everything. Must run inside a tokio runtime.
+    pub fn start(cfg: &Config, m: Material) -> Result<Cluster, ClusterError> {
+        Self::start_with(cfg, m, Box::new(HeadroomPlacer))
+    }
+
+    pub fn start_with(
+        cfg: &Config,
+        m: Material,
+        placer: Box<dyn Placer>,
+    ) -> Result<Cluster, ClusterError> {
+        let schedule = KeySchedule::new(&m.secret);
+        let tokens = Arc::new(TokenKeys::new(
+            schedule.clone(),
+            cfg.keys.epoch_interval.as_secs(),
+        ));
+        let store = Arc::new(SessionStore::new(
+            cfg.streams.session_store_entries,
+            cfg.streams.session_ttl,
+        ));
+        let transport = transport_config(cfg.transport.idle_timeout);
+        let reset_key = Arc::new(schedule.stateless_reset_key());
+        let token_key = Arc::new(schedule.new_token_key());
+        let server = |tickets: usize| -> Result<quinn::ServerConfig, ClusterError> {
+            let crypto = server_crypto(m.chain.clone(), m.key.clone_key(), store.clone(), tickets)?;
+            let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+                .map_err(|e| TlsError::Quic(e.to_string()))?;
+            let mut sc = quinn::ServerConfig::new(Arc::new(quic), token_key.clone());
+            sc.transport_config(transport.clone());
+            Ok(sc)
+        };
+        let endpoint_config = quinn::EndpointConfig::new(reset_key);
+        let streams = StreamSettings {
+            synthetic: cfg.synthetic(),
+            buffer_chunks: cfg.streams.buffer_chunks,
+            replay_window: cfg.streams.replay_window_chunks,
+        };
+        let s = &cfg.shards;
+        let mut shards = Vec::with_capacity(s.count as usize);
+        for i in 0..s.count {
+            let (id, group) = (ShardId(i), GroupId(i % s.groups));
+            let port = if s.base_port == 0 {
+                0
+            } else {
+                s.base_port.saturating_add(i as u16)
+            };
+            let bind = std::net::SocketAddr::new(s.listen_ip, port);
+            let shard = Shard::start(ShardParams {
+                id,
+                group,
+                bind,
+                socket_buffer: s.socket_buffer_bytes,
+                server_config: server(s.tickets_per_handshake)?,
+                endpoint_config: endpoint_config.clone(),
+                admission: Admission::new(id, group, tokens.clone(), s.replay_cache),
+                streams,
+                heartbeat_interval: cfg.transport.heartbeat_interval,
+                attach_timeout: s.attach_timeout,
+                max_sessions: u64::from(s.max_sessions),
+            })
+            .map_err(|source| ClusterError::Bind {
+                what: format!("shard {i}"),
+                addr: bind,
+                source,
+            })?;
+            shards.push(shard);
+        }
+        let hub = Hub::start(HubParams {
+            bind: cfg.hub.listen,
+            socket_buffer: s.socket_buffer_bytes,
+            server_config: server(cfg.hub.tickets_per_handshake)?,
+            endpoint_config,
+            tokens,
+            shards: shards.clone(),
+            placer,
+            grant_shards: cfg.hub.grant_shards,
+            token_ttl: cfg.hub.token_ttl,
+            synthetic: cfg.synthetic(),
+            request_timeout: s.attach_timeout,
+        })
+        .map_err(|source| ClusterError::Bind {
+            what: "hub".into(),
+            addr: cfg.hub.listen,
+            source,
+        })?;
+        Ok(Cluster {
+            hub,
+            shards,
+            store,
+            ca: m.ca,
+            cluster: cfg.cluster.clone(),
+            grace: cfg.shutdown.grace,
+        })
+    }
+
+    pub fn shard(&self, id: ShardId) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id() == id)
+    }
+
+    /// Graceful shutdown: stop granting, go-away and drain every shard within the grace period.
+    pub async fn shutdown(&self) {
+        info!(grace = ?self.grace, "shutting down");
+        self.hub.close().await;
+        let grace = self.grace;
+        let drains: Vec<_> = self
+            .shards
+            .iter()
+            .cloned()
+            .map(|s| tokio::spawn(async move { s.drain(grace).await }))
+            .collect();
+        for d in drains {
+            let _ = d.await;
+        }
+        info!("shutdown complete");
+    }
+}

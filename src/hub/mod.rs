@@ -1,0 +1,246 @@
+//! The hub: answers stream requests with grants.
+//!
+//! Per request (one bidirectional stream of a hub connection; a client may send many): read one
+//! [`StreamRequest`] → check it → [`Placer::place`] over a snapshot of the shards → warm the
+//! chosen shards → seal a token binding a fresh session secret to the group → write the
+//! [`Grant`] followed by the stream's newest chunk (synthetic streams), so the client's first
+//! byte arrives with the grant → finish the stream. A refused request gets a [`Reject`] with its
+//! code; a connection that sends garbage is closed with the frame error's code.
+
+pub mod placement;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::ids::TokenId;
+use crate::shard::{unix_us, Shard};
+use crate::synthetic::SyntheticSpec;
+use crate::token::{Claims, TokenKeys};
+use crate::wire::{
+    write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject, ShardAddr,
+    StreamRequest,
+};
+use placement::{PlacementRequest, Placer, ShardView};
+
+/// Counters of the hub.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub connections: AtomicU64,
+    pub grants: AtomicU64,
+    pub rejects: AtomicU64,
+}
+
+/// Everything a hub needs to start.
+pub struct HubParams {
+    pub bind: SocketAddr,
+    pub socket_buffer: usize,
+    pub server_config: quinn::ServerConfig,
+    pub endpoint_config: quinn::EndpointConfig,
+    pub tokens: Arc<TokenKeys>,
+    pub shards: Vec<Shard>,
+    pub placer: Box<dyn Placer>,
+    pub grant_shards: usize,
+    pub token_ttl: Duration,
+    pub synthetic: SyntheticSpec,
+    pub request_timeout: Duration,
+}
+
+struct HubState {
+    tokens: Arc<TokenKeys>,
+    shards: Vec<Shard>,
+    placer: Mutex<Box<dyn Placer>>,
+    grant_shards: usize,
+    token_ttl: Duration,
+    synthetic: SyntheticSpec,
+    request_timeout: Duration,
+    counters: HubCounters,
+}
+
+/// A running hub.
+pub struct Hub {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    state: Arc<HubState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hub {
+    pub fn start(p: HubParams) -> std::io::Result<Hub> {
+        let socket = crate::net::bind_udp(p.bind, p.socket_buffer)?;
+        let endpoint = quinn::Endpoint::new(
+            p.endpoint_config,
+            Some(p.server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let addr = endpoint.local_addr()?;
+        let state = Arc::new(HubState {
+            tokens: p.tokens,
+            shards: p.shards,
+            placer: Mutex::new(p.placer),
+            grant_shards: p.grant_shards,
+            token_ttl: p.token_ttl,
+            synthetic: p.synthetic,
+            request_timeout: p.request_timeout,
+            counters: HubCounters::default(),
+        });
+        let task = tokio::spawn(
+            accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
+        );
+        info!(%addr, shards = state.shards.len(), "hub listening");
+        Ok(Hub {
+            endpoint,
+            addr,
+            state,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn counters(&self) -> &HubCounters {
+        &self.state.counters
+    }
+
+    /// Stops accepting and closes every hub connection with `GoingAway`.
+    pub async fn close(&self) {
+        self.task.abort();
+        let code = ErrorCode::GoingAway;
+        self.endpoint.close(code.varint(), code.reason().as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        let span = info_span!("conn", remote = %incoming.remote_address());
+        tokio::spawn(
+            async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return debug!(error = %e, "handshake failed"),
+                };
+                state.counters.connections.fetch_add(1, Ordering::Relaxed);
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let (state, conn) = (state.clone(), conn.clone());
+                    tokio::spawn(async move {
+                        if let Err(code) = handle_request(&state, send, recv).await {
+                            conn.close(code.varint(), code.reason().as_bytes());
+                        }
+                    });
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Serves one request stream. `Err` means the connection must close with that code.
+async fn handle_request(
+    state: &HubState,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), ErrorCode> {
+    let mut reader = FrameReader::new(recv);
+    let req = match tokio::time::timeout(state.request_timeout, reader.next()).await {
+        Err(_) => return Err(ErrorCode::Timeout),
+        Ok(Err(e)) => return Err(e.code()),
+        Ok(Ok(Some(Frame::Control(Message::StreamRequest(r))))) => r,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(_))) => return Err(ErrorCode::ProtocolViolation),
+    };
+    let reply = match grant(state, &req) {
+        Ok(g) => g,
+        Err((code, reason)) => {
+            state.counters.rejects.fetch_add(1, Ordering::Relaxed);
+            debug!(%code, %reason, "request refused");
+            let reject = Message::Reject(Reject {
+                code: code.as_u32(),
+                reason,
+            });
+            let _ = write_control(&mut send, &reject).await;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    state.counters.grants.fetch_add(1, Ordering::Relaxed);
+    if write_control(&mut send, &Message::Grant(reply)).await.is_err() {
+        return Ok(());
+    }
+    if req.stream.is_synthetic() {
+        // The first byte rides with the grant: the newest chunk of the stream.
+        let spec = state.synthetic;
+        let chunk = spec.chunk(&req.stream, spec.live_seq(unix_us()));
+        let _ = write_chunk(&mut send, &chunk).await;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, String)> {
+    req.hints
+        .validate()
+        .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+    let views: Vec<ShardView> = state
+        .shards
+        .iter()
+        .map(|s| ShardView {
+            id: s.id(),
+            group: s.group(),
+            addr: s.addr(),
+            alive: s.is_alive(),
+            sessions: s.counters().sessions.load(Ordering::Relaxed),
+            capacity: s.capacity(),
+        })
+        .collect();
+    let preq = PlacementRequest {
+        client: &req.client_id,
+        stream: &req.stream,
+        role: req.role,
+        hints: &req.hints,
+    };
+    let decision = state
+        .placer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .place(&preq, &views, state.grant_shards, Instant::now())
+        .map_err(|e| (e.code(), e.to_string()))?;
+    for v in &decision.shards {
+        if let Some(s) = state.shards.iter().find(|s| s.id() == v.id) {
+            s.warm(&req.stream);
+        }
+    }
+    let internal = |_| (ErrorCode::Internal, "no randomness".to_string());
+    let now_ms = unix_us() / 1000;
+    let claims = Claims {
+        id: TokenId(state.tokens.random_bytes().map_err(internal)?),
+        group: decision.group,
+        client: req.client_id.clone(),
+        secret: state.tokens.random_bytes().map_err(internal)?,
+        issued_at_ms: now_ms,
+        expires_at_ms: now_ms + state.token_ttl.as_millis() as u64,
+    };
+    let token = state.tokens.seal(&claims, now_ms).map_err(internal)?;
+    debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
+    Ok(Grant {
+        group: decision.group,
+        shards: decision
+            .shards
+            .iter()
+            .map(|s| ShardAddr {
+                id: s.id,
+                addr: s.addr.to_string(),
+            })
+            .collect(),
+        token,
+        session_secret: claims.secret.to_vec(),
+        expires_at_ms: claims.expires_at_ms,
+    })
+}

@@ -1,0 +1,522 @@
+//! A shard: a QUIC listener with its own UDP socket that admits clients holding a valid token
+//! and serves them sequenced streams.
+//!
+//! Per connection: the first bidirectional stream must carry an [`Attach`] as its first frame
+//! (normally in 0-RTT data). [`Admission`] decides on it before the shard allocates a session;
+//! a refusal closes the connection with its own [`ErrorCode`] and is counted. An admitted session
+//! then takes `subscribe`, `bind`, `publish`, chunks and heartbeats on that stream; `publish`
+//! requires a prior `bind` (the session secret bound to this connection's TLS exporter).
+//!
+//! The decisions (admission, cursor positions) live in [`admission`] and [`streams`]; this file
+//! is the driver that moves bytes between them and quinn.
+
+pub mod admission;
+pub mod streams;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::ids::{GroupId, ShardId, StreamName};
+use crate::wire::{
+    write_chunk, write_control, Attach, Attached, Bound, ErrorCode, Frame, FrameReader, GoAway,
+    Heartbeat, Message, WireError,
+};
+pub use admission::Admission;
+use streams::{Item, StreamRegistry, StreamSettings};
+
+pub use crate::unix_us;
+
+/// What a shard counts. Tests read these to prove that refusals allocate nothing.
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    /// Sessions open now.
+    pub sessions: AtomicU64,
+    /// Sessions ever admitted (each one an allocation).
+    pub allocations: AtomicU64,
+    /// Admitted attaches that arrived in 0-RTT data.
+    pub zero_rtt_attaches: AtomicU64,
+    pub chunks_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub chunks_published: AtomicU64,
+    pub gaps_sent: AtomicU64,
+    rejections: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl ShardCounters {
+    pub fn reject(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.rejections[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections closed with `code` (before or after admission).
+    pub fn rejections(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.rejections[i].load(Ordering::Relaxed))
+    }
+
+    pub fn total_rejections(&self) -> u64 {
+        self.rejections
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Everything a shard needs to start.
+pub struct ShardParams {
+    pub id: ShardId,
+    pub group: GroupId,
+    pub bind: SocketAddr,
+    pub socket_buffer: usize,
+    pub server_config: quinn::ServerConfig,
+    pub endpoint_config: quinn::EndpointConfig,
+    pub admission: Admission,
+    pub streams: StreamSettings,
+    pub heartbeat_interval: Duration,
+    pub attach_timeout: Duration,
+    pub max_sessions: u64,
+}
+
+struct ShardState {
+    id: ShardId,
+    group: GroupId,
+    admission: Mutex<Admission>,
+    registry: StreamRegistry,
+    counters: Arc<ShardCounters>,
+    heartbeat: Duration,
+    attach_timeout: Duration,
+    max_sessions: u64,
+    go_away: watch::Sender<Option<GoAway>>,
+    alive: AtomicBool,
+}
+
+/// A running shard. Cheap to clone.
+#[derive(Clone)]
+pub struct Shard {
+    state: Arc<ShardState>,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.state.id)
+            .field("group", &self.state.group)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Shard {
+    /// Binds the shard's socket and starts serving.
+    pub fn start(p: ShardParams) -> std::io::Result<Shard> {
+        let socket = crate::net::bind_udp(p.bind, p.socket_buffer)?;
+        let endpoint = quinn::Endpoint::new(
+            p.endpoint_config,
+            Some(p.server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let addr = endpoint.local_addr()?;
+        let state = Arc::new(ShardState {
+            id: p.id,
+            group: p.group,
+            admission: Mutex::new(p.admission),
+            registry: StreamRegistry::new(p.streams),
+            counters: Arc::new(ShardCounters::default()),
+            heartbeat: p.heartbeat_interval,
+            attach_timeout: p.attach_timeout,
+            max_sessions: p.max_sessions,
+            go_away: watch::channel(None).0,
+            alive: AtomicBool::new(true),
+        });
+        let span = info_span!("shard", id = p.id.0, group = p.group.0, %addr);
+        let accept = tokio::spawn(accept_loop(state.clone(), endpoint.clone()).instrument(span.clone()));
+        let period = Duration::from_micros(p.streams.synthetic.period_us());
+        let ticker = tokio::spawn(tick_loop(state.clone(), period).instrument(span));
+        info!(shard = p.id.0, group = p.group.0, %addr, "shard listening");
+        Ok(Shard {
+            state,
+            endpoint,
+            addr,
+            tasks: Arc::new(Mutex::new(vec![accept, ticker])),
+        })
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.state.id
+    }
+    pub fn group(&self) -> GroupId {
+        self.state.group
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    pub fn counters(&self) -> &Arc<ShardCounters> {
+        &self.state.counters
+    }
+    pub fn is_alive(&self) -> bool {
+        self.state.alive.load(Ordering::Relaxed)
+    }
+    /// Most sessions this shard admits.
+    pub fn capacity(&self) -> u64 {
+        self.state.max_sessions
+    }
+    pub fn streams(&self) -> usize {
+        self.state.registry.len()
+    }
+
+    /// Starts producing `stream` ahead of the first attach (the hub calls this when it grants).
+    pub fn warm(&self, stream: &StreamName) {
+        self.state.registry.warm(stream, unix_us(), 10_000_000);
+    }
+
+    /// Graceful stop: go-away to every session, `grace` to move, then close.
+    pub async fn drain(&self, grace: Duration) {
+        self.state.alive.store(false, Ordering::Relaxed);
+        let _ = self.state.go_away.send(Some(GoAway {
+            code: ErrorCode::GoingAway.as_u32(),
+            grace_ms: grace.as_millis() as u64,
+        }));
+        let idle = self.endpoint.wait_idle();
+        tokio::pin!(idle);
+        if self.state.counters.sessions.load(Ordering::Relaxed) > 0 {
+            let _ = tokio::time::timeout(grace, &mut idle).await;
+        }
+        self.stop(ErrorCode::GoingAway);
+        let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
+    }
+
+    /// Abrupt stop, as a crash would look to clients that are told: every connection closed
+    /// with `ShardStopped`, no go-away, no grace.
+    pub fn kill(&self) {
+        warn!(shard = self.state.id.0, "shard killed");
+        self.state.alive.store(false, Ordering::Relaxed);
+        self.stop(ErrorCode::ShardStopped);
+    }
+
+    fn stop(&self, code: ErrorCode) {
+        self.endpoint.close(code.varint(), code.reason().as_bytes());
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn tick_loop(state: Arc<ShardState>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        state.registry.tick(unix_us());
+    }
+}
+
+async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        let span = info_span!("conn", remote = %incoming.remote_address());
+        tokio::spawn(
+            async move {
+                if let Err(e) = serve(state, incoming).await {
+                    debug!(error = %e, "connection ended");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn refuse(state: &ShardState, conn: &quinn::Connection, code: ErrorCode) {
+    state.counters.reject(code);
+    debug!(%code, "refused");
+    conn.close(code.varint(), code.reason().as_bytes());
+}
+
+/// Decrements the open-session gauge when a session ends, however it ends.
+struct SessionGuard(Arc<ShardCounters>);
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(state: Arc<ShardState>, incoming: quinn::Incoming) -> Result<(), quinn::ConnectionError> {
+    let connecting = incoming.accept()?;
+    // A server can always answer in 0.5-RTT; `handshake` resolves when the handshake completes.
+    let (conn, handshake) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => (conn, Some(accepted)),
+        Err(connecting) => (connecting.await?, None),
+    };
+    let first = tokio::time::timeout(state.attach_timeout, async {
+        let (send, recv) = conn.accept_bi().await?;
+        let zero_rtt = recv.is_0rtt();
+        let mut reader = FrameReader::new(recv);
+        let frame = reader.next().await;
+        Ok::<_, quinn::ConnectionError>((send, reader, zero_rtt, frame))
+    })
+    .await;
+    let (send, reader, zero_rtt, frame) = match first {
+        Err(_) => {
+            refuse(&state, &conn, ErrorCode::Timeout);
+            return Ok(());
+        }
+        Ok(r) => r?,
+    };
+    let attach: Attach = match frame {
+        Ok(Some(Frame::Control(Message::Attach(a)))) => a,
+        Ok(_) => {
+            refuse(&state, &conn, ErrorCode::ProtocolViolation);
+            return Ok(());
+        }
+        Err(e) => {
+            refuse(&state, &conn, e.code());
+            return Ok(());
+        }
+    };
+    let now_ms = unix_us() / 1000;
+    let checked = state
+        .admission
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&attach, now_ms);
+    let claims = match checked {
+        Ok(c) => c,
+        Err(code) => {
+            refuse(&state, &conn, code);
+            return Ok(());
+        }
+    };
+    let c = &state.counters;
+    if c.sessions.fetch_add(1, Ordering::Relaxed) >= state.max_sessions {
+        c.sessions.fetch_sub(1, Ordering::Relaxed);
+        refuse(&state, &conn, ErrorCode::OverQuota);
+        return Ok(());
+    }
+    let _guard = SessionGuard(c.clone());
+    c.allocations.fetch_add(1, Ordering::Relaxed);
+    if zero_rtt {
+        c.zero_rtt_attaches.fetch_add(1, Ordering::Relaxed);
+    }
+    debug!(token = ?claims.id, client = %claims.client, zero_rtt, "admitted");
+    let session = Session {
+        state: state.clone(),
+        conn: conn.clone(),
+        send,
+        secret: claims.secret,
+        handshake,
+        bound: false,
+        publishing: None,
+        last_sent: Instant::now(),
+    };
+    let code = session.run(reader, zero_rtt).await;
+    if code != ErrorCode::NoError {
+        state.counters.reject(code);
+    }
+    conn.close(code.varint(), code.reason().as_bytes());
+    Ok(())
+}
+
+struct Session {
+    state: Arc<ShardState>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    secret: [u8; 32],
+    handshake: Option<quinn::ZeroRttAccepted>,
+    bound: bool,
+    publishing: Option<Arc<streams::StreamState>>,
+    last_sent: Instant,
+}
+
+type Incoming = Result<Frame, WireError>;
+
+impl Session {
+    /// Serves the session until it ends; returns the code to close with.
+    async fn run(mut self, mut reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
+        let attached = Message::Attached(Attached {
+            shard: self.state.id,
+            zero_rtt,
+        });
+        if self.control(&attached).await.is_err() {
+            return ErrorCode::NoError;
+        }
+        // The reader runs on its own so that a slow write never stops us from reading.
+        let (tx, mut frames) = mpsc::channel::<Incoming>(64);
+        let read_task = tokio::spawn(async move {
+            loop {
+                let item = match reader.next().await {
+                    Ok(Some(f)) => Ok(f),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(read_task);
+        let mut cursor: Option<streams::Cursor> = None;
+        let mut go_away = self.state.go_away.subscribe();
+        let hb = self.state.heartbeat;
+        let mut heartbeat = tokio::time::interval(hb);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        loop {
+            tokio::select! {
+                frame = frames.recv() => {
+                    let Some(frame) = frame else {
+                        // The client finished its side: the session is over.
+                        return ErrorCode::NoError;
+                    };
+                    last_rx = Instant::now();
+                    let frame = match frame {
+                        Ok(f) => f,
+                        Err(WireError::Io(_)) => return ErrorCode::NoError,
+                        Err(e) => return e.code(),
+                    };
+                    if let Err(code) = self.handle(frame, &mut cursor).await {
+                        return code;
+                    }
+                }
+                item = next_item(&mut cursor) => {
+                    let Some(item) = item else { return ErrorCode::UnknownStream };
+                    if self.deliver(item).await.is_err() {
+                        return ErrorCode::NoError;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_rx.elapsed() > hb * 4 {
+                        return ErrorCode::HeartbeatTimeout;
+                    }
+                    if self.last_sent.elapsed() >= hb {
+                        let m = Message::Heartbeat(Heartbeat { at_us: unix_us() });
+                        if self.control(&m).await.is_err() {
+                            return ErrorCode::NoError;
+                        }
+                    }
+                }
+                Ok(()) = go_away.changed() => {
+                    let msg = go_away.borrow_and_update().clone();
+                    if let Some(g) = msg {
+                        if self.control(&Message::GoAway(g)).await.is_err() {
+                            return ErrorCode::NoError;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn control(&mut self, msg: &Message) -> Result<(), quinn::WriteError> {
+        self.last_sent = Instant::now();
+        write_control(&mut self.send, msg).await
+    }
+
+    async fn deliver(&mut self, item: Item) -> Result<(), quinn::WriteError> {
+        self.last_sent = Instant::now();
+        let c = &self.state.counters;
+        match item {
+            Item::Chunk(chunk) => {
+                write_chunk(&mut self.send, &chunk).await?;
+                c.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                c.bytes_sent
+                    .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+            }
+            Item::Gap { from, to } => {
+                c.gaps_sent.fetch_add(1, Ordering::Relaxed);
+                write_control(&mut self.send, &Message::Gap(crate::wire::Gap { from, to }))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        frame: Frame,
+        cursor: &mut Option<streams::Cursor>,
+    ) -> Result<(), ErrorCode> {
+        match frame {
+            Frame::Control(Message::Subscribe(s)) => {
+                if cursor.is_some() {
+                    return Err(ErrorCode::ProtocolViolation);
+                }
+                *cursor = Some(self.state.registry.subscribe(&s.stream, s.from_seq, unix_us()));
+            }
+            Frame::Control(Message::Bind(b)) => {
+                if self.bound {
+                    return Err(ErrorCode::ProtocolViolation);
+                }
+                // The exporter exists once the handshake is complete.
+                if let Some(h) = self.handshake.take() {
+                    h.await;
+                }
+                let ok = crate::proof::exporter(&self.conn)
+                    .is_some_and(|e| crate::proof::verify_bind_mac(&self.secret, &e, &b.mac));
+                if !ok {
+                    return Err(ErrorCode::BindInvalid);
+                }
+                self.bound = true;
+                self.control(&Message::Bound(Bound {}))
+                    .await
+                    .map_err(|_| ErrorCode::NoError)?;
+            }
+            Frame::Control(Message::Publish(p)) => {
+                if !self.bound {
+                    return Err(ErrorCode::NotBound);
+                }
+                if p.stream.is_synthetic() || self.publishing.is_some() {
+                    return Err(ErrorCode::UnknownStream);
+                }
+                self.publishing = Some(self.state.registry.stream(&p.stream, unix_us()));
+            }
+            Frame::Chunk(chunk) => {
+                let Some(stream) = &self.publishing else {
+                    return Err(if self.bound {
+                        ErrorCode::ProtocolViolation
+                    } else {
+                        ErrorCode::NotBound
+                    });
+                };
+                if stream.publish(chunk).map_err(|_| ErrorCode::UnknownStream)? {
+                    self.state
+                        .counters
+                        .chunks_published
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Control(Message::Heartbeat(_)) => {}
+            Frame::Control(other) => {
+                warn!(kind = other.kind(), "unexpected message");
+                return Err(ErrorCode::ProtocolViolation);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn next_item(cursor: &mut Option<streams::Cursor>) -> Option<Item> {
+    match cursor {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,435 @@
+//! The streams a shard serves: one producer per stream, any number of cursors.
+//!
+//! A stream keeps the sequence of its newest chunk and a broadcast channel. A [`Cursor`] reads
+//! the channel and, whenever it sees a sequence jump (it started behind the live edge, it lagged,
+//! or it resumed from an older sequence), fills the hole from the stream's backlog: synthetic
+//! streams regenerate any chunk inside the replay window, live streams copy from a bounded
+//! buffer. What cannot be filled is returned as an explicit [`Item::Gap`] — never skipped
+//! silently. A slow cursor lags; it never stalls the producer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::ids::{Seq, StreamName};
+use crate::synthetic::{stream_seed, SyntheticSpec};
+use crate::wire::Chunk;
+
+/// Settings of a shard's streams.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    pub synthetic: SyntheticSpec,
+    pub buffer_chunks: usize,
+    pub replay_window: u64,
+}
+
+enum Kind {
+    Synthetic { seed: u64 },
+    Live { buffer: VecDeque<Chunk> },
+}
+
+struct Inner {
+    kind: Kind,
+    /// Newest chunk produced; `None` for a live stream nothing was published to yet.
+    last: Option<Seq>,
+    /// First chunk ever produced (live streams), for cursors that joined before it.
+    first: Option<Seq>,
+}
+
+/// One stream on one shard.
+pub struct StreamState {
+    name: StreamName,
+    settings: StreamSettings,
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Chunk>,
+    /// Kept (and produced) until this time even without subscribers: set by warming.
+    keep_until_us: AtomicU64,
+}
+
+/// Result of asking the backlog for one sequence.
+enum Backlog {
+    Chunk(Chunk),
+    /// Not available; the stream goes on at `until`.
+    Missing { until: Seq },
+}
+
+impl StreamState {
+    fn new(name: StreamName, settings: StreamSettings, now_us: u64) -> Self {
+        let (kind, last) = if name.is_synthetic() {
+            let seed = stream_seed(&name);
+            // The chunk before the live edge counts as produced, so a first subscriber gets it at
+            // once instead of waiting a period.
+            let live = settings.synthetic.live_seq(now_us);
+            (Kind::Synthetic { seed }, Some(live.saturating_sub(1)))
+        } else {
+            (
+                Kind::Live {
+                    buffer: VecDeque::with_capacity(settings.buffer_chunks.min(1024)),
+                },
+                None,
+            )
+        };
+        let (tx, _) = broadcast::channel(settings.buffer_chunks.max(16));
+        Self {
+            name,
+            settings,
+            inner: Mutex::new(Inner {
+                kind,
+                last,
+                first: None,
+            }),
+            tx,
+            keep_until_us: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> &StreamName {
+        &self.name
+    }
+
+    pub fn last_seq(&self) -> Option<Seq> {
+        self.lock().last
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Synthetic streams: produce every chunk due by `now_us` (at most a few per call; cursors
+    /// regenerate anything older). Returns the number produced.
+    fn produce_due(&self, now_us: u64) -> usize {
+        let spec = self.settings.synthetic;
+        let live = spec.live_seq(now_us);
+        let mut inner = self.lock();
+        let seed = match inner.kind {
+            Kind::Synthetic { seed } => seed,
+            Kind::Live { .. } => return 0,
+        };
+        let from = inner.last.map_or(live, |l| l + 1).max(live.saturating_sub(7));
+        if from > live {
+            return 0;
+        }
+        inner.last = Some(live);
+        drop(inner);
+        for seq in from..=live {
+            let chunk = Chunk {
+                seq,
+                timestamp_us: spec.due_us(seq),
+                payload: crate::synthetic::payload(seed, seq, spec.chunk_bytes as usize),
+            };
+            // No receivers is fine: the chunk is simply not wanted right now.
+            let _ = self.tx.send(chunk);
+        }
+        (live - from + 1) as usize
+    }
+
+    /// Live streams: accept a published chunk. Returns false (and drops it) if its sequence is
+    /// not above the newest one, as happens when a publisher resumes and replays.
+    pub fn publish(&self, chunk: Chunk) -> Result<bool, PublishError> {
+        let mut inner = self.lock();
+        if inner.last.is_some_and(|l| chunk.seq <= l) {
+            return Ok(false);
+        }
+        match &mut inner.kind {
+            Kind::Synthetic { .. } => return Err(PublishError::Synthetic),
+            Kind::Live { buffer } => {
+                if buffer.len() >= self.settings.buffer_chunks {
+                    buffer.pop_front();
+                }
+                buffer.push_back(chunk.clone());
+            }
+        }
+        inner.last = Some(chunk.seq);
+        inner.first.get_or_insert(chunk.seq);
+        // Send under the lock so cursors see chunks in buffer order.
+        let _ = self.tx.send(chunk);
+        Ok(true)
+    }
+
+    fn backlog(&self, seq: Seq) -> Backlog {
+        let inner = self.lock();
+        let last = inner.last.unwrap_or(0);
+        match &inner.kind {
+            Kind::Synthetic { seed } => {
+                let oldest = last.saturating_sub(self.settings.replay_window);
+                if seq < oldest {
+                    return Backlog::Missing { until: oldest };
+                }
+                let spec = self.settings.synthetic;
+                Backlog::Chunk(Chunk {
+                    seq,
+                    timestamp_us: spec.due_us(seq),
+                    payload: crate::synthetic::payload(*seed, seq, spec.chunk_bytes as usize),
+                })
+            }
+            Kind::Live { buffer } => {
+                let Some(front) = buffer.front() else {
+                    return Backlog::Missing { until: last + 1 };
+                };
+                if seq < front.seq {
+                    return Backlog::Missing { until: front.seq };
+                }
+                // Sequences in the buffer increase but may skip; find the first at or after.
+                let idx = buffer.partition_point(|c| c.seq < seq);
+                match buffer.get(idx) {
+                    Some(c) if c.seq == seq => Backlog::Chunk(c.clone()),
+                    Some(c) => Backlog::Missing { until: c.seq },
+                    None => Backlog::Missing { until: last + 1 },
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("synthetic streams cannot be published to")]
+    Synthetic,
+}
+
+/// What a cursor yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Chunk(Chunk),
+    /// Chunks `from..to` are not available.
+    Gap { from: Seq, to: Seq },
+}
+
+/// A subscriber's position in a stream.
+pub struct Cursor {
+    state: Arc<StreamState>,
+    rx: broadcast::Receiver<Chunk>,
+    /// Next sequence to deliver; `None` until the first chunk of a stream that had none.
+    next: Option<Seq>,
+    /// Deliver `next..catch_up_end` from the backlog before anything else.
+    catch_up_end: Seq,
+    /// A chunk from the channel held back while the hole before it is filled.
+    held: Option<Chunk>,
+}
+
+impl Cursor {
+    fn new(state: Arc<StreamState>, from: Option<Seq>) -> Self {
+        // Subscribe first, then read the newest sequence: everything after it comes through
+        // the channel.
+        let rx = state.tx.subscribe();
+        let last = state.last_seq();
+        let next = from.or(last);
+        let catch_up_end = last.map_or(0, |l| l + 1);
+        Self {
+            state,
+            rx,
+            next,
+            catch_up_end,
+            held: None,
+        }
+    }
+
+    /// The next chunk or gap, in sequence order; `None` when the stream is gone.
+    pub async fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(n) = self.next {
+                if n < self.catch_up_end {
+                    return Some(match self.state.backlog(n) {
+                        Backlog::Chunk(c) => {
+                            self.next = Some(n + 1);
+                            Item::Chunk(c)
+                        }
+                        Backlog::Missing { until } => {
+                            let until = until.min(self.catch_up_end).max(n + 1);
+                            self.next = Some(until);
+                            Item::Gap { from: n, to: until }
+                        }
+                    });
+                }
+            }
+            let c = match self.held.take() {
+                Some(c) => c,
+                None => match self.rx.recv().await {
+                    Ok(c) => c,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let inner = self.state.lock();
+                        // A cursor that joined before the first chunk wants it from there.
+                        self.next = self.next.or(inner.first);
+                        self.catch_up_end = inner.last.map_or(0, |l| l + 1);
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            match self.next {
+                Some(n) if c.seq < n => continue,
+                Some(n) if c.seq > n => {
+                    self.catch_up_end = c.seq;
+                    self.held = Some(c);
+                }
+                _ => {
+                    self.next = Some(c.seq + 1);
+                    return Some(Item::Chunk(c));
+                }
+            }
+        }
+    }
+}
+
+/// All streams of a shard.
+pub struct StreamRegistry {
+    settings: StreamSettings,
+    streams: Mutex<HashMap<StreamName, Arc<StreamState>>>,
+}
+
+impl StreamRegistry {
+    pub fn new(settings: StreamSettings) -> Self {
+        Self {
+            settings,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<StreamName, Arc<StreamState>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stream, created if needed (warming it).
+    pub fn stream(&self, name: &StreamName, now_us: u64) -> Arc<StreamState> {
+        self.map()
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(StreamState::new(name.clone(), self.settings, now_us)))
+            .clone()
+    }
+
+    /// A cursor at `from` (or at the newest chunk).
+    pub fn subscribe(&self, name: &StreamName, from: Option<Seq>, now_us: u64) -> Cursor {
+        // Under the registry lock, so the sweeper cannot drop the stream in between.
+        let mut map = self.map();
+        let state = map
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(StreamState::new(name.clone(), self.settings, now_us)))
+            .clone();
+        let cursor = Cursor::new(state, from);
+        drop(map);
+        cursor
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Creates the stream if needed and keeps it producing for `for_us` even without
+    /// subscribers, so that the first attach finds it hot.
+    pub fn warm(&self, name: &StreamName, now_us: u64, for_us: u64) {
+        self.stream(name, now_us)
+            .keep_until_us
+            .fetch_max(now_us + for_us, Ordering::Relaxed);
+    }
+
+    /// Produces the due chunks of every synthetic stream and drops the streams that nobody
+    /// holds (no cursor, no publisher) and that are not kept warm. Call once per synthetic
+    /// period.
+    pub fn tick(&self, now_us: u64) -> usize {
+        let streams: Vec<_> = {
+            let mut map = self.map();
+            map.retain(|_, s| {
+                Arc::strong_count(s) > 1 || s.keep_until_us.load(Ordering::Relaxed) > now_us
+            });
+            map.values().cloned().collect()
+        };
+        streams.iter().map(|s| s.produce_due(now_us)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> StreamSettings {
+        StreamSettings {
+            synthetic: SyntheticSpec {
+                rate_hz: 1000,
+                chunk_bytes: 16,
+            },
+            buffer_chunks: 8,
+            replay_window: 100,
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000_000_000;
+
+    #[tokio::test]
+    async fn synthetic_cursor_resumes_without_gap_or_duplicate() {
+        let reg = StreamRegistry::new(settings());
+        let name = StreamName::new("synth/t").unwrap();
+        let spec = settings().synthetic;
+        let live = spec.live_seq(NOW);
+        let mut cur = reg.subscribe(&name, Some(live - 5), NOW);
+        reg.tick(NOW + 3000); // three periods later
+        let mut got = Vec::new();
+        for _ in 0..9 {
+            match cur.next().await.unwrap() {
+                Item::Chunk(c) => {
+                    assert!(crate::synthetic::verify(
+                        stream_seed(&name),
+                        c.seq,
+                        &c.payload
+                    ));
+                    got.push(c.seq)
+                }
+                g => panic!("unexpected {g:?}"),
+            }
+        }
+        assert_eq!(got, ((live - 5)..=(live + 3)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn too_old_resume_reports_a_gap() {
+        let reg = StreamRegistry::new(settings());
+        let name = StreamName::new("synth/t").unwrap();
+        let live = settings().synthetic.live_seq(NOW);
+        let mut cur = reg.subscribe(&name, Some(live - 500), NOW);
+        match cur.next().await.unwrap() {
+            Item::Gap { from, to } => {
+                assert_eq!(from, live - 500);
+                assert_eq!(to, live - 1 - 100);
+            }
+            other => panic!("expected a gap, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn live_stream_buffer_and_lag() {
+        let reg = StreamRegistry::new(settings());
+        let name = StreamName::new("live/t").unwrap();
+        let s = reg.stream(&name, NOW);
+        let mut early = reg.subscribe(&name, None, NOW);
+        let chunk = |seq| Chunk {
+            seq,
+            timestamp_us: seq,
+            payload: bytes::Bytes::new(),
+        };
+        for seq in 10..40 {
+            assert!(s.publish(chunk(seq)).unwrap());
+        }
+        assert!(!s.publish(chunk(39)).unwrap(), "duplicate is dropped");
+        // The early cursor lagged past the buffer (8): it gets a gap, then the buffered tail.
+        let mut items = Vec::new();
+        while items.len() < 9 {
+            items.push(early.next().await.unwrap());
+        }
+        assert_eq!(items[0], Item::Gap { from: 10, to: 32 }, "{items:?}");
+        let tail: Vec<_> = (32..40).map(|s| Item::Chunk(chunk(s))).collect();
+        assert_eq!(items[1..], tail[..]);
+        // A late cursor resuming inside the buffer gets exactly the rest.
+        let mut late = reg.subscribe(&name, Some(38), NOW);
+        assert_eq!(late.next().await, Some(Item::Chunk(chunk(38))));
+        assert_eq!(late.next().await, Some(Item::Chunk(chunk(39))));
+    }
+}
