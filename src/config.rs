@@ -337,8 +337,11 @@ mod tests {
         assert!(e.to_string().contains("lisen"), "{e}");
         assert!(Config::parse("[shards]\ncount = 0\n", "t").is_err());
         assert!(Config::parse("[transport]\nheartbeat_interval = \"20s\"\n", "t").is_err());
-        let c = Config::parse("[shards]\ncount = 6\ngroups = 3\n[hub]\ntoken_ttl = \"30s\"\n", "t")
-            .unwrap();
+        let c = Config::parse(
+            "[shards]\ncount = 6\ngroups = 3\n[hub]\ntoken_ttl = \"30s\"\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.shards.count, 6);
         assert_eq!(c.hub.token_ttl, Duration::from_secs(30));
     }

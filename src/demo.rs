@@ -245,7 +245,10 @@ impl DemoReport {
                     pct(self.zero_rtt_accepted, self.zero_rtt_attempted)
                 ),
             ),
-            ("full handshakes (no ticket)", self.full_handshakes.to_string()),
+            (
+                "full handshakes (no ticket)",
+                self.full_handshakes.to_string(),
+            ),
             ("resumes after failure", self.resumes.to_string()),
             ("chunks received", self.chunks_received.to_string()),
             ("chunks missing", self.chunks_missing.to_string()),

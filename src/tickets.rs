@@ -97,7 +97,11 @@ impl StoreCore {
                 Some(false) => break,
             }
             let (generation, key) = self.order.pop_front().expect("front exists");
-            if self.map.get(&key).is_some_and(|e| e.generation == generation) {
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|e| e.generation == generation)
+            {
                 self.map.remove(&key);
             }
         }

@@ -192,10 +192,7 @@ mod tests {
     use crate::keys::ClusterSecret;
 
     fn keys(secs: u64) -> TokenKeys {
-        TokenKeys::new(
-            KeySchedule::new(&ClusterSecret::from_bytes([3; 32])),
-            secs,
-        )
+        TokenKeys::new(KeySchedule::new(&ClusterSecret::from_bytes([3; 32])), secs)
     }
 
     fn claims(now_ms: u64) -> Claims {
@@ -244,10 +241,7 @@ mod tests {
         let k = keys(3600);
         let t = k.seal(&claims(T0), T0).unwrap();
         assert_eq!(k.open(&t, T0 + 60_001), Err(TokenError::Expired));
-        let other = TokenKeys::new(
-            KeySchedule::new(&ClusterSecret::from_bytes([4; 32])),
-            3600,
-        );
+        let other = TokenKeys::new(KeySchedule::new(&ClusterSecret::from_bytes([4; 32])), 3600);
         assert_eq!(other.open(&t, T0), Err(TokenError::Invalid));
     }
 

@@ -16,7 +16,11 @@ use shoal::ids::{ClientId, StreamName};
 use shoal::synthetic::{stream_seed, verify};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "QUIC-native stream transport: hub, shards, clients")]
+#[command(
+    name = "shoal",
+    version,
+    about = "QUIC-native stream transport: hub, shards, clients"
+)]
 struct Cli {
     /// Log as JSON lines instead of text. Filter with RUST_LOG (default: info).
     #[arg(long, global = true)]
@@ -241,7 +245,10 @@ fn client(c: &ConnectArgs) -> Result<Client> {
     let ca = shoal::tls::read_certs(&c.ca)
         .with_context(|| format!("reading the CA (start `shoal up` first, or pass --ca)"))?;
     let id = ClientId::new(c.client_id.clone())?;
-    Ok(Client::new(c.hub, ClientOptions::new(c.cluster.clone(), ca, id))?)
+    Ok(Client::new(
+        c.hub,
+        ClientOptions::new(c.cluster.clone(), ca, id),
+    )?)
 }
 
 async fn subscribe(a: SubscribeArgs) -> Result<()> {
@@ -327,8 +334,8 @@ async fn publish(a: PublishArgs) -> Result<()> {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        let payload = Bytes::from(format!("{stream} chunk {sent} ").repeat(a.size / 16 + 1))
-            .slice(..a.size);
+        let payload =
+            Bytes::from(format!("{stream} chunk {sent} ").repeat(a.size / 16 + 1)).slice(..a.size);
         let seq = publisher.send(payload).await?;
         sent += 1;
         tracing::debug!(seq, "published");

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 
 use crate::ids::{ClientId, Seq, StreamName};
 use crate::wire::{
-    write_control, Chunk, ErrorCode, Frame, FrameReader, Grant, Hints, Message, Role, StreamRequest,
-    WireError,
+    write_control, Chunk, ErrorCode, Frame, FrameReader, Grant, Hints, Message, Role,
+    StreamRequest, WireError,
 };
 
 pub use publish::Publisher;
@@ -81,7 +81,11 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    pub fn new(cluster: impl Into<String>, ca: Vec<CertificateDer<'static>>, client_id: ClientId) -> Self {
+    pub fn new(
+        cluster: impl Into<String>,
+        ca: Vec<CertificateDer<'static>>,
+        client_id: ClientId,
+    ) -> Self {
         Self {
             cluster: cluster.into(),
             ca,
@@ -166,7 +170,10 @@ impl Stats {
 pub enum Delivery {
     Chunk(Chunk),
     /// Chunks `from..to` were not delivered and never will be.
-    Gap { from: Seq, to: Seq },
+    Gap {
+        from: Seq,
+        to: Seq,
+    },
 }
 
 /// A client of a shoal cluster.
@@ -213,7 +220,11 @@ impl Client {
     }
 
     /// Asks the hub for a grant.
-    pub async fn request(&self, stream: &StreamName, role: Role) -> Result<GrantReply, ClientError> {
+    pub async fn request(
+        &self,
+        stream: &StreamName,
+        role: Role,
+    ) -> Result<GrantReply, ClientError> {
         self.inner.request(stream, role).await
     }
 
@@ -314,7 +325,9 @@ impl Inner {
                 Err(e) => return Err(closed_or(&conn, e.into())),
             };
             if grant.shards.is_empty() || grant.session_secret.len() != crate::proof::SECRET_LEN {
-                return Err(ClientError::Protocol("grant without shards or secret".into()));
+                return Err(ClientError::Protocol(
+                    "grant without shards or secret".into(),
+                ));
             }
             let mut first_chunks = Vec::new();
             while let Ok(Some(Frame::Chunk(c))) = reader.next().await {

@@ -142,8 +142,10 @@ pub(crate) async fn run_subscription(
     loop {
         let shard = grant.shards[rot.rank % grant.shards.len()].clone();
         let before = stats.chunks.load(Ordering::Relaxed);
-        let err = match stream_from(&inner, &grant, &shard, &stream, &tx, &stats, &mut seq, started)
-            .await
+        let err = match stream_from(
+            &inner, &grant, &shard, &stream, &tx, &stats, &mut seq, started,
+        )
+        .await
         {
             End::ReceiverGone => return,
             End::Failed(e) => e,

@@ -171,7 +171,10 @@ async fn handle_request(
         }
     };
     state.counters.grants.fetch_add(1, Ordering::Relaxed);
-    if write_control(&mut send, &Message::Grant(reply)).await.is_err() {
+    if write_control(&mut send, &Message::Grant(reply))
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     if req.stream.is_synthetic() {

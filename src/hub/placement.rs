@@ -188,8 +188,15 @@ mod tests {
     #[test]
     fn dead_and_full_shards_are_skipped() {
         let shards = [view(0, 0, 10, true), view(1, 0, 0, false)];
-        assert_eq!(place("synth/a", "c", &shards), Err(PlacementError::NoCapacity));
-        let shards = [view(0, 0, 10, true), view(1, 0, 0, true), view(2, 1, 0, false)];
+        assert_eq!(
+            place("synth/a", "c", &shards),
+            Err(PlacementError::NoCapacity)
+        );
+        let shards = [
+            view(0, 0, 10, true),
+            view(1, 0, 0, true),
+            view(2, 1, 0, false),
+        ];
         let d = place("live/x", "c", &shards).unwrap();
         assert_eq!(d.shards.len(), 1);
         assert_eq!(d.shards[0].id, ShardId(1));

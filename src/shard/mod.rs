@@ -142,7 +142,8 @@ impl Shard {
             alive: AtomicBool::new(true),
         });
         let span = info_span!("shard", id = p.id.0, group = p.group.0, %addr);
-        let accept = tokio::spawn(accept_loop(state.clone(), endpoint.clone()).instrument(span.clone()));
+        let accept =
+            tokio::spawn(accept_loop(state.clone(), endpoint.clone()).instrument(span.clone()));
         let period = Duration::from_micros(p.streams.synthetic.period_us());
         let ticker = tokio::spawn(tick_loop(state.clone(), period).instrument(span));
         info!(shard = p.id.0, group = p.group.0, %addr, "shard listening");
@@ -208,7 +209,12 @@ impl Shard {
 
     fn stop(&self, code: ErrorCode) {
         self.endpoint.close(code.varint(), code.reason().as_bytes());
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -252,7 +258,10 @@ impl Drop for SessionGuard {
     }
 }
 
-async fn serve(state: Arc<ShardState>, incoming: quinn::Incoming) -> Result<(), quinn::ConnectionError> {
+async fn serve(
+    state: Arc<ShardState>,
+    incoming: quinn::Incoming,
+) -> Result<(), quinn::ConnectionError> {
     let connecting = incoming.accept()?;
     // A server can always answer in 0.5-RTT; `handshake` resolves when the handshake completes.
     let (conn, handshake) = match connecting.into_0rtt() {
@@ -343,7 +352,11 @@ type Incoming = Result<Frame, WireError>;
 
 impl Session {
     /// Serves the session until it ends; returns the code to close with.
-    async fn run(mut self, mut reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
+    async fn run(
+        mut self,
+        mut reader: FrameReader<quinn::RecvStream>,
+        zero_rtt: bool,
+    ) -> ErrorCode {
         let attached = Message::Attached(Attached {
             shard: self.state.id,
             zero_rtt,
@@ -436,8 +449,7 @@ impl Session {
             }
             Item::Gap { from, to } => {
                 c.gaps_sent.fetch_add(1, Ordering::Relaxed);
-                write_control(&mut self.send, &Message::Gap(crate::wire::Gap { from, to }))
-                    .await?;
+                write_control(&mut self.send, &Message::Gap(crate::wire::Gap { from, to })).await?;
             }
         }
         Ok(())
@@ -453,7 +465,11 @@ impl Session {
                 if cursor.is_some() {
                     return Err(ErrorCode::ProtocolViolation);
                 }
-                *cursor = Some(self.state.registry.subscribe(&s.stream, s.from_seq, unix_us()));
+                *cursor = Some(
+                    self.state
+                        .registry
+                        .subscribe(&s.stream, s.from_seq, unix_us()),
+                );
             }
             Frame::Control(Message::Bind(b)) => {
                 if self.bound {
@@ -490,7 +506,10 @@ impl Session {
                         ErrorCode::NotBound
                     });
                 };
-                if stream.publish(chunk).map_err(|_| ErrorCode::UnknownStream)? {
+                if stream
+                    .publish(chunk)
+                    .map_err(|_| ErrorCode::UnknownStream)?
+                {
                     self.state
                         .counters
                         .chunks_published

@@ -52,7 +52,9 @@ pub struct StreamState {
 enum Backlog {
     Chunk(Chunk),
     /// Not available; the stream goes on at `until`.
-    Missing { until: Seq },
+    Missing {
+        until: Seq,
+    },
 }
 
 impl StreamState {
@@ -111,7 +113,10 @@ impl StreamState {
             Kind::Synthetic { seed } => seed,
             Kind::Live { .. } => return 0,
         };
-        let from = inner.last.map_or(live, |l| l + 1).max(live.saturating_sub(7));
+        let from = inner
+            .last
+            .map_or(live, |l| l + 1)
+            .max(live.saturating_sub(7));
         if from > live {
             return 0;
         }
@@ -198,7 +203,10 @@ pub enum PublishError {
 pub enum Item {
     Chunk(Chunk),
     /// Chunks `from..to` are not available.
-    Gap { from: Seq, to: Seq },
+    Gap {
+        from: Seq,
+        to: Seq,
+    },
 }
 
 /// A subscriber's position in a stream.
