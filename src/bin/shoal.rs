@@ -243,7 +243,7 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
 
 fn client(c: &ConnectArgs) -> Result<Client> {
     let ca = shoal::tls::read_certs(&c.ca)
-        .with_context(|| format!("reading the CA (start `shoal up` first, or pass --ca)"))?;
+        .context("reading the CA (start `shoal up` first, or pass --ca)")?;
     let id = ClientId::new(c.client_id.clone())?;
     Ok(Client::new(
         c.hub,

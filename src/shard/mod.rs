@@ -192,11 +192,14 @@ impl Shard {
         }));
         let idle = self.endpoint.wait_idle();
         tokio::pin!(idle);
-        if self.state.counters.sessions.load(Ordering::Relaxed) > 0 {
-            let _ = tokio::time::timeout(grace, &mut idle).await;
-        }
+        // Clients leave on the go-away; wait for that, at most `grace`.
+        let idle_now = self.state.counters.sessions.load(Ordering::Relaxed) == 0
+            || tokio::time::timeout(grace, &mut idle).await.is_ok();
         self.stop(ErrorCode::GoingAway);
-        let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
+        if !idle_now {
+            // Give the close frames a moment to go out.
+            let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
+        }
     }
 
     /// Abrupt stop, as a crash would look to clients that are told: every connection closed

@@ -289,7 +289,7 @@ mod tests {
         let err = FrameReader::new(&big[..]).next().await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::FrameTooLarge);
         // Unknown kind, garbage body, truncated frame.
-        let mut k = vec![0, 0, 0, 3, VERSION, 77, 0];
+        let mut k = [0, 0, 0, 3, VERSION, 77, 0];
         assert_eq!(
             FrameReader::new(&k[..]).next().await.unwrap_err().code(),
             ErrorCode::MalformedFrame

@@ -1,1 +1,6 @@
+//! Integration tests: real QUIC over loopback. One binary so the suite links once.
 
+mod bad_input;
+mod cli;
+mod common;
+mod core_path;

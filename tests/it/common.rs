@@ -1,0 +1,268 @@
+//! Test harness: an embedded cluster on loopback with the committed test certificates and a
+//! fixed cluster secret, so tests can mint tokens of their own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal::client::{Client, ClientOptions};
+use shoal::cluster::{Cluster, Material};
+use shoal::config::Config;
+use shoal::ids::{ClientId, GroupId, ShardId, TokenId};
+use shoal::keys::{ClusterSecret, KeySchedule};
+use shoal::shard::Shard;
+use shoal::token::{Claims, TokenKeys};
+use shoal::wire::{encode_control, Attach, ErrorCode, Frame, FrameReader, Message};
+
+pub const SECRET: [u8; 32] = [0x5a; 32];
+
+fn certs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+pub fn ca() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    shoal::tls::read_certs(&certs_dir().join("ca.pem")).expect("committed test CA")
+}
+
+pub fn material() -> Material {
+    Material {
+        secret: ClusterSecret::from_bytes(SECRET),
+        chain: shoal::tls::read_certs(&certs_dir().join("cluster.pem")).expect("test chain"),
+        key: shoal::tls::read_key(&certs_dir().join("cluster.key")).expect("test key"),
+        ca: ca(),
+    }
+}
+
+pub fn config() -> Config {
+    let mut cfg = Config::default();
+    cfg.hub.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.transport.heartbeat_interval = Duration::from_millis(200);
+    cfg.shutdown.grace = Duration::from_millis(300);
+    cfg
+}
+
+pub struct TestCluster {
+    pub cluster: Cluster,
+    pub cfg: Config,
+}
+
+impl TestCluster {
+    pub fn start() -> Self {
+        Self::with(config())
+    }
+
+    pub fn with(cfg: Config) -> Self {
+        cfg.validate().expect("test config is valid");
+        let cluster = Cluster::start(&cfg, material()).expect("cluster starts on loopback");
+        Self { cluster, cfg }
+    }
+
+    pub fn hub(&self) -> SocketAddr {
+        self.cluster.hub.addr()
+    }
+
+    pub fn client(&self, id: &str) -> Client {
+        let mut o = ClientOptions::new(self.cfg.cluster.clone(), ca(), ClientId::new(id).unwrap());
+        o.heartbeat_interval = self.cfg.transport.heartbeat_interval;
+        o.request_timeout = Duration::from_secs(3);
+        Client::new(self.hub(), o).expect("client binds")
+    }
+
+    pub fn shards_of(&self, group: GroupId) -> Vec<&Shard> {
+        self.cluster
+            .shards
+            .iter()
+            .filter(|s| s.group() == group)
+            .collect()
+    }
+
+    pub fn shard(&self, id: ShardId) -> &Shard {
+        self.cluster.shard(id).expect("shard exists")
+    }
+
+    /// Sessions ever admitted, over all shards.
+    pub fn allocations(&self) -> u64 {
+        self.cluster
+            .shards
+            .iter()
+            .map(|s| s.counters().allocations.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn tokens(&self) -> TokenKeys {
+        TokenKeys::new(
+            KeySchedule::new(&ClusterSecret::from_bytes(SECRET)),
+            self.cfg.keys.epoch_interval.as_secs(),
+        )
+    }
+
+    /// Seals a token of our own (the tests know the cluster secret).
+    pub fn mint(
+        &self,
+        group: GroupId,
+        secret: [u8; 32],
+        sealed_at_ms: u64,
+        expires_at_ms: u64,
+    ) -> Vec<u8> {
+        let claims = Claims {
+            id: TokenId(rand16()),
+            group,
+            client: ClientId::new("minted").unwrap(),
+            secret,
+            issued_at_ms: sealed_at_ms,
+            expires_at_ms,
+        };
+        self.tokens().seal(&claims, sealed_at_ms).unwrap()
+    }
+
+    pub async fn shutdown(self) {
+        self.cluster.shutdown().await;
+    }
+}
+
+pub fn rand16() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+    b
+}
+
+pub fn now_ms() -> u64 {
+    shoal::unix_us() / 1000
+}
+
+/// A bare QUIC client for sending hand-made first flights.
+pub struct RawClient {
+    pub endpoint: quinn::Endpoint,
+    pub config: quinn::ClientConfig,
+}
+
+impl RawClient {
+    pub fn new() -> Self {
+        let crypto = shoal::tls::client_crypto(&ca()).unwrap();
+        let config = shoal::tls::client_config(crypto, Duration::from_secs(10)).unwrap();
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        Self { endpoint, config }
+    }
+
+    pub async fn connect(&self, addr: SocketAddr) -> quinn::Connection {
+        self.endpoint
+            .connect_with(self.config.clone(), addr, shoal::DEFAULT_CLUSTER)
+            .unwrap()
+            .await
+            .expect("handshake with a shoal endpoint")
+    }
+
+    /// Connects, sends `bytes` on a new bidirectional stream and returns the first frame back
+    /// (if any) and the code the connection was closed with (if it was, within 3 s).
+    pub async fn exchange(
+        &self,
+        addr: SocketAddr,
+        bytes: &[u8],
+    ) -> (Option<Frame>, Option<ErrorCode>, quinn::Connection) {
+        let conn = self.connect(addr).await;
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let _ = send.write_all(bytes).await;
+        let mut reader = FrameReader::new(recv);
+        let frame = tokio::time::timeout(Duration::from_secs(3), reader.next())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let code = if frame.is_none() {
+            tokio::time::timeout(Duration::from_secs(3), conn.closed())
+                .await
+                .ok()
+                .and_then(|e| ErrorCode::of_close(&e))
+        } else {
+            None
+        };
+        (frame, code, conn)
+    }
+
+    /// Attach with `token`, a fresh nonce and a proof for `proof_shard`, sent to `addr`; returns
+    /// the close code, or `None` if the shard admitted it.
+    pub async fn attach(
+        &self,
+        addr: SocketAddr,
+        token: &[u8],
+        secret: &[u8],
+        proof_shard: ShardId,
+    ) -> Option<ErrorCode> {
+        let nonce = rand16();
+        let msg = attach_msg(token, secret, proof_shard, nonce);
+        let (frame, code, conn) = self.exchange(addr, &encode_control(&msg)).await;
+        match frame {
+            Some(Frame::Control(Message::Attached(_))) => {
+                conn.close(0u32.into(), b"");
+                None
+            }
+            _ => Some(code.expect("a refused attach closes with a shoal code")),
+        }
+    }
+}
+
+pub fn attach_msg(token: &[u8], secret: &[u8], shard: ShardId, nonce: [u8; 16]) -> Message {
+    Message::Attach(Attach {
+        token: token.to_vec(),
+        nonce: nonce.to_vec(),
+        proof: shoal::proof::attach_proof(secret, shard, &nonce).to_vec(),
+    })
+}
+
+pub fn payload(n: usize) -> Bytes {
+    Bytes::from(vec![7u8; n])
+}
+
+/// A UDP relay between one client and one server that records what the client sent.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub recorded: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(server: SocketAddr) -> Self {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(server).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rec = recorded.clone();
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            // Bounded: the relay lives as long as the test holds it, at most 10k datagrams.
+            for _ in 0..10_000 {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        rec.lock().unwrap().push(a[..n].to_vec());
+                        let _ = back.send(&a[..n]).await;
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { return };
+                        if let Some(c) = client {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            recorded,
+            task,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,205 @@
+//! The core path end to end: grant → 0-RTT attach → sequenced stream → resume; publish; key
+//! rotation across an epoch boundary.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shoal::client::{ClientError, Delivery, Subscription};
+use shoal::ids::{GroupId, StreamName};
+use shoal::synthetic::{stream_seed, verify};
+use shoal::wire::{ErrorCode, Hints, Role};
+
+use crate::common::*;
+
+/// Reads `n` chunks (bounded in time), checking order and synthetic integrity.
+async fn read_chunks(sub: &mut Subscription, stream: &StreamName, n: usize) -> Vec<u64> {
+    let seed = stream_seed(stream);
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n {
+        let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("chunks keep coming")
+            .expect("subscription is open");
+        match item.expect("no subscription error") {
+            Delivery::Chunk(c) => {
+                if stream.is_synthetic() {
+                    assert!(verify(seed, c.seq, &c.payload), "payload of {}", c.seq);
+                }
+                seqs.push(c.seq);
+            }
+            Delivery::Gap { from, to } => panic!("unexpected gap {from}..{to}"),
+        }
+    }
+    seqs
+}
+
+fn assert_contiguous(seqs: &[u64]) {
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "sequence jumps in {seqs:?}");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_with_zero_rtt_gets_ordered_verified_chunks() {
+    let tc = TestCluster::start();
+    let client = tc.client("c1");
+    let stream = StreamName::new("synth/core").unwrap();
+    let mut sub = client.subscribe(&stream).await.unwrap();
+    let seqs = read_chunks(&mut sub, &stream, 30).await;
+    assert_contiguous(&seqs);
+    let s = sub.stats();
+    assert_eq!(s.grants, 1);
+    assert_eq!(s.zero_rtt_attempted, 1, "{s:?}");
+    assert_eq!(s.zero_rtt_accepted, 1, "{s:?}");
+    assert_eq!((s.missing, s.duplicates), (0, 0));
+    assert!(s.ttfb_us > 0);
+    // The shard saw the attach in 0-RTT data, and the hub's first chunk rode with the grant.
+    let zero_rtt: u64 = tc
+        .cluster
+        .shards
+        .iter()
+        .map(|s| s.counters().zero_rtt_attaches.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(zero_rtt, 1);
+    drop(sub);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn resumes_on_another_shard_without_gap_or_duplicate() {
+    let tc = TestCluster::start();
+    let client = tc.client("c2");
+    let stream = StreamName::new("synth/resume").unwrap();
+    let mut sub = client.subscribe(&stream).await.unwrap();
+    let mut seqs = read_chunks(&mut sub, &stream, 10).await;
+    let serving = tc
+        .cluster
+        .shards
+        .iter()
+        .find(|s| s.counters().sessions.load(Ordering::Relaxed) > 0)
+        .expect("one shard serves the subscription");
+    serving.kill();
+    seqs.extend(read_chunks(&mut sub, &stream, 40).await);
+    assert_contiguous(&seqs);
+    let s = sub.stats();
+    assert!(s.resumes >= 1, "{s:?}");
+    assert_eq!((s.missing, s.duplicates), (0, 0), "{s:?}");
+    // The second attach also used 0-RTT (a ticket from the hub or the first shard).
+    assert_eq!(s.zero_rtt_accepted, s.zero_rtt_attempted, "{s:?}");
+    drop(sub);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_drain_moves_the_subscriber() {
+    let tc = TestCluster::start();
+    let client = tc.client("c3");
+    let stream = StreamName::new("synth/drain").unwrap();
+    let mut sub = client.subscribe(&stream).await.unwrap();
+    let mut seqs = read_chunks(&mut sub, &stream, 5).await;
+    let serving = tc
+        .cluster
+        .shards
+        .iter()
+        .find(|s| s.counters().sessions.load(Ordering::Relaxed) > 0)
+        .unwrap()
+        .clone();
+    let drain = tokio::spawn(async move { serving.drain(Duration::from_millis(500)).await });
+    seqs.extend(read_chunks(&mut sub, &stream, 30).await);
+    drain.await.unwrap();
+    assert_contiguous(&seqs);
+    assert!(sub.stats().resumes >= 1);
+    drop(sub);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn published_chunks_reach_subscribers_in_order() {
+    let tc = TestCluster::start();
+    let stream = StreamName::new("live/prices").unwrap();
+    let sub_client = tc.client("sub");
+    let mut sub = sub_client.subscribe(&stream).await.unwrap();
+    let pub_client = tc.client("pub");
+    let mut publisher = pub_client.publish(&stream).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(publisher.send(payload(64 + i)).await.unwrap());
+    }
+    let got = read_chunks(&mut sub, &stream, 20).await;
+    assert_eq!(got, sent);
+    publisher.finish().await.unwrap();
+    drop(sub);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn hub_refuses_bad_hints_with_its_code() {
+    let tc = TestCluster::start();
+    let mut o = shoal::client::ClientOptions::new(
+        tc.cfg.cluster.clone(),
+        ca(),
+        shoal::ids::ClientId::new("hinted").unwrap(),
+    );
+    o.hints = Hints {
+        bitrate_kbps: Some(0),
+        ..Hints::default()
+    };
+    let client = shoal::client::Client::new(tc.hub(), o).unwrap();
+    let err = client
+        .request(&StreamName::new("synth/x").unwrap(), Role::Subscribe)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The same connection still serves good requests.
+    let ok = tc.client("plain");
+    assert!(ok
+        .request(&StreamName::new("synth/x").unwrap(), Role::Subscribe)
+        .await
+        .is_ok());
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_survive_one_key_rotation_and_not_two() {
+    let mut cfg = config();
+    cfg.keys.epoch_interval = Duration::from_secs(1);
+    cfg.hub.token_ttl = Duration::from_secs(1);
+    let tc = TestCluster::with(cfg);
+    let raw = RawClient::new();
+    let shard = tc.shards_of(GroupId(0))[0];
+    let keys = tc.tokens();
+    // Seal just after an epoch boundary, valid for long enough to outlive two epochs.
+    let now = now_ms();
+    let sealed = now - now % 1000 + 50;
+    let epoch = keys.epoch_at(sealed);
+    let token = tc.mint(GroupId(0), [1; 32], sealed, sealed + 10_000);
+    assert_eq!(
+        raw.attach(shard.addr(), &token, &[1; 32], shard.id()).await,
+        None
+    );
+    // Wait into the next epoch: the previous epoch's key still opens it.
+    let wait_until = (u64::from(epoch) + 1) * 1000 + 100;
+    tokio::time::sleep(Duration::from_millis(wait_until.saturating_sub(now_ms()))).await;
+    assert_eq!(keys.epoch_at(now_ms()), epoch + 1);
+    assert_eq!(
+        raw.attach(shard.addr(), &token, &[1; 32], shard.id()).await,
+        None
+    );
+    // Two epochs later the key is gone.
+    let wait_until = (u64::from(epoch) + 2) * 1000 + 100;
+    tokio::time::sleep(Duration::from_millis(wait_until.saturating_sub(now_ms()))).await;
+    assert_eq!(
+        raw.attach(shard.addr(), &token, &[1; 32], shard.id()).await,
+        Some(ErrorCode::TokenUnknownEpoch)
+    );
+    tc.shutdown().await;
+}
