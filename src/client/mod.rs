@@ -319,7 +319,8 @@ impl Inner {
                 }
                 Ok(other) => {
                     return Err(ClientError::Protocol(format!(
-                        "expected a grant, got {other:?}"
+                        "expected a grant, got {}",
+                        other.as_ref().map_or("end of stream", Frame::kind)
                     )))
                 }
                 Err(e) => return Err(closed_or(&conn, e.into())),

@@ -131,7 +131,10 @@ async fn bind_publish(
             Ok(Some(Frame::Control(Message::Bound(_)))) => break,
             Ok(Some(Frame::Control(Message::Heartbeat(_)))) => continue,
             Ok(other) => {
-                let e = ClientError::Protocol(format!("expected bound, got {other:?}"));
+                let e = ClientError::Protocol(format!(
+                    "expected bound, got {}",
+                    other.as_ref().map_or("end of stream", Frame::kind)
+                ));
                 return Err(closed_or(&a.conn, e));
             }
             Err(e) => return Err(closed_or(&a.conn, e.into())),
@@ -181,7 +184,10 @@ async fn drive(
                     Ok(Some(Frame::Control(Message::GoAway(_)))) => {
                         break ClientError::Refused { code: ErrorCode::GoingAway, reason: "go-away".into() };
                     }
-                    Ok(other) => break closed_or(&a.conn, ClientError::Protocol(format!("unexpected {other:?}"))),
+                    Ok(other) => break closed_or(&a.conn, ClientError::Protocol(format!(
+                        "unexpected {}",
+                        other.as_ref().map_or("end of stream", Frame::kind)
+                    ))),
                     Err(e) => break closed_or(&a.conn, e.into()),
                 },
                 _ = heartbeat.tick() => {

@@ -93,7 +93,10 @@ pub(crate) async fn attach(
                 attached,
             }),
             Ok(other) => {
-                let e = ClientError::Protocol(format!("expected attached, got {other:?}"));
+                let e = ClientError::Protocol(format!(
+                    "expected attached, got {}",
+                    other.as_ref().map_or("end of stream", Frame::kind)
+                ));
                 Err(closed_or(&conn, e))
             }
             Err(e) => {

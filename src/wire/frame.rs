@@ -25,6 +25,16 @@ pub enum Frame {
     Chunk(Chunk),
 }
 
+impl Frame {
+    /// Name for logs and errors; never includes a payload.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Control(m) => m.kind(),
+            Frame::Chunk(_) => "chunk",
+        }
+    }
+}
+
 /// Why a frame could not be read. Each maps to the error code the reader closes with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -77,3 +77,93 @@ fn certs_and_config_round_trip_through_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    // A free UDP port on loopback for the hub.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub = format!("127.0.0.1:{port}");
+    let mut up = shoal()
+        .args(["up", "--listen", &hub, "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the ready line; it comes after the dev material note.
+    let stderr = up.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("ready")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = up.kill();
+                panic!("shoal up never became ready: {seen:#?}");
+            }
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("created a dev cluster secret")),
+        "{seen:#?}"
+    );
+    let ca = dir.path().join("ca.pem");
+    let out = shoal()
+        .args(["subscribe", "--hub", &hub, "--ca"])
+        .arg(&ca)
+        .args(["--count", "20", "--seconds", "15", "synth/cli"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("seq=")).count(),
+        20,
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("0 missing, 0 duplicated, 0 integrity failures"),
+        "{stderr}"
+    );
+    // Ctrl-C: graceful drain, exit 0, bounded in time.
+    let pid = up.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = up.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = up.kill();
+            panic!("shoal up did not stop within 15 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("shutdown complete")),
+        "{rest:#?}"
+    );
+}

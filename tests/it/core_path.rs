@@ -203,3 +203,29 @@ async fn tokens_survive_one_key_rotation_and_not_two() {
     );
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn falls_back_to_one_rtt_when_the_shard_refuses_zero_rtt_and_counts_it() {
+    // A one-entry session store: a second client's hub handshake evicts the first client's
+    // tickets, so the first client's 0-RTT attempt is refused and must fall back to 1-RTT.
+    let mut cfg = config();
+    cfg.streams.session_store_entries = 1;
+    let tc = TestCluster::with(cfg);
+    let stream = StreamName::new("synth/fallback").unwrap();
+    let first = tc.client("first");
+    first.request(&stream, Role::Subscribe).await.unwrap();
+    let second = tc.client("second");
+    second.request(&stream, Role::Subscribe).await.unwrap();
+    let mut sub = first.subscribe(&stream).await.unwrap();
+    let seqs = read_chunks(&mut sub, &stream, 10).await;
+    assert_contiguous(&seqs);
+    let s = sub.stats();
+    assert_eq!(s.zero_rtt_attempted, 1, "{s:?}");
+    assert_eq!(
+        s.zero_rtt_accepted, 0,
+        "the shard could not find the ticket: {s:?}"
+    );
+    assert!(tc.cluster.store.stats.misses.load(Ordering::Relaxed) >= 1);
+    drop(sub);
+    tc.shutdown().await;
+}
