@@ -1,8 +1,8 @@
 //! shoal — a QUIC-native transport service for real-time streams.
 //!
 //! A *hub* answers a stream request with a [`wire::Grant`]: a sealed token that binds a fresh
-//! session secret to a shard group, the ranked shards of that group, and the first chunk of the
-//! stream. The client then attaches straight to a shard with 0-RTT; the shard checks the token in
+//! session secret to a shard group, the ranked shards of that group, and (for synthetic streams)
+//! the newest chunk of the stream. The client then attaches straight to a shard with 0-RTT; the shard checks the token in
 //! that first flight before it allocates anything, and serves a sequenced stream that the client
 //! resumes on another shard of the group if the first one dies.
 //!

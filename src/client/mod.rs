@@ -231,8 +231,23 @@ impl Client {
     /// Subscribes to `stream`: grant, 0-RTT attach, then chunks in order until dropped.
     pub async fn subscribe(&self, stream: &StreamName) -> Result<Subscription, ClientError> {
         let started = Instant::now();
-        let stats = Arc::new(Stats::default());
         let reply = self.inner.request(stream, Role::Subscribe).await?;
+        Ok(self.subscribe_from(stream, reply, started))
+    }
+
+    /// Subscribes with a grant obtained earlier (for example by a backend that asked the hub
+    /// on the client's behalf). The client still needs tickets from the hub for 0-RTT.
+    pub fn subscribe_with_grant(&self, stream: &StreamName, reply: GrantReply) -> Subscription {
+        self.subscribe_from(stream, reply, Instant::now())
+    }
+
+    fn subscribe_from(
+        &self,
+        stream: &StreamName,
+        reply: GrantReply,
+        started: Instant,
+    ) -> Subscription {
+        let stats = Arc::new(Stats::default());
         Stats::inc(&stats.grants);
         let (tx, rx) = mpsc::channel(self.inner.opts.channel_capacity.max(1));
         let task = tokio::spawn(session::run_subscription(
@@ -243,11 +258,11 @@ impl Client {
             stats.clone(),
             started,
         ));
-        Ok(Subscription {
+        Subscription {
             rx,
             stats,
             task: Some(task),
-        })
+        }
     }
 
     /// Opens a publisher for the live stream `stream`.

@@ -238,17 +238,21 @@ async fn stream_from(
     let hb = inner.opts.heartbeat_interval;
     let mut heartbeat = tokio::time::interval(hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The shard sends something at least every heartbeat interval; four silent intervals mean
+    // it is gone. (`FrameReader::next` is cancel-safe: partial frames stay buffered.)
+    let mut last_rx = tokio::time::Instant::now();
     let end = loop {
         tokio::select! {
-            frame = tokio::time::timeout(hb * 4, a.reader.next()) => {
+            _ = tokio::time::sleep_until(last_rx + hb * 4) => {
+                let code = ErrorCode::HeartbeatTimeout;
+                break End::Failed(ClientError::Refused { code, reason: "shard went silent".into() });
+            }
+            frame = a.reader.next() => {
+                last_rx = tokio::time::Instant::now();
                 let frame = match frame {
-                    Err(_) => {
-                        let code = ErrorCode::HeartbeatTimeout;
-                        break End::Failed(ClientError::Refused { code, reason: "shard went silent".into() });
-                    }
-                    Ok(Ok(Some(f))) => f,
-                    Ok(Ok(None)) => break End::Failed(closed_or(&a.conn, ClientError::Protocol("shard ended the stream".into()))),
-                    Ok(Err(e)) => break End::Failed(closed_or(&a.conn, e.into())),
+                    Ok(Some(f)) => f,
+                    Ok(None) => break End::Failed(closed_or(&a.conn, ClientError::Protocol("shard ended the stream".into()))),
+                    Err(e) => break End::Failed(closed_or(&a.conn, e.into())),
                 };
                 match frame {
                     Frame::Chunk(c) => {

@@ -191,6 +191,10 @@ fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, Str
     req.hints
         .validate()
         .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+    if req.role == crate::wire::Role::Publish && req.stream.is_synthetic() {
+        let reason = "synthetic streams (synth/…) cannot be published to".to_string();
+        return Err((ErrorCode::BadRequest, reason));
+    }
     let views: Vec<ShardView> = state
         .shards
         .iter()

@@ -113,7 +113,7 @@ impl ErrorCode {
 
     /// Token and proof failures: the attach itself is wrong, retrying elsewhere will not help.
     pub fn is_admission_failure(self) -> bool {
-        (0x20..0x30).contains(&(self as u32))
+        (0x20..=0x26).contains(&(self as u32))
     }
 }
 

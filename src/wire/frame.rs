@@ -13,7 +13,7 @@ pub const KIND_CHUNK: u8 = 2;
 pub const MAX_CONTROL_BODY: usize = 16 * 1024;
 /// Largest chunk payload, in bytes.
 pub const MAX_CHUNK_PAYLOAD: usize = 1024 * 1024;
-/// Bytes in front of a chunk's payload: frame header (6) and the MessagePack array header (23).
+/// Bytes in front of a chunk's payload: frame header (6) and the MessagePack array header (24).
 pub const CHUNK_HEADER_LEN: usize = 6 + CHUNK_BODY_OVERHEAD;
 const CHUNK_BODY_OVERHEAD: usize = 1 + 9 + 9 + 5;
 const HEADER_LEN: usize = 6;

@@ -96,7 +96,8 @@ impl std::fmt::Debug for Grant {
     }
 }
 
-/// Any side: a refusal with its code. The sender closes the stream after it.
+/// Hub → client: the request is refused, with its code. The hub finishes the stream after it;
+/// the connection stays usable. (Shards refuse by closing the connection with the code.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {
     pub code: u32,
@@ -104,7 +105,7 @@ pub struct Reject {
 }
 
 /// Client → shard, in the first (0-RTT) flight: the token and the shard-bound proof
-/// `HMAC-SHA256(secret, "attach" | shard_id:u32be | nonce)`.
+/// `HMAC-SHA256(secret, "shoal attach" | shard_id:u32be | nonce)` (see [`crate::proof`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attach {
     #[serde(with = "serde_bytes")]
@@ -133,7 +134,7 @@ pub struct Attached {
     pub zero_rtt: bool,
 }
 
-/// Client → shard, after the handshake: `HMAC-SHA256(secret, "bind" | exporter)` where the
+/// Client → shard, after the handshake: `HMAC-SHA256(secret, "shoal bind" | exporter)` where the
 /// exporter is 32 bytes of `export_keying_material(label "EXPORTER-shoal-bind", context "")`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
@@ -159,7 +160,7 @@ pub struct Subscribe {
 }
 
 /// Client → shard (bound sessions only): chunk frames that follow are published to the stream.
-/// The shard assigns sequence numbers.
+/// The publisher chooses the sequence numbers; the shard drops any at or below its newest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publish {
     pub stream: StreamName,

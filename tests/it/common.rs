@@ -221,6 +221,7 @@ pub fn payload(n: usize) -> Bytes {
 pub struct Relay {
     pub addr: SocketAddr,
     pub recorded: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    blackholed: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -232,6 +233,8 @@ impl Relay {
         let addr = front.local_addr().unwrap();
         let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rec = recorded.clone();
+        let blackholed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hole = blackholed.clone();
         let task = tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
@@ -240,12 +243,18 @@ impl Relay {
                 tokio::select! {
                     r = front.recv_from(&mut a) => {
                         let Ok((n, from)) = r else { return };
+                        if hole.load(Ordering::Relaxed) {
+                            continue;
+                        }
                         client = Some(from);
                         rec.lock().unwrap().push(a[..n].to_vec());
                         let _ = back.send(&a[..n]).await;
                     }
                     r = back.recv(&mut b) => {
                         let Ok(n) = r else { return };
+                        if hole.load(Ordering::Relaxed) {
+                            continue;
+                        }
                         if let Some(c) = client {
                             let _ = front.send_to(&b[..n], c).await;
                         }
@@ -256,8 +265,14 @@ impl Relay {
         Self {
             addr,
             recorded,
+            blackholed,
             task,
         }
+    }
+
+    /// Drops everything from now on, both ways: the path goes silent.
+    pub fn blackhole(&self) {
+        self.blackholed.store(true, Ordering::Relaxed);
     }
 }
 

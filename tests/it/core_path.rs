@@ -229,3 +229,28 @@ async fn falls_back_to_one_rtt_when_the_shard_refuses_zero_rtt_and_counts_it() {
     drop(sub);
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_silent_shard_is_detected_by_heartbeats_and_the_stream_resumes() {
+    // The primary is reached through a relay that then drops everything: no close, no ICMP,
+    // just silence. The client must notice within four heartbeat intervals (not the 30 s QUIC
+    // idle timeout) and resume on the next shard.
+    let tc = TestCluster::start();
+    let client = tc.client("silent");
+    let stream = StreamName::new("synth/silent").unwrap();
+    let mut reply = client.request(&stream, Role::Subscribe).await.unwrap();
+    let primary = reply.grant.shards[0].addr.parse().unwrap();
+    let relay = Relay::start(primary).await;
+    reply.grant.shards[0].addr = relay.addr.to_string();
+    let mut sub = client.subscribe_with_grant(&stream, reply);
+    let mut seqs = read_chunks(&mut sub, &stream, 10).await;
+    relay.blackhole();
+    // read_chunks allows 10 s per chunk, well under the idle timeout.
+    seqs.extend(read_chunks(&mut sub, &stream, 30).await);
+    assert_contiguous(&seqs);
+    let s = sub.stats();
+    assert!(s.resumes >= 1, "{s:?}");
+    assert_eq!((s.missing, s.duplicates), (0, 0), "{s:?}");
+    drop(sub);
+    tc.shutdown().await;
+}
