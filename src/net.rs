@@ -1,6 +1,7 @@
 //! UDP sockets with raised buffers (the 208 KiB default drops Initials under bursts).
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -16,4 +17,23 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// A quinn server endpoint on its own socket (see [`bind_udp`]); returns it with its bound
+/// address (the port is chosen by the kernel when `addr` has port 0).
+pub fn server_endpoint(
+    addr: SocketAddr,
+    buffer: usize,
+    endpoint_config: quinn::EndpointConfig,
+    server_config: quinn::ServerConfig,
+) -> std::io::Result<(quinn::Endpoint, SocketAddr)> {
+    let socket = bind_udp(addr, buffer)?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let local = endpoint.local_addr()?;
+    Ok((endpoint, local))
 }

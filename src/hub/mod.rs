@@ -70,14 +70,12 @@ pub struct Hub {
 
 impl Hub {
     pub fn start(p: HubParams) -> std::io::Result<Hub> {
-        let socket = crate::net::bind_udp(p.bind, p.socket_buffer)?;
-        let endpoint = quinn::Endpoint::new(
+        let (endpoint, addr) = crate::net::server_endpoint(
+            p.bind,
+            p.socket_buffer,
             p.endpoint_config,
-            Some(p.server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
+            p.server_config,
         )?;
-        let addr = endpoint.local_addr()?;
         let state = Arc::new(HubState {
             tokens: p.tokens,
             shards: p.shards,

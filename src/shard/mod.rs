@@ -121,14 +121,12 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Binds the shard's socket and starts serving.
     pub fn start(p: ShardParams) -> std::io::Result<Shard> {
-        let socket = crate::net::bind_udp(p.bind, p.socket_buffer)?;
-        let endpoint = quinn::Endpoint::new(
+        let (endpoint, addr) = crate::net::server_endpoint(
+            p.bind,
+            p.socket_buffer,
             p.endpoint_config,
-            Some(p.server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
+            p.server_config,
         )?;
-        let addr = endpoint.local_addr()?;
         let state = Arc::new(ShardState {
             id: p.id,
             group: p.group,
