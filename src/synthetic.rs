@@ -30,10 +30,15 @@ impl SyntheticSpec {
     }
 
     pub fn chunk(&self, stream: &StreamName, seq: Seq) -> Chunk {
+        self.chunk_seeded(stream_seed(stream), seq)
+    }
+
+    /// Chunk `seq` of the stream whose [`stream_seed`] is `seed`.
+    pub fn chunk_seeded(&self, seed: u64, seq: Seq) -> Chunk {
         Chunk {
             seq,
             timestamp_us: self.due_us(seq),
-            payload: payload(stream_seed(stream), seq, self.chunk_bytes as usize),
+            payload: payload(seed, seq, self.chunk_bytes as usize),
         }
     }
 }

@@ -123,13 +123,8 @@ impl StreamState {
         inner.last = Some(live);
         drop(inner);
         for seq in from..=live {
-            let chunk = Chunk {
-                seq,
-                timestamp_us: spec.due_us(seq),
-                payload: crate::synthetic::payload(seed, seq, spec.chunk_bytes as usize),
-            };
             // No receivers is fine: the chunk is simply not wanted right now.
-            let _ = self.tx.send(chunk);
+            let _ = self.tx.send(spec.chunk_seeded(seed, seq));
         }
         (live - from + 1) as usize
     }
@@ -166,12 +161,7 @@ impl StreamState {
                 if seq < oldest {
                     return Backlog::Missing { until: oldest };
                 }
-                let spec = self.settings.synthetic;
-                Backlog::Chunk(Chunk {
-                    seq,
-                    timestamp_us: spec.due_us(seq),
-                    payload: crate::synthetic::payload(*seed, seq, spec.chunk_bytes as usize),
-                })
+                Backlog::Chunk(self.settings.synthetic.chunk_seeded(*seed, seq))
             }
             Kind::Live { buffer } => {
                 let Some(front) = buffer.front() else {
@@ -303,22 +293,27 @@ impl StreamRegistry {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The stream, created if needed (warming it).
-    pub fn stream(&self, name: &StreamName, now_us: u64) -> Arc<StreamState> {
-        self.map()
-            .entry(name.clone())
+    fn get_or_create(
+        &self,
+        map: &mut HashMap<StreamName, Arc<StreamState>>,
+        name: &StreamName,
+        now_us: u64,
+    ) -> Arc<StreamState> {
+        map.entry(name.clone())
             .or_insert_with(|| Arc::new(StreamState::new(name.clone(), self.settings, now_us)))
             .clone()
+    }
+
+    /// The stream, created if needed (warming it).
+    pub fn stream(&self, name: &StreamName, now_us: u64) -> Arc<StreamState> {
+        self.get_or_create(&mut self.map(), name, now_us)
     }
 
     /// A cursor at `from` (or at the newest chunk).
     pub fn subscribe(&self, name: &StreamName, from: Option<Seq>, now_us: u64) -> Cursor {
         // Under the registry lock, so the sweeper cannot drop the stream in between.
         let mut map = self.map();
-        let state = map
-            .entry(name.clone())
-            .or_insert_with(|| Arc::new(StreamState::new(name.clone(), self.settings, now_us)))
-            .clone();
+        let state = self.get_or_create(&mut map, name, now_us);
         let cursor = Cursor::new(state, from);
         drop(map);
         cursor
