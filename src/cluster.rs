@@ -47,7 +47,8 @@ pub struct Material {
     pub ca: Vec<CertificateDer<'static>>,
 }
 
-fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+/// The certificates in PEM text (unparseable blocks are skipped).
+pub fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
     rustls_pemfile::certs(&mut pem.as_bytes())
         .filter_map(Result::ok)
         .collect()
@@ -56,13 +57,20 @@ fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
 impl Material {
     /// Fresh in-memory material: a random secret and a new CA and cluster certificate.
     pub fn generate(cluster: &str) -> Result<Self, ClusterError> {
-        let c = crate::certs::generate(cluster)?;
+        Self::from_certs(ClusterSecret::random()?, &crate::certs::generate(cluster)?)
+    }
+
+    /// Material from a secret and freshly made certificates.
+    pub fn from_certs(
+        secret: ClusterSecret,
+        c: &crate::certs::ClusterCerts,
+    ) -> Result<Self, ClusterError> {
         let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
             .ok()
             .flatten()
             .expect("rcgen writes a valid PEM key");
         Ok(Self {
-            secret: ClusterSecret::random()?,
+            secret,
             chain: pem_certs(&c.chain_pem),
             key,
             ca: pem_certs(&c.ca_pem),

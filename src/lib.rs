@@ -21,6 +21,8 @@ pub mod wire;
 #[cfg(feature = "client")]
 pub mod client;
 
+#[cfg(all(feature = "server", feature = "client"))]
+pub mod bench;
 #[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
@@ -33,6 +35,8 @@ pub mod demo;
 pub mod hub;
 #[cfg(feature = "server")]
 pub mod keys;
+#[cfg(all(feature = "server", feature = "client"))]
+pub mod loadgen;
 #[cfg(feature = "server")]
 pub mod net;
 #[cfg(feature = "server")]

@@ -41,6 +41,84 @@ enum Cmd {
     Publish(PublishArgs),
     /// Generate a CA and a cluster certificate.
     Certs(CertsArgs),
+    /// Measure shoal against raw quinn doing the same work in the same run (ratios).
+    Bench(BenchArgs),
+    /// Drive many simulated clients against a running hub and report latencies.
+    Loadgen(LoadgenArgs),
+    /// (internal) Serve one measured server for `shoal bench` until stdin closes.
+    #[command(hide = true)]
+    BenchServe { spec: String },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchScenario {
+    Grant,
+    Attach,
+    Ttfb,
+    Fanout,
+    Memory,
+    Tickets,
+    /// Every scenario, one after the other.
+    All,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    scenario: BenchScenario,
+    /// Print one JSON object per scenario (after the table).
+    #[arg(long)]
+    json: bool,
+    /// Rounds per scenario (the figures are medians).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Smoke-test sizes: every path runs once, figures mean little.
+    #[arg(long)]
+    quick: bool,
+    /// Round-trip time of the delay relay (ttfb), in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    rtt_ms: u64,
+    /// Subscribers (fanout).
+    #[arg(long, default_value_t = 32)]
+    subscribers: usize,
+    /// Idle attached clients (memory).
+    #[arg(long, default_value_t = 2000)]
+    idle_clients: usize,
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Clients in all (each a cold client with its own socket).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// New clients per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds each client stays subscribed.
+    #[arg(long, default_value_t = 2.0)]
+    hold: f64,
+    /// Stream mix: NAME[:WEIGHT],... (weight 1 when left out).
+    #[arg(long, default_value = "synth/load-a:3,synth/load-b:1")]
+    streams: String,
+    /// Profile hint: the client's region.
+    #[arg(long)]
+    region: Option<String>,
+    /// Profile hint: the client's device class.
+    #[arg(long)]
+    device_class: Option<String>,
+    /// Profile hint: expected bitrate in kbit/s.
+    #[arg(long)]
+    bitrate_kbps: Option<u32>,
+    /// Time limit of each grant and attach, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Print the summary as one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of time-to-first-byte and attach latency distributions.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -151,8 +229,24 @@ fn init_logs(json: bool) {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: load runs hold a socket per client.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    raise_fd_limit();
     init_logs(cli.log_json);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,6 +259,9 @@ fn main() -> Result<()> {
             Cmd::Subscribe(a) => subscribe(a).await,
             Cmd::Publish(a) => publish(a).await,
             Cmd::Certs(a) => certs(a),
+            Cmd::Bench(a) => bench(a).await,
+            Cmd::Loadgen(a) => loadgen(a).await,
+            Cmd::BenchServe { spec } => Ok(shoal::bench::serve_child(&spec).await?),
         }
     })
 }
@@ -353,6 +450,119 @@ fn certs(a: CertsArgs) -> Result<()> {
     let c = shoal::certs::generate(&a.cluster)?;
     for p in shoal::certs::write(&a.out, &c)? {
         println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> Result<()> {
+    use shoal::bench::{self, BenchOptions, Figure, Scenario};
+    if a.rounds == 0 || a.rounds > 100 {
+        bail!("--rounds must be in 1..=100");
+    }
+    if a.rtt_ms == 0 || a.rtt_ms > 2000 {
+        bail!("--rtt-ms must be in 1..=2000");
+    }
+    if a.subscribers == 0
+        || a.subscribers > 10_000
+        || a.idle_clients == 0
+        || a.idle_clients > 100_000
+    {
+        bail!("--subscribers must be in 1..=10000 and --idle-clients in 1..=100000");
+    }
+    let exe = std::env::current_exe().context("finding the shoal executable")?;
+    let mut opts = BenchOptions::new(exe);
+    opts.rounds = a.rounds;
+    opts.quick = a.quick;
+    opts.rtt = Duration::from_millis(a.rtt_ms);
+    opts.subscribers = a.subscribers;
+    opts.idle_clients = a.idle_clients;
+    let list: Vec<Scenario> = match a.scenario {
+        BenchScenario::Grant => vec![Scenario::Grant],
+        BenchScenario::Attach => vec![Scenario::Attach],
+        BenchScenario::Ttfb => vec![Scenario::Ttfb],
+        BenchScenario::Fanout => vec![Scenario::Fanout],
+        BenchScenario::Memory => vec![Scenario::Memory],
+        BenchScenario::Tickets => vec![Scenario::Tickets],
+        BenchScenario::All => Scenario::ALL.to_vec(),
+    };
+    let mut figures = Vec::new();
+    for s in list {
+        eprintln!(
+            "bench: {} ({} rounds{})",
+            s.name(),
+            opts.rounds,
+            if opts.quick { ", quick" } else { "" }
+        );
+        let f = bench::run(s, &opts, &mut |line: &str| eprintln!("bench: {line}"))
+            .await
+            .with_context(|| format!("scenario {}", s.name()))?;
+        figures.push(f);
+    }
+    println!("{}", Figure::header());
+    for f in &figures {
+        println!("{}", f.row());
+    }
+    if a.json {
+        for f in &figures {
+            println!("{}", serde_json::to_string(f)?);
+        }
+    }
+    Ok(())
+}
+
+async fn loadgen(a: LoadgenArgs) -> Result<()> {
+    use shoal::loadgen::{self, LoadgenOptions};
+    if !((0.0..=3600.0).contains(&a.hold) && a.timeout > 0.0 && a.timeout <= 600.0) {
+        bail!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
+    }
+    let mix = loadgen::parse_mix(&a.streams).map_err(|e| anyhow::anyhow!("--streams: {e}"))?;
+    let ca = shoal::tls::read_certs(&a.conn.ca)
+        .context("reading the CA (start `shoal up` first, or pass --ca)")?;
+    let opts = LoadgenOptions {
+        hub: a.conn.hub,
+        ca,
+        cluster: a.conn.cluster.clone(),
+        clients: a.clients,
+        rate: a.rate,
+        hold: Duration::from_secs_f64(a.hold),
+        mix,
+        hints: shoal::wire::Hints {
+            region: a.region.clone(),
+            device_class: a.device_class.clone(),
+            bitrate_kbps: a.bitrate_kbps,
+        },
+        request_timeout: Duration::from_secs_f64(a.timeout),
+    };
+    let bar = indicatif::ProgressBar::new(a.clients as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} clients done {msg}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    let (report, samples) = loadgen::run(opts, |t| {
+        bar.set_position(t.done + t.failed);
+        bar.set_message(format!(
+            "· {} active · {} failed · {} chunks",
+            t.started - t.done - t.failed,
+            t.failed,
+            t.chunks
+        ));
+    })
+    .await
+    .with_context(|| format!("load against {}", a.conn.hub))?;
+    bar.finish_and_clear();
+    println!("{}", report.table());
+    if let Some(p) = &a.plot {
+        loadgen::plot(&samples, p).map_err(|e| anyhow::anyhow!(e))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if report.succeeded == 0 {
+        bail!("every client failed");
     }
     Ok(())
 }

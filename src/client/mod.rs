@@ -126,6 +126,10 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Microseconds from `subscribe` to the first chunk; 0 until then.
     pub ttfb_us: AtomicU64,
+    /// Microseconds the first grant request took (0 for a grant obtained elsewhere).
+    pub grant_us: AtomicU64,
+    /// Microseconds from opening the first admitted shard connection to `attached`.
+    pub attach_us: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -141,6 +145,8 @@ pub struct StatsSnapshot {
     pub missing: u64,
     pub duplicates: u64,
     pub ttfb_us: u64,
+    pub grant_us: u64,
+    pub attach_us: u64,
 }
 
 impl Stats {
@@ -157,11 +163,19 @@ impl Stats {
             missing: l(&self.missing),
             duplicates: l(&self.duplicates),
             ttfb_us: l(&self.ttfb_us),
+            grant_us: l(&self.grant_us),
+            attach_us: l(&self.attach_us),
         }
     }
 
     pub(crate) fn inc(a: &AtomicU64) {
         a.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets `a` to the microseconds elapsed since `since`, unless it is set already.
+    pub(crate) fn mark_once(a: &AtomicU64, since: Instant) {
+        let us = since.elapsed().as_micros().max(1) as u64;
+        let _ = a.compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -187,7 +201,14 @@ pub(crate) struct Inner {
     pub(crate) quic: quinn::ClientConfig,
     pub(crate) hub: SocketAddr,
     pub(crate) opts: ClientOptions,
-    hub_conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    hub_conn: tokio::sync::Mutex<Option<HubConn>>,
+}
+
+/// The client's connection to the hub; `early` while requests on it may ride in 0-RTT.
+#[derive(Clone)]
+struct HubConn {
+    conn: quinn::Connection,
+    early: bool,
 }
 
 impl Client {
@@ -232,7 +253,9 @@ impl Client {
     pub async fn subscribe(&self, stream: &StreamName) -> Result<Subscription, ClientError> {
         let started = Instant::now();
         let reply = self.inner.request(stream, Role::Subscribe).await?;
-        Ok(self.subscribe_from(stream, reply, started))
+        let sub = self.subscribe_from(stream, reply, started);
+        Stats::mark_once(&sub.stats.grant_us, started);
+        Ok(sub)
     }
 
     /// Subscribes with a grant obtained earlier (for example by a backend that asked the hub
@@ -270,6 +293,42 @@ impl Client {
         Publisher::open(self.inner.clone(), stream.clone()).await
     }
 
+    /// Attaches to shard `rank` of a grant and keeps the session idle (answering heartbeats)
+    /// until the returned [`ShardSession`] is closed or dropped. For tools that measure or
+    /// hold attaches; applications subscribe or publish instead.
+    pub async fn attach(
+        &self,
+        reply: &GrantReply,
+        rank: usize,
+    ) -> Result<ShardSession, ClientError> {
+        let grant = &reply.grant;
+        let shard = grant
+            .shards
+            .get(rank)
+            .ok_or_else(|| ClientError::Protocol(format!("the grant has no shard {rank}")))?;
+        let stats = Stats::default();
+        let started = Instant::now();
+        let a = session::attach(&self.inner, grant, shard, None, &stats).await?;
+        let latency = started.elapsed();
+        let conn = a.conn.clone();
+        let task = tokio::spawn(session::keep_idle(a, self.inner.opts.heartbeat_interval));
+        Ok(ShardSession {
+            conn,
+            shard: shard.id,
+            zero_rtt: stats.zero_rtt_accepted.load(Ordering::Relaxed) > 0,
+            latency,
+            task,
+        })
+    }
+
+    /// Closes the connection to the hub, keeping the endpoint and its TLS tickets: the next
+    /// request reconnects, with 0-RTT when the client holds a ticket (a *returning* client).
+    pub async fn disconnect(&self) {
+        if let Some(c) = self.inner.hub_conn.lock().await.take() {
+            c.conn.close(ErrorCode::NoError.varint(), b"");
+        }
+    }
+
     /// Closes every connection of this client.
     pub async fn close(&self) {
         self.inner
@@ -280,10 +339,12 @@ impl Client {
 }
 
 impl Inner {
-    async fn hub_connection(&self) -> Result<quinn::Connection, ClientError> {
+    /// The open hub connection, or a new one. A new connection with a ticket is returned at
+    /// once, before its handshake completes, so the request rides in 0-RTT.
+    async fn hub_connection(&self) -> Result<HubConn, ClientError> {
         let mut slot = self.hub_conn.lock().await;
         if let Some(c) = slot.as_ref() {
-            if c.close_reason().is_none() {
+            if c.conn.close_reason().is_none() {
                 return Ok(c.clone());
             }
         }
@@ -294,14 +355,21 @@ impl Inner {
                 addr: self.hub,
                 reason: e.to_string(),
             })?;
-        let conn = tokio::time::timeout(self.opts.request_timeout, connecting)
-            .await
-            .map_err(|_| ClientError::Timeout {
-                addr: self.hub,
-                after: self.opts.request_timeout,
-            })??;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let hc = match connecting.into_0rtt() {
+            Ok((conn, _accepted)) => HubConn { conn, early: true },
+            Err(connecting) => {
+                let conn = tokio::time::timeout(self.opts.request_timeout, connecting)
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        addr: self.hub,
+                        after: self.opts.request_timeout,
+                    })?
+                    .map_err(refused_or_lost)?;
+                HubConn { conn, early: false }
+            }
+        };
+        *slot = Some(hc.clone());
+        Ok(hc)
     }
 
     pub(crate) async fn request(
@@ -311,48 +379,15 @@ impl Inner {
     ) -> Result<GrantReply, ClientError> {
         let timeout = self.opts.request_timeout;
         let work = async {
-            let conn = self.hub_connection().await?;
-            let (mut send, recv) = conn.open_bi().await?;
-            let req = Message::StreamRequest(StreamRequest {
-                client_id: self.opts.client_id.clone(),
-                stream: stream.clone(),
-                role,
-                hints: self.opts.hints.clone(),
-            });
-            write_control(&mut send, &req)
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let _ = send.finish();
-            let mut reader = FrameReader::new(recv);
-            let grant = match reader.next().await {
-                Ok(Some(Frame::Control(Message::Grant(g)))) => g,
-                Ok(Some(Frame::Control(Message::Reject(r)))) => {
-                    return Err(ClientError::Refused {
-                        code: ErrorCode::from_u32(r.code).unwrap_or(ErrorCode::Internal),
-                        reason: r.reason,
-                    })
+            let hc = self.hub_connection().await?;
+            match self.request_on(&hc.conn, stream, role).await {
+                // A request sent in 0-RTT is lost when the hub refuses early data (its stream
+                // fails); send it again, now over the completed handshake.
+                Err(ClientError::Protocol(_)) if hc.early && hc.conn.close_reason().is_none() => {
+                    self.request_on(&hc.conn, stream, role).await
                 }
-                Ok(other) => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected a grant, got {}",
-                        other.as_ref().map_or("end of stream", Frame::kind)
-                    )))
-                }
-                Err(e) => return Err(closed_or(&conn, e.into())),
-            };
-            if grant.shards.is_empty() || grant.session_secret.len() != crate::proof::SECRET_LEN {
-                return Err(ClientError::Protocol(
-                    "grant without shards or secret".into(),
-                ));
+                r => r,
             }
-            let mut first_chunks = Vec::new();
-            while let Ok(Some(Frame::Chunk(c))) = reader.next().await {
-                first_chunks.push(c);
-            }
-            Ok(GrantReply {
-                grant,
-                first_chunks,
-            })
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -360,6 +395,55 @@ impl Inner {
                 addr: self.hub,
                 after: timeout,
             })?
+    }
+
+    async fn request_on(
+        &self,
+        conn: &quinn::Connection,
+        stream: &StreamName,
+        role: Role,
+    ) -> Result<GrantReply, ClientError> {
+        let (mut send, recv) = conn.open_bi().await.map_err(refused_or_lost)?;
+        let req = Message::StreamRequest(StreamRequest {
+            client_id: self.opts.client_id.clone(),
+            stream: stream.clone(),
+            role,
+            hints: self.opts.hints.clone(),
+        });
+        write_control(&mut send, &req)
+            .await
+            .map_err(|e| closed_or(conn, ClientError::Protocol(e.to_string())))?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv);
+        let grant = match reader.next().await {
+            Ok(Some(Frame::Control(Message::Grant(g)))) => g,
+            Ok(Some(Frame::Control(Message::Reject(r)))) => {
+                return Err(ClientError::Refused {
+                    code: ErrorCode::from_u32(r.code).unwrap_or(ErrorCode::Internal),
+                    reason: r.reason,
+                })
+            }
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a grant, got {}",
+                    other.as_ref().map_or("end of stream", Frame::kind)
+                )))
+            }
+            Err(e) => return Err(closed_or(conn, e.into())),
+        };
+        if grant.shards.is_empty() || grant.session_secret.len() != crate::proof::SECRET_LEN {
+            return Err(ClientError::Protocol(
+                "grant without shards or secret".into(),
+            ));
+        }
+        let mut first_chunks = Vec::new();
+        while let Ok(Some(Frame::Chunk(c))) = reader.next().await {
+            first_chunks.push(c);
+        }
+        Ok(GrantReply {
+            grant,
+            first_chunks,
+        })
     }
 }
 
@@ -405,6 +489,35 @@ impl Drop for Subscription {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+/// An attached, idle shard session from [`Client::attach`]. Dropping it closes the connection.
+pub struct ShardSession {
+    conn: quinn::Connection,
+    /// The shard that admitted the session.
+    pub shard: crate::ids::ShardId,
+    /// Whether the attach rode in accepted 0-RTT.
+    pub zero_rtt: bool,
+    /// From opening the connection to the shard's `attached`.
+    pub latency: Duration,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ShardSession {
+    /// Whether the shard still holds the session.
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none() && !self.task.is_finished()
+    }
+
+    /// Ends the session (the shard sees a clean close).
+    pub fn close(self) {}
+}
+
+impl Drop for ShardSession {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.conn.close(ErrorCode::NoError.varint(), b"");
     }
 }
 

@@ -57,6 +57,7 @@ pub(crate) async fn attach(
     }
     let flight: Bytes = flight.freeze();
     let timeout = inner.opts.request_timeout;
+    let opened = Instant::now();
     let work = async {
         let (conn, send, recv) = match connect_shard(inner, addr, stats)? {
             Attempt::ZeroRtt(conn, accepted) => {
@@ -86,12 +87,15 @@ pub(crate) async fn attach(
         };
         let mut reader = FrameReader::new(recv);
         match reader.next().await {
-            Ok(Some(Frame::Control(Message::Attached(attached)))) => Ok(Attachment {
-                conn,
-                send,
-                reader,
-                attached,
-            }),
+            Ok(Some(Frame::Control(Message::Attached(attached)))) => {
+                Stats::mark_once(&stats.attach_us, opened);
+                Ok(Attachment {
+                    conn,
+                    send,
+                    reader,
+                    attached,
+                })
+            }
             Ok(other) => {
                 let e = ClientError::Protocol(format!(
                     "expected attached, got {}",
@@ -116,6 +120,28 @@ pub(crate) async fn attach(
             after: timeout,
         }),
     }
+}
+
+/// Holds an attached session open and idle: answers the shard's liveness rule with heartbeats
+/// and reads (and drops) what the shard sends, until the connection ends.
+pub(crate) async fn keep_idle(mut a: Attachment, hb: std::time::Duration) {
+    let mut heartbeat = tokio::time::interval(hb);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            frame = a.reader.next() => match frame {
+                Ok(Some(Frame::Control(Message::GoAway(_)))) | Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
+            },
+            _ = heartbeat.tick() => {
+                let m = Message::Heartbeat(Heartbeat { at_us: crate::unix_us() });
+                if write_control(&mut a.send, &m).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = a.send.finish();
 }
 
 /// How one attached session ended.

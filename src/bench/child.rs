@@ -1,0 +1,219 @@
+//! Measured servers run as child processes (`shoal bench-serve SPEC`), so that their CPU time
+//! and resident memory are read from `/proc` apart from the load generator's.
+//!
+//! Contract with the child: it gets its [`ServerSpec`] as one JSON argument, binds, prints one
+//! line `READY <json Ready>` on stdout, and serves until its stdin closes. The parent holds the
+//! stdin pipe, so a parent that dies takes its children with it; dropping a [`ChildServer`]
+//! also kills the child.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use super::baseline;
+use super::BenchError;
+use crate::cluster::{pem_certs, Cluster, Material};
+use crate::config::Config;
+use crate::keys::ClusterSecret;
+use crate::tickets::SessionStore;
+
+/// What a child serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ServerSpec {
+    /// The embedded cluster (hub and shards) with default settings except these.
+    Shoal {
+        /// Dummy tickets put in the session store before serving.
+        prefill_tickets: usize,
+        store_entries: usize,
+        rate_hz: u32,
+        chunk_bytes: u32,
+    },
+    /// The raw-quinn baseline server (see [`baseline`]).
+    Quinn(baseline::BaselineSpec),
+}
+
+/// What a ready child tells its parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    /// The hub then the shards (shoal), or the one server (quinn).
+    pub addrs: Vec<SocketAddr>,
+    pub ca_pem: String,
+    pub cluster: String,
+}
+
+/// A running child server.
+pub struct ChildServer {
+    child: tokio::process::Child,
+    pid: u32,
+    pub ready: Ready,
+}
+
+impl ChildServer {
+    /// Starts `exe bench-serve SPEC` and waits (at most 30 s) for its ready line.
+    pub async fn spawn(exe: &Path, spec: &ServerSpec) -> Result<ChildServer, BenchError> {
+        let json = serde_json::to_string(spec).expect("specs serialize");
+        let mut child = tokio::process::Command::new(exe)
+            .arg("bench-serve")
+            .arg(&json)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Child(format!("cannot start {}: {e}", exe.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| BenchError::Child("server child not ready within 30 s".into()))?
+            .map_err(|e| BenchError::Child(format!("reading the child's output: {e}")))?
+            .ok_or_else(|| BenchError::Child("server child exited before it was ready".into()))?;
+        let ready: Ready = line
+            .strip_prefix("READY ")
+            .and_then(|j| serde_json::from_str(j).ok())
+            .ok_or_else(|| BenchError::Child(format!("unexpected child output {line:?}")))?;
+        Ok(ChildServer { child, pid, ready })
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.ready.addrs[i]
+    }
+
+    pub fn ca(&self) -> Vec<CertificateDer<'static>> {
+        pem_certs(&self.ready.ca_pem)
+    }
+
+    /// CPU time the child has used so far (all its threads, user and system).
+    pub fn cpu(&self) -> Result<Duration, BenchError> {
+        cpu_time(self.pid)
+    }
+
+    /// Resident set size of the child, in bytes.
+    pub fn rss(&self) -> Result<u64, BenchError> {
+        rss_bytes(self.pid)
+    }
+
+    /// Asks the child to stop (closes its stdin) and waits a moment; kills it otherwise.
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn proc_err(what: &str, e: std::io::Error) -> BenchError {
+    BenchError::Child(format!(
+        "cannot read {what} (the benchmarks need Linux /proc): {e}"
+    ))
+}
+
+/// Sum of the on-CPU time of every thread of `pid` (`/proc/PID/task/*/schedstat`, in ns).
+pub fn cpu_time(pid: u32) -> Result<Duration, BenchError> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for entry in std::fs::read_dir(&dir).map_err(|e| proc_err(&dir, e))? {
+        let Ok(entry) = entry else { continue };
+        // A thread that exits between listing and reading is skipped.
+        if let Ok(s) = std::fs::read_to_string(entry.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+/// Resident set size of `pid` in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    let s = std::fs::read_to_string(&path).map_err(|e| proc_err(&path, e))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| BenchError::Child(format!("no VmRSS in {path}")))
+}
+
+/// The child side: serve `spec` until stdin closes. Runs inside a tokio runtime.
+pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
+    let spec: ServerSpec = serde_json::from_str(spec_json)
+        .map_err(|e| BenchError::Child(format!("bad server spec: {e}")))?;
+    let cluster_name = crate::DEFAULT_CLUSTER;
+    let certs =
+        crate::certs::generate(cluster_name).map_err(|e| BenchError::Child(e.to_string()))?;
+    let material = Material::from_certs(
+        ClusterSecret::random().map_err(|e| BenchError::Child(e.to_string()))?,
+        &certs,
+    )
+    .map_err(|e| BenchError::Child(e.to_string()))?;
+    // Keep whatever serves alive until stdin closes.
+    let (addrs, _keep): (Vec<SocketAddr>, Box<dyn std::any::Any + Send>) = match spec {
+        ServerSpec::Shoal {
+            prefill_tickets,
+            store_entries,
+            rate_hz,
+            chunk_bytes,
+        } => {
+            let mut cfg = Config::default();
+            cfg.hub.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            cfg.streams.synthetic_rate_hz = rate_hz;
+            cfg.streams.synthetic_chunk_bytes = chunk_bytes;
+            cfg.streams.session_store_entries = store_entries;
+            cfg.validate()
+                .map_err(|e| BenchError::Child(e.to_string()))?;
+            let cluster =
+                Cluster::start(&cfg, material).map_err(|e| BenchError::Child(e.to_string()))?;
+            prefill(&cluster.store, prefill_tickets)?;
+            let mut addrs = vec![cluster.hub.addr()];
+            addrs.extend(cluster.shards.iter().map(|s| s.addr()));
+            (addrs, Box::new(cluster))
+        }
+        ServerSpec::Quinn(b) => {
+            let server = baseline::Server::start(&b, material)?;
+            (vec![server.addr()], Box::new(server))
+        }
+    };
+    let ready = Ready {
+        addrs,
+        ca_pem: certs.ca_pem.clone(),
+        cluster: cluster_name.to_string(),
+    };
+    println!(
+        "READY {}",
+        serde_json::to_string(&ready).expect("ready serializes")
+    );
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    Ok(())
+}
+
+/// Puts `n` ticket-sized dummy entries in the store (32-byte ids, 160-byte values, as rustls'
+/// stateful tickets are).
+fn prefill(store: &Arc<SessionStore>, n: usize) -> Result<(), BenchError> {
+    use ring::rand::SecureRandom;
+    use rustls::server::StoresServerSessions;
+    let rng = ring::rand::SystemRandom::new();
+    for _ in 0..n {
+        let mut key = vec![0u8; 32];
+        rng.fill(&mut key)
+            .map_err(|_| BenchError::Child("no randomness".into()))?;
+        store.put(key, vec![0xa5; 160]);
+    }
+    Ok(())
+}

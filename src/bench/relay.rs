@@ -1,0 +1,137 @@
+//! A userspace UDP relay that delays every datagram by a fixed one-way time (tc netem does not
+//! exist on the machines this runs on). Constant delay keeps the order of datagrams.
+//!
+//! Each client address gets its own upstream socket, so the server sees one peer per client.
+//! Queues are bounded; a datagram that finds its queue full is dropped and counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const QUEUE: usize = 8192;
+/// Distinct clients one relay serves; more are dropped (a bench never needs that many).
+const MAX_PEERS: usize = 4096;
+
+/// A running relay; dropping it stops it.
+pub struct DelayRelay {
+    addr: SocketAddr,
+    dropped: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayRelay {
+    /// Relays to `target`, delaying each direction by `one_way`.
+    pub async fn start(target: SocketAddr, one_way: Duration) -> std::io::Result<DelayRelay> {
+        let front = Arc::new(UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        let addr = front.local_addr()?;
+        let dropped = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(front, target, one_way, dropped.clone()));
+        Ok(DelayRelay {
+            addr,
+            dropped,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Datagrams dropped because a queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Delayed = (Instant, Bytes, SocketAddr);
+
+/// Sends each queued datagram when it is due.
+async fn sender(socket: Arc<UdpSocket>, mut rx: mpsc::Receiver<Delayed>) {
+    while let Some((due, data, to)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        let _ = socket.send_to(&data, to).await;
+    }
+}
+
+async fn run(
+    front: Arc<UdpSocket>,
+    target: SocketAddr,
+    one_way: Duration,
+    dropped: Arc<AtomicU64>,
+) {
+    let (back_tx, back_rx) = mpsc::channel::<Delayed>(QUEUE);
+    // Aborted when this task ends or is aborted.
+    let mut tasks = Tasks(vec![tokio::spawn(sender(front.clone(), back_rx))]);
+    let mut peers: HashMap<SocketAddr, mpsc::Sender<Delayed>> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, from)) = front.recv_from(&mut buf).await else {
+            break;
+        };
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        let due = Instant::now() + one_way;
+        if !peers.contains_key(&from) {
+            if peers.len() >= MAX_PEERS {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Ok(up) = upstream(target).await else {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let up = Arc::new(up);
+            let (tx, rx) = mpsc::channel::<Delayed>(QUEUE);
+            tasks.0.push(tokio::spawn(sender(up.clone(), rx)));
+            // Answers from the server go back to this client, delayed the same way.
+            let (back_tx, dropped) = (back_tx.clone(), dropped.clone());
+            tasks.0.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = up.recv(&mut buf).await {
+                    let item = (
+                        Instant::now() + one_way,
+                        Bytes::copy_from_slice(&buf[..n]),
+                        from,
+                    );
+                    if back_tx.try_send(item).is_err() {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+            peers.insert(from, tx);
+        }
+        if let Some(tx) = peers.get(&from) {
+            if tx.try_send((due, data, target)).is_err() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn upstream(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let up = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    up.connect(target).await?;
+    Ok(up)
+}
+
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
