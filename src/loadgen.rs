@@ -108,6 +108,7 @@ pub struct Tick {
 }
 
 /// The histograms behind a report, for plotting.
+#[derive(Debug)]
 pub struct Samples {
     pub attach: Histogram<u64>,
     pub ttfb: Histogram<u64>,

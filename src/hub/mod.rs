@@ -32,6 +32,8 @@ pub struct HubCounters {
     pub connections: AtomicU64,
     pub grants: AtomicU64,
     pub rejects: AtomicU64,
+    /// Requests that arrived in 0-RTT (returning clients).
+    pub zero_rtt_requests: AtomicU64,
 }
 
 /// Everything a hub needs to start.
@@ -155,6 +157,12 @@ async fn handle_request(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), ErrorCode> {
+    if recv.is_0rtt() {
+        state
+            .counters
+            .zero_rtt_requests
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let mut reader = FrameReader::new(recv);
     let req = match tokio::time::timeout(state.request_timeout, reader.next()).await {
         Err(_) => return Err(ErrorCode::Timeout),

@@ -1,6 +1,7 @@
 //! Integration tests: real QUIC over loopback. One binary so the suite links once.
 
 mod bad_input;
+mod bench;
 mod cli;
 mod common;
 mod core_path;

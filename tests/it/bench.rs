@@ -1,0 +1,204 @@
+//! `shoal bench` and `shoal loadgen`: every scenario once in quick mode (a smoke test: the
+//! figures are checked for shape and sanity, never against timing goals), the load generator
+//! against an embedded cluster, and its bad-input paths.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use shoal::loadgen::{self, LoadgenError, LoadgenOptions};
+use shoal::wire::{Hints, Role};
+
+use crate::common::{ca, TestCluster};
+
+fn shoal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+#[test]
+fn every_bench_scenario_runs_once_in_quick_mode() {
+    let out = shoal()
+        .args(["bench", "all", "--quick", "--rounds", "1", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["grant", "attach", "ttfb", "fanout", "memory", "tickets"]
+    );
+    for f in &figures {
+        for k in ["shoal", "baseline", "ratio"] {
+            let v = f[k].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{k} of {f}");
+        }
+        assert!(f["unit"].is_string() && f["goal"].is_string() && f["rounds"] == 1);
+    }
+    let by = |name: &str| figures.iter().find(|f| f["scenario"] == name).unwrap();
+    assert!(by("grant")["grants_per_cpu_s"].as_f64().unwrap() > 0.0);
+    // Every attach was offered in 0-RTT with a ticket from the hub; the shard must take them.
+    assert_eq!(by("attach")["zero_rtt_acceptance"].as_f64(), Some(1.0));
+    let t = by("ttfb");
+    for k in ["cold_rtts", "returning_rtts", "rtt_ms"] {
+        assert!(t[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    // The relay delays by the configured RTT, so nothing can beat it.
+    assert!(t["rtt_ms"].as_f64().unwrap() >= 20.0);
+    assert!(t["returning_rtts"].as_f64().unwrap() < t["cold_rtts"].as_f64().unwrap());
+    assert!(by("fanout")["goodput_gbps"].as_f64().unwrap() > 0.0);
+    let m = by("memory");
+    assert_eq!(m["sessions_open_at_measure"].as_f64(), Some(100.0));
+    assert!(m["kib_per_conn"].as_f64().unwrap() > 0.0);
+    let k = by("tickets");
+    assert!(k["at_1k_us"].as_f64().unwrap() > 0.0 && k["at_100k_us"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_and_loadgen_refuse_bad_arguments_clearly() {
+    let out = shoal().args(["bench", "warp-speed"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'warp-speed'"));
+    let out = shoal()
+        .args(["bench", "grant", "--rounds", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.pem");
+    let out = shoal()
+        .args(["loadgen", "--ca", ca, "--streams", "synth/a:notanumber"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--streams"));
+}
+
+#[test]
+fn loadgen_against_an_unreachable_hub_fails_fast_with_a_message() {
+    // A port nobody listens on: bind one, note it, free it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.pem");
+    let started = Instant::now();
+    let out = shoal()
+        .args(["loadgen", "--ca", ca, "--timeout", "1", "--hub"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not grant"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+fn options(tc: &TestCluster, clients: usize) -> LoadgenOptions {
+    LoadgenOptions {
+        hub: tc.hub(),
+        ca: ca(),
+        cluster: tc.cfg.cluster.clone(),
+        clients,
+        rate: 100.0,
+        hold: Duration::from_millis(400),
+        mix: loadgen::parse_mix("synth/lg-a:2,synth/lg-b").unwrap(),
+        hints: Hints {
+            region: Some("eu-test".into()),
+            device_class: None,
+            bitrate_kbps: Some(800),
+        },
+        request_timeout: Duration::from_secs(3),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_reports_latencies_and_draws_a_chart() {
+    let tc = TestCluster::start();
+    let mut ticks = 0;
+    let (report, samples) = loadgen::run(options(&tc, 12), |_| ticks += 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.succeeded, report.failed),
+        (12, 0),
+        "{:?}",
+        report.errors
+    );
+    assert!(ticks >= 1);
+    assert_eq!(report.ttfb.count, 12);
+    assert_eq!(report.grant.count, 12);
+    assert!(report.attach.count >= 1);
+    assert!(report.ttfb.p50_us > 0 && report.ttfb.p50_us <= report.ttfb.max_us);
+    assert!(report.zero_rtt_accepted >= 1);
+    assert_eq!(report.chunks_duplicated, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latency.svg");
+    loadgen::plot(&samples, &path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("time to first byte"));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_against_a_refusing_hub_stops_before_the_load() {
+    let tc = TestCluster::start();
+    for s in &tc.cluster.shards {
+        s.kill();
+    }
+    let err = loadgen::run(options(&tc, 5), |_| {}).await.unwrap_err();
+    match &err {
+        LoadgenError::Probe { source, .. } => {
+            assert!(
+                matches!(source, shoal::client::ClientError::Refused { .. }),
+                "{source}"
+            )
+        }
+        other => panic!("expected a probe failure, got {other}"),
+    }
+    // Only the probe reached the hub.
+    assert_eq!(tc.cluster.hub.counters().rejects.load(Ordering::Relaxed), 1);
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_client_asks_the_hub_in_0rtt_and_idle_sessions_stay_up() {
+    let tc = TestCluster::start();
+    let client = tc.client("returning");
+    let stream = shoal::ids::StreamName::new("synth/ret").unwrap();
+    let first = client.request(&stream, Role::Subscribe).await.unwrap();
+    let hub = tc.cluster.hub.counters();
+    assert_eq!(hub.zero_rtt_requests.load(Ordering::Relaxed), 0);
+    client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = client.request(&stream, Role::Subscribe).await.unwrap();
+    assert!(!again.first_chunks.is_empty());
+    assert_eq!(hub.zero_rtt_requests.load(Ordering::Relaxed), 1);
+    assert_eq!(hub.connections.load(Ordering::Relaxed), 2);
+
+    // An attached idle session answers the shard's heartbeats: still open after well over
+    // four heartbeat intervals.
+    let session = client.attach(&first, 0).await.unwrap();
+    assert!(session.zero_rtt);
+    tokio::time::sleep(tc.cfg.transport.heartbeat_interval * 7).await;
+    assert!(session.is_open());
+    let shard = tc.shard(session.shard);
+    assert_eq!(shard.counters().sessions.load(Ordering::Relaxed), 1);
+    session.close();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shard.counters().sessions.load(Ordering::Relaxed), 0);
+    client.close().await;
+    tc.shutdown().await;
+}
