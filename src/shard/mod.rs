@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -349,12 +349,20 @@ struct Session {
     last_sent: Instant,
 }
 
-type Incoming = Result<Frame, WireError>;
-
 impl Session {
-    /// Serves the session until it ends; returns the code to close with.
-    async fn run(
-        mut self,
+    /// Serves the session until it ends; returns the code to close with. When the session
+    /// ends in an error, what was already written (the `attached`, say) gets a moment to
+    /// reach the client before the connection closes.
+    async fn run(mut self, reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
+        let code = self.serve_frames(reader, zero_rtt).await;
+        if code != ErrorCode::NoError && self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.send.stopped()).await;
+        }
+        code
+    }
+
+    async fn serve_frames(
+        &mut self,
         mut reader: FrameReader<quinn::RecvStream>,
         zero_rtt: bool,
     ) -> ErrorCode {
@@ -365,22 +373,12 @@ impl Session {
         if self.control(&attached).await.is_err() {
             return ErrorCode::NoError;
         }
-        // The reader runs on its own so that a slow write never stops us from reading.
-        let (tx, mut frames) = mpsc::channel::<Incoming>(64);
-        let read_task = tokio::spawn(async move {
-            loop {
-                let item = match reader.next().await {
-                    Ok(Some(f)) => Ok(f),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
-        let _abort = AbortOnDrop(read_task);
+        // One task per session, reading and writing in one loop (`FrameReader::next` is
+        // cancel-safe). `biased`: a go-away goes out first; frames already received are read
+        // before the liveness check
+        // runs, so a session that was busy writing does not mistake queued heartbeats for
+        // silence; the check and heartbeats come before chunks, so a busy stream cannot starve
+        // them.
         let mut cursor: Option<streams::Cursor> = None;
         let mut go_away = self.state.go_away.subscribe();
         let hb = self.state.heartbeat;
@@ -389,25 +387,25 @@ impl Session {
         let mut last_rx = Instant::now();
         loop {
             tokio::select! {
-                frame = frames.recv() => {
-                    let Some(frame) = frame else {
-                        // The client finished its side: the session is over.
-                        return ErrorCode::NoError;
-                    };
+                biased;
+                Ok(()) = go_away.changed() => {
+                    let msg = go_away.borrow_and_update().clone();
+                    if let Some(g) = msg {
+                        if self.control(&Message::GoAway(g)).await.is_err() {
+                            return ErrorCode::NoError;
+                        }
+                    }
+                }
+                frame = reader.next() => {
                     last_rx = Instant::now();
                     let frame = match frame {
-                        Ok(f) => f,
-                        Err(WireError::Io(_)) => return ErrorCode::NoError,
+                        Ok(Some(f)) => f,
+                        // The client finished its side: the session is over.
+                        Ok(None) | Err(WireError::Io(_)) => return ErrorCode::NoError,
                         Err(e) => return e.code(),
                     };
                     if let Err(code) = self.handle(frame, &mut cursor).await {
                         return code;
-                    }
-                }
-                item = next_item(&mut cursor) => {
-                    let Some(item) = item else { return ErrorCode::UnknownStream };
-                    if self.deliver(item).await.is_err() {
-                        return ErrorCode::NoError;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -421,12 +419,10 @@ impl Session {
                         }
                     }
                 }
-                Ok(()) = go_away.changed() => {
-                    let msg = go_away.borrow_and_update().clone();
-                    if let Some(g) = msg {
-                        if self.control(&Message::GoAway(g)).await.is_err() {
-                            return ErrorCode::NoError;
-                        }
+                item = next_item(&mut cursor) => {
+                    let Some(item) = item else { return ErrorCode::UnknownStream };
+                    if self.deliver(item).await.is_err() {
+                        return ErrorCode::NoError;
                     }
                 }
             }
@@ -531,12 +527,5 @@ async fn next_item(cursor: &mut Option<streams::Cursor>) -> Option<Item> {
     match cursor {
         Some(c) => c.next().await,
         None => std::future::pending().await,
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -148,13 +148,22 @@ fn decode_chunk(mut body: Bytes) -> Result<Chunk, WireError> {
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// Smallest allocation when the buffer grows: sized from the frames seen, so that an idle
+    /// connection exchanging heartbeats holds a few hundred bytes while a stream of chunks
+    /// shares each allocation among several chunks.
+    block: usize,
 }
+
+/// Bounds of [`FrameReader`]'s growth block.
+const MIN_BLOCK: usize = 512;
+const MAX_BLOCK: usize = 16 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
             buf: BytesMut::new(),
+            block: MIN_BLOCK,
         }
     }
 
@@ -201,6 +210,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.buf.advance(HEADER_LEN);
         let body = self.buf.split_to(body_len).freeze();
+        self.block = (HEADER_LEN + body_len)
+            .saturating_mul(8)
+            .clamp(MIN_BLOCK, MAX_BLOCK);
         let frame = match kind {
             KIND_CONTROL => rmp_serde::from_slice(&body)
                 .map(Frame::Control)
@@ -214,7 +226,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     async fn fill(&mut self, need: usize) -> Result<bool, WireError> {
         while self.buf.len() < need {
             // Grow in blocks so that many small chunks share one allocation.
-            self.buf.reserve((need - self.buf.len()).max(16 * 1024));
+            self.buf.reserve((need - self.buf.len()).max(self.block));
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return Ok(false);
             }

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use shoal::client::{Client, ClientOptions};
 use shoal::loadgen::{self, LoadgenError, LoadgenOptions};
 use shoal::wire::{Hints, Role};
 
@@ -176,7 +177,18 @@ async fn loadgen_against_a_refusing_hub_stops_before_the_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_client_asks_the_hub_in_0rtt_and_idle_sessions_stay_up() {
     let tc = TestCluster::start();
-    let client = tc.client("returning");
+    // Through a delay relay, so that the request is surely written before the handshake
+    // completes (on bare loopback it may race the server's first answer).
+    let relay = shoal::bench::DelayRelay::start(tc.hub(), Duration::from_millis(20))
+        .await
+        .unwrap();
+    let mut o = ClientOptions::new(
+        tc.cfg.cluster.clone(),
+        ca(),
+        shoal::ids::ClientId::new("returning").unwrap(),
+    );
+    o.heartbeat_interval = tc.cfg.transport.heartbeat_interval;
+    let client = Client::new(relay.addr(), o).unwrap();
     let stream = shoal::ids::StreamName::new("synth/ret").unwrap();
     let first = client.request(&stream, Role::Subscribe).await.unwrap();
     let hub = tc.cluster.hub.counters();
