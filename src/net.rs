@@ -37,3 +37,15 @@ pub fn server_endpoint(
     let local = endpoint.local_addr()?;
     Ok((endpoint, local))
 }
+
+/// Accepts an incoming connection and returns it before the handshake completes when the
+/// client sent 0-RTT data, so the server can answer in 0.5-RTT; otherwise after the handshake.
+pub async fn accept_early(
+    incoming: quinn::Incoming,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let connecting = incoming.accept()?;
+    match connecting.into_0rtt() {
+        Ok((conn, _)) => Ok(conn),
+        Err(connecting) => connecting.await,
+    }
+}

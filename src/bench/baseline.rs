@@ -112,16 +112,9 @@ async fn accept_loop(endpoint: quinn::Endpoint, response: Bytes, chunks: broadca
     while let Some(incoming) = endpoint.accept().await {
         let (response, chunks) = (response.clone(), chunks.clone());
         tokio::spawn(async move {
-            let Ok(connecting) = incoming.accept() else {
-                return;
-            };
             // 0.5-RTT answers, as the shoal hub and shards give.
-            let conn = match connecting.into_0rtt() {
-                Ok((c, _)) => c,
-                Err(c) => match c.await {
-                    Ok(c) => c,
-                    Err(_) => return,
-                },
+            let Ok(conn) = crate::net::accept_early(incoming).await else {
+                return;
             };
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let (conn, response, chunks) = (conn.clone(), response.clone(), chunks.clone());

@@ -142,17 +142,18 @@ pub fn mostly_ok<T>(results: Vec<Result<T, BenchError>>, what: &str) -> Result<V
     Ok(ok)
 }
 
-/// Server CPU microseconds per successful operation of `work` (which returns that count).
-pub async fn cpu_per_op<Fut>(child: &ChildServer, work: Fut) -> Result<f64, BenchError>
+/// Server CPU microseconds per successful operation of `work`, which returns that count and
+/// anything else the caller wants back.
+pub async fn cpu_per_op<T, Fut>(child: &ChildServer, work: Fut) -> Result<(f64, T), BenchError>
 where
-    Fut: Future<Output = Result<usize, BenchError>>,
+    Fut: Future<Output = Result<(usize, T), BenchError>>,
 {
     let c0 = child.cpu()?;
-    let ops = work.await?;
+    let (ops, extra) = work.await?;
     // Let closes and acknowledgements in flight be processed inside the window.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let c1 = child.cpu()?;
-    Ok((c1 - c0).as_secs_f64() * 1e6 / ops.max(1) as f64)
+    Ok(((c1 - c0).as_secs_f64() * 1e6 / ops.max(1) as f64, extra))
 }
 
 /// Fresh shoal clients each asking for one grant, `workers` at a time; returns the count.
@@ -224,12 +225,8 @@ pub async fn granted_clients(
 
 /// Closes every client.
 pub async fn close_all(clients: &[(Client, GrantReply)]) {
-    for (c, _) in clients {
-        c.endpoint().close(0u32.into(), b"");
-    }
-    for (c, _) in clients {
-        let _ = tokio::time::timeout(Duration::from_secs(1), c.endpoint().wait_idle()).await;
-    }
+    let eps: Vec<quinn::Endpoint> = clients.iter().map(|(c, _)| c.endpoint().clone()).collect();
+    close_endpoints(&eps).await;
 }
 
 /// Each client attaches once to the first shard of its grant and detaches; returns the count

@@ -63,6 +63,13 @@ where
     Ok(Round { shoal, baseline })
 }
 
+/// A count of operations, with nothing else to return.
+async fn ops(
+    work: impl std::future::Future<Output = Result<usize, BenchError>>,
+) -> Result<(usize, ()), BenchError> {
+    Ok((work.await?, ()))
+}
+
 fn report(p: Progress<'_>, s: Scenario, r: usize, of: usize, round: &Round, unit: &str) {
     p(&format!(
         "{} round {}/{}: shoal {:.2} {unit}, baseline {:.2} {unit}, ratio {:.3}",
@@ -112,8 +119,15 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
     for r in 0..opts.rounds {
         let round = alternate(
             r,
-            cpu_per_op(&shoal, load::shoal_grants(&ts, n, WORKERS)),
-            cpu_per_op(&quinn, load::quinn_requests(&tq, n, WORKERS, request_bytes)),
+            async {
+                Ok(cpu_per_op(&shoal, ops(load::shoal_grants(&ts, n, WORKERS)))
+                    .await?
+                    .0)
+            },
+            async {
+                let work = ops(load::quinn_requests(&tq, n, WORKERS, request_bytes));
+                Ok(cpu_per_op(&quinn, work).await?.0)
+            },
         )
         .await?;
         report(p, s, r, opts.rounds, &round, "cpu-µs/grant");
@@ -153,15 +167,9 @@ async fn shoal_attach_round(
 ) -> Result<(f64, usize, usize), BenchError> {
     let t = Target::of(child, 0);
     let clients = load::granted_clients(&t, n, WORKERS).await?;
-    let zero = AtomicUsize::new(0);
-    let us = cpu_per_op(child, async {
-        let (ok, z) = load::shoal_attaches(&clients, WORKERS).await?;
-        zero.store(z, Ordering::Relaxed);
-        Ok(ok)
-    })
-    .await?;
+    let (us, zero) = cpu_per_op(child, load::shoal_attaches(&clients, WORKERS)).await?;
     load::close_all(&clients).await;
-    Ok((us, zero.load(Ordering::Relaxed), clients.len()))
+    Ok((us, zero, clients.len()))
 }
 
 async fn quinn_attach_round(
@@ -171,15 +179,10 @@ async fn quinn_attach_round(
 ) -> Result<(f64, usize, usize), BenchError> {
     let t = Target::of(child, 0);
     let eps = load::ticketed_endpoints(&t, n, WORKERS).await?;
-    let zero = AtomicUsize::new(0);
-    let us = cpu_per_op(child, async {
-        let (ok, z) = load::quinn_attaches(&t, &eps, WORKERS, request_bytes).await?;
-        zero.store(z, Ordering::Relaxed);
-        Ok(ok)
-    })
-    .await?;
+    let work = load::quinn_attaches(&t, &eps, WORKERS, request_bytes);
+    let (us, zero) = cpu_per_op(child, work).await?;
     load::close_endpoints(&eps).await;
-    Ok((us, zero.load(Ordering::Relaxed), eps.len()))
+    Ok((us, zero, eps.len()))
 }
 
 /// Shard CPU per 0-RTT attach (token check included), against a 0-RTT handshake plus one

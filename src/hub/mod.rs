@@ -123,18 +123,11 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
         let span = info_span!("conn", remote = %incoming.remote_address());
         tokio::spawn(
             async move {
-                let connecting = match incoming.accept() {
-                    Ok(c) => c,
-                    Err(e) => return debug!(error = %e, "handshake failed"),
-                };
                 // Answer in 0.5-RTT: a returning client's request rides in 0-RTT and gets its
                 // grant one round trip after its first packet.
-                let conn = match connecting.into_0rtt() {
-                    Ok((c, _)) => c,
-                    Err(connecting) => match connecting.await {
-                        Ok(c) => c,
-                        Err(e) => return debug!(error = %e, "handshake failed"),
-                    },
+                let conn = match crate::net::accept_early(incoming).await {
+                    Ok(c) => c,
+                    Err(e) => return debug!(error = %e, "handshake failed"),
                 };
                 state.counters.connections.fetch_add(1, Ordering::Relaxed);
                 while let Ok((send, recv)) = conn.accept_bi().await {
