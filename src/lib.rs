@@ -20,6 +20,8 @@ pub mod wire;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod mirror;
 
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod bench;

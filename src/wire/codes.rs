@@ -86,6 +86,8 @@ codes! {
     HeartbeatTimeout = 0x42, "heartbeat timeout";
     /// A slow consumer fell too far behind the live edge and was cut.
     TooSlow = 0x43, "consumer too slow";
+    /// The mirror sender removed this endpoint from the stream's endpoint list.
+    EndpointRemoved = 0x44, "endpoint removed";
     /// A bug on the sending side.
     Internal = 0x50, "internal error";
 }

@@ -188,6 +188,20 @@ pub struct Gap {
     pub to: Seq,
 }
 
+/// Mirror sender → receiver, first frame on the first bidirectional stream of a
+/// `shoal-mirror/1` connection: the chunks that follow belong to `stream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorHello {
+    pub stream: StreamName,
+}
+
+/// Mirror receiver → sender, the answer to [`MirrorHello`]: the newest sequence the receiver
+/// has delivered for the stream (from an earlier connection), so the sender resumes after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorWelcome {
+    pub last_seq: Option<Seq>,
+}
+
 /// Every control message. Encoded as a MessagePack map with one key, the variant name in
 /// snake_case, whose value is the message's map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +220,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     GoAway(GoAway),
     Gap(Gap),
+    MirrorHello(MirrorHello),
+    MirrorWelcome(MirrorWelcome),
 }
 
 impl Message {
@@ -224,6 +240,8 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::GoAway(_) => "go_away",
             Message::Gap(_) => "gap",
+            Message::MirrorHello(_) => "mirror_hello",
+            Message::MirrorWelcome(_) => "mirror_welcome",
         }
     }
 }
