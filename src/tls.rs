@@ -135,3 +135,45 @@ pub fn server_crypto(
     cfg.send_tls13_tickets = tickets;
     Ok(Arc::new(cfg))
 }
+
+/// TLS of a mirror sender: trusts `roots`, presents `chain`/`key` as its client certificate
+/// (receivers admit only senders whose certificate chains to the cluster CA).
+pub fn mirror_client_crypto(
+    roots: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_client_auth_cert(chain, key)?;
+    cfg.alpn_protocols = vec![crate::mirror::MIRROR_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// TLS of a mirror receiver: presents `chain`/`key` and requires a client certificate that
+/// chains to `client_roots`.
+pub fn mirror_server_crypto(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in client_roots {
+        store.add(r.clone())?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+            .build()
+            .map_err(|e| TlsError::Quic(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![crate::mirror::MIRROR_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}

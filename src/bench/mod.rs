@@ -10,6 +10,7 @@
 
 mod baseline;
 mod child;
+pub mod failover;
 mod load;
 mod relay;
 mod scenarios;

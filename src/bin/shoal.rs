@@ -58,8 +58,10 @@ enum BenchScenario {
     Fanout,
     Memory,
     Tickets,
-    /// Every scenario, one after the other.
+    /// Every ratio scenario above, one after the other.
     All,
+    /// Mirror failover: a sender, 3 receivers behind delay relays, the active one blackholed.
+    Failover,
 }
 
 #[derive(Args)]
@@ -83,6 +85,9 @@ struct BenchArgs {
     /// Idle attached clients (memory).
     #[arg(long, default_value_t = 2000)]
     idle_clients: usize,
+    /// Chunks per second of the mirrored stream (failover).
+    #[arg(long, default_value_t = 500)]
+    rate_hz: u32,
 }
 
 #[derive(Args)]
@@ -469,6 +474,9 @@ async fn bench(a: BenchArgs) -> Result<()> {
     {
         bail!("--subscribers must be in 1..=10000 and --idle-clients in 1..=100000");
     }
+    if a.scenario == BenchScenario::Failover {
+        return bench_failover(&a).await;
+    }
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut opts = BenchOptions::new(exe);
     opts.rounds = a.rounds;
@@ -484,6 +492,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         BenchScenario::Memory => vec![Scenario::Memory],
         BenchScenario::Tickets => vec![Scenario::Tickets],
         BenchScenario::All => Scenario::ALL.to_vec(),
+        BenchScenario::Failover => unreachable!("handled above"),
     };
     let mut figures = Vec::new();
     for s in list {
@@ -506,6 +515,41 @@ async fn bench(a: BenchArgs) -> Result<()> {
         for f in &figures {
             println!("{}", serde_json::to_string(f)?);
         }
+    }
+    Ok(())
+}
+
+async fn bench_failover(a: &BenchArgs) -> Result<()> {
+    if a.rate_hz == 0 || a.rate_hz > 100_000 {
+        bail!("--rate-hz must be in 1..=100000");
+    }
+    let rounds = if a.quick { 1 } else { a.rounds.max(1) };
+    eprintln!(
+        "bench: failover ({rounds} rounds, relay RTT {} ms, {} chunks/s)",
+        a.rtt_ms, a.rate_hz
+    );
+    let f = shoal::bench::failover::run(
+        rounds,
+        Duration::from_millis(a.rtt_ms),
+        a.rate_hz,
+        &mut |line: &str| eprintln!("bench: {line}"),
+    )
+    .await
+    .context("scenario failover")?;
+    println!(
+        "failover: detection {:.1} ms (bound {:.1} ms), switch {:.1} ms (srtt {:.1} ms), lost {}, duplicated {}, replayed {:.0}, overlap {:.0}, goal {}",
+        f.detection_ms,
+        f.detection_bound_ms,
+        f.switch_ms,
+        f.srtt_ms,
+        f.lost,
+        f.duplicated,
+        f.replayed,
+        f.overlap,
+        if f.goal_met { "met" } else { "MISSED" }
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&f)?);
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! every shard of the grant failed, it asks the hub for a new grant.
 
 mod publish;
+mod receiver;
 mod session;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use crate::wire::{
 };
 
 pub use publish::Publisher;
+pub use receiver::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 //! beyond the payload's `Bytes`. `PROTOCOL.md` is the full specification.
 
 mod codes;
+pub mod datagram;
 mod frame;
 mod messages;
 

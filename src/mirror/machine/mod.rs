@@ -124,10 +124,6 @@ pub enum Transmit {
         from: Seq,
         to: Seq,
     },
-    /// A probe datagram with this id (the receiver echoes it).
-    Probe {
-        id: u64,
-    },
     /// Nothing now; ask again at this time (or earlier when woken).
     Wait(Instant),
 }
@@ -592,27 +588,44 @@ impl Mirror {
             .sum()
     }
 
-    /// What endpoint `id`'s connection writes next.
+    /// The probe (heartbeat) `id`'s connection sends now, or when the next one is due. Every
+    /// connected endpoint is probed, standbys and degraded ones too.
+    pub fn poll_probe(&mut self, id: EndpointId, now: Instant) -> Result<u64, Instant> {
+        let probe_interval = self.cfg.probe_interval;
+        let Some(i) = self.index(id) else {
+            return Err(now + Duration::from_secs(3600));
+        };
+        let ep = &mut self.eps[i];
+        if ep.state == EndpointState::Connecting {
+            return Err(now + probe_interval);
+        }
+        if now < ep.probe_due {
+            return Err(ep.probe_due);
+        }
+        let probe = self.next_probe;
+        self.next_probe += 1;
+        ep.probe_due = now + probe_interval;
+        if ep.probes.len() >= MAX_OUTSTANDING_PROBES {
+            ep.probes.pop_front();
+        }
+        ep.probes.push_back((probe, now));
+        Ok(probe)
+    }
+
+    /// Whether events wait to be polled.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// What endpoint `id`'s connection writes next (chunks and gaps; probes are separate).
     pub fn poll_transmit(&mut self, id: EndpointId, now: Instant) -> Transmit {
         let Some(i) = self.index(id) else {
             return Transmit::Wait(now + Duration::from_secs(3600));
         };
         let probe_interval = self.cfg.probe_interval;
         let ep = &mut self.eps[i];
-        if ep.state == EndpointState::Connecting {
-            return Transmit::Wait(now + probe_interval);
-        }
-        if now >= ep.probe_due {
-            let id = self.next_probe;
-            self.next_probe += 1;
-            ep.probe_due = now + probe_interval;
-            if ep.probes.len() >= MAX_OUTSTANDING_PROBES {
-                ep.probes.pop_front();
-            }
-            ep.probes.push_back((id, now));
-            return Transmit::Probe { id };
-        }
-        let probe_due = ep.probe_due;
+        // With nothing to send, ask again after a probe interval (or when woken).
+        let probe_due = now + probe_interval;
         if ep.state != EndpointState::Active {
             return Transmit::Wait(probe_due);
         }
@@ -870,6 +883,21 @@ impl Mirror {
             }
         }
         t
+    }
+
+    /// The earliest silence deadline of an endpoint that can be declared degraded: the one
+    /// timeout whose precision the detection time depends on.
+    pub fn silence_deadline(&self) -> Option<Instant> {
+        self.eps
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.state,
+                    EndpointState::Active | EndpointState::Standby | EndpointState::Draining
+                )
+            })
+            .map(|e| e.health.silence_deadline() + Duration::from_micros(1))
+            .min()
     }
 
     /// Runs the health rules, windows, pacing and revert policy.

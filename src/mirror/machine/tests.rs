@@ -52,7 +52,6 @@ impl Sim {
             match self.m.poll_transmit(id, self.now) {
                 Transmit::Chunk(c) => seqs.push(c.seq),
                 Transmit::Gap { from, to } => gaps.push((from, to)),
-                Transmit::Probe { .. } => {}
                 Transmit::Wait(_) => return (seqs, gaps),
             }
         }
@@ -103,10 +102,8 @@ fn first_connected_best_rank_becomes_active_and_gets_everything() {
     s.m.handle_connected(s.ids[0], None, s.now);
     assert_eq!(s.m.state(s.ids[0]), Some(EndpointState::Standby));
     // Standbys are probed but sent no data.
-    assert!(matches!(
-        s.m.poll_transmit(s.ids[0], s.now),
-        Transmit::Probe { .. }
-    ));
+    assert!(s.m.poll_probe(s.ids[0], s.now).is_ok());
+    assert!(s.m.poll_probe(s.ids[0], s.now).is_err(), "one per interval");
     assert_eq!(s.drain(s.ids[0]).0, Vec::<Seq>::new());
 }
 
@@ -361,9 +358,7 @@ fn probes_measure_rtt_and_raise_the_bound() {
     s.connect_all();
     let id = s.ids[0];
     for _ in 0..20 {
-        let Transmit::Probe { id: p } = s.m.poll_transmit(id, s.now) else {
-            panic!("a probe is due");
-        };
+        let p = s.m.poll_probe(id, s.now).expect("a probe is due");
         s.advance(Duration::from_millis(50));
         s.m.handle_feedback(id, Some(p), None, s.now);
         s.advance(Duration::from_millis(20));

@@ -1,0 +1,416 @@
+//! A mirror receiver: a QUIC listener (ALPN `shoal-mirror/1`) that accepts mirrored streams
+//! from senders holding a client certificate of the cluster CA, delivers each stream's chunks to
+//! the application in sequence order — de-duplicated, gaps reported — and acknowledges them.
+//!
+//! Per connection: the first bidirectional stream starts with `mirror_hello{stream}`; the
+//! receiver answers `mirror_welcome{last_seq}` (what it already delivered of that stream, from
+//! any earlier connection), then reads chunk and `gap` frames. Probes arrive as datagrams and
+//! are echoed at once with the cumulative acknowledgement; acknowledgements also go out within
+//! `ack_interval` of a delivery. A stream's position is shared by all connections carrying it,
+//! so a sender that fails over back to this receiver, or reconnects, never gets a chunk
+//! delivered twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, Instrument};
+
+use super::ClientError;
+use crate::ids::{Seq, StreamName};
+use crate::wire::datagram::{decode_probe, Feedback};
+use crate::wire::{
+    write_control, Chunk, ErrorCode, Frame, FrameReader, Message, MirrorWelcome, WireError,
+};
+
+/// How a receiver listens.
+#[derive(Clone)]
+pub struct ReceiverOptions {
+    pub listen: SocketAddr,
+    /// The receiver's certificate chain and key (senders check it against the cluster CA).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// CA that senders' client certificates must chain to.
+    pub client_ca: Vec<CertificateDer<'static>>,
+    /// Check synthetic (`synth/…`) payloads against their generator.
+    pub verify: bool,
+    /// Accept only this stream (others are closed with `UNKNOWN_STREAM`).
+    pub only_stream: Option<StreamName>,
+    /// Longest delay of an acknowledgement after a delivery.
+    pub ack_interval: Duration,
+    /// Events buffered towards the application; a full buffer slows the sender down.
+    pub channel_capacity: usize,
+    pub idle_timeout: Duration,
+}
+
+impl ReceiverOptions {
+    pub fn new(
+        listen: SocketAddr,
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_ca: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        Self {
+            listen,
+            cert_chain,
+            key: Arc::new(key),
+            client_ca,
+            verify: false,
+            only_stream: None,
+            ack_interval: Duration::from_millis(2),
+            channel_capacity: 4096,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a receiver hands to the application, per stream in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// A sender connected for `stream`.
+    Connected {
+        stream: StreamName,
+        remote: SocketAddr,
+    },
+    Chunk {
+        stream: StreamName,
+        chunk: Chunk,
+    },
+    /// Chunks `from..to` of `stream` will not arrive (the sender said so, or skipped them).
+    Gap {
+        stream: StreamName,
+        from: Seq,
+        to: Seq,
+    },
+    Disconnected {
+        stream: StreamName,
+        remote: SocketAddr,
+        reason: String,
+    },
+}
+
+/// Counters of one stream at a receiver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReceivedStats {
+    pub delivered: u64,
+    /// Chunks that arrived again and were dropped.
+    pub duplicates: u64,
+    /// Chunks reported missing (gap messages and unannounced jumps).
+    pub missing: u64,
+    /// Synthetic payloads that failed verification (with `verify`).
+    pub verify_failures: u64,
+    pub last_seq: Option<Seq>,
+    pub connections: u64,
+    /// Times a sender's address changed under a live connection (QUIC migration).
+    pub migrations: u64,
+}
+
+#[derive(Default)]
+struct Streams(Mutex<HashMap<StreamName, ReceivedStats>>);
+
+impl Streams {
+    fn with<R>(&self, s: &StreamName, f: impl FnOnce(&mut ReceivedStats) -> R) -> R {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(s.clone()).or_default())
+    }
+}
+
+/// A running receiver. Dropping it closes the listener.
+pub struct Receiver {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    rx: mpsc::Receiver<ReceiverEvent>,
+    streams: Arc<Streams>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Binds the listener. Must run in a tokio runtime.
+    pub fn bind(opts: ReceiverOptions) -> Result<Receiver, ClientError> {
+        let crypto = crate::tls::mirror_server_crypto(
+            opts.cert_chain.clone(),
+            opts.key.clone_key(),
+            &opts.client_ca,
+        )?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+            .map_err(|e| crate::tls::TlsError::Quic(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(crate::tls::transport_config(opts.idle_timeout));
+        let endpoint = quinn::Endpoint::server(server, opts.listen)?;
+        let addr = endpoint.local_addr()?;
+        let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
+        let streams = Arc::new(Streams::default());
+        let task = tokio::spawn(
+            accept_loop(endpoint.clone(), Arc::new(opts), tx, streams.clone())
+                .instrument(info_span!("receiver", %addr)),
+        );
+        info!(%addr, "mirror receiver listening");
+        Ok(Receiver {
+            endpoint,
+            addr,
+            rx,
+            streams,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next event; `None` once the receiver is closed.
+    pub async fn next(&mut self) -> Option<ReceiverEvent> {
+        self.rx.recv().await
+    }
+
+    /// Per-stream counters.
+    pub fn stats(&self) -> BTreeMap<StreamName, ReceivedStats> {
+        let map = self.streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Closes every connection and the listener.
+    pub fn close(&self) {
+        let code = ErrorCode::GoingAway;
+        self.endpoint.close(code.varint(), code.reason().as_bytes());
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.close();
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    opts: Arc<ReceiverOptions>,
+    tx: mpsc::Sender<ReceiverEvent>,
+    streams: Arc<Streams>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (opts, tx, streams) = (opts.clone(), tx.clone(), streams.clone());
+        let span = info_span!("sender", remote = %incoming.remote_address());
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => serve(conn, &opts, &tx, &streams).await,
+                    // A sender without a valid client certificate ends here.
+                    Err(e) => debug!(error = %e, "handshake failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn close(conn: &quinn::Connection, code: ErrorCode) {
+    conn.close(code.varint(), code.reason().as_bytes());
+}
+
+async fn serve(
+    conn: quinn::Connection,
+    opts: &ReceiverOptions,
+    tx: &mpsc::Sender<ReceiverEvent>,
+    streams: &Streams,
+) {
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        let (send, recv) = conn.accept_bi().await?;
+        let mut reader = FrameReader::new(recv);
+        let frame = reader.next().await;
+        Ok::<_, quinn::ConnectionError>((send, reader, frame))
+    })
+    .await;
+    let (mut send, reader, frame) = match first {
+        Err(_) => return close(&conn, ErrorCode::Timeout),
+        Ok(Err(e)) => return debug!(error = %e, "closed before hello"),
+        Ok(Ok(r)) => r,
+    };
+    let stream = match frame {
+        Ok(Some(Frame::Control(Message::MirrorHello(h)))) => h.stream,
+        Ok(_) => return close(&conn, ErrorCode::ProtocolViolation),
+        Err(e) => return close(&conn, e.code()),
+    };
+    if opts.only_stream.as_ref().is_some_and(|s| *s != stream) {
+        return close(&conn, ErrorCode::UnknownStream);
+    }
+    let last_seq = streams.with(&stream, |s| {
+        s.connections += 1;
+        s.last_seq
+    });
+    let welcome = Message::MirrorWelcome(MirrorWelcome { last_seq });
+    if write_control(&mut send, &welcome).await.is_err() {
+        return;
+    }
+    let remote = conn.remote_address();
+    info!(%stream, %remote, ?last_seq, "sender connected");
+    let _ = tx
+        .send(ReceiverEvent::Connected {
+            stream: stream.clone(),
+            remote,
+        })
+        .await;
+    let mut s = StreamSession {
+        conn: &conn,
+        stream: &stream,
+        streams,
+        tx,
+        verify: opts.verify && stream.is_synthetic(),
+        seed: crate::synthetic::stream_seed(&stream),
+        remote,
+    };
+    let (code, reason) = s.run(reader, opts.ack_interval).await;
+    close(&conn, code);
+    info!(%stream, %reason, "sender gone");
+    let _ = tx
+        .send(ReceiverEvent::Disconnected {
+            stream,
+            remote,
+            reason,
+        })
+        .await;
+}
+
+struct StreamSession<'a> {
+    conn: &'a quinn::Connection,
+    stream: &'a StreamName,
+    streams: &'a Streams,
+    tx: &'a mpsc::Sender<ReceiverEvent>,
+    verify: bool,
+    seed: u64,
+    remote: SocketAddr,
+}
+
+impl StreamSession<'_> {
+    fn feedback(&self, echo: Option<u64>) {
+        let acked = self.streams.with(self.stream, |s| s.last_seq);
+        // A full datagram buffer only delays the next feedback; nothing to do about it.
+        let _ = self.conn.send_datagram(Feedback { echo, acked }.encode());
+    }
+
+    fn note_migration(&mut self) {
+        let now = self.conn.remote_address();
+        if now != self.remote {
+            info!(from = %self.remote, to = %now, "sender migrated");
+            self.remote = now;
+            self.streams.with(self.stream, |s| s.migrations += 1);
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut reader: FrameReader<quinn::RecvStream>,
+        ack_interval: Duration,
+    ) -> (ErrorCode, String) {
+        let mut dirty = false;
+        let mut flush = tokio::time::interval(ack_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                d = self.conn.read_datagram() => match d {
+                    Ok(d) => {
+                        if let Some(id) = decode_probe(&d) {
+                            self.note_migration();
+                            self.feedback(Some(id));
+                            dirty = false;
+                        }
+                    }
+                    Err(e) => return (ErrorCode::NoError, format!("connection closed: {e}")),
+                },
+                _ = flush.tick(), if dirty => {
+                    self.feedback(None);
+                    dirty = false;
+                }
+                frame = reader.next() => {
+                    let frame = match frame {
+                        Ok(Some(f)) => f,
+                        Ok(None) => return (ErrorCode::NoError, "sender finished".into()),
+                        Err(WireError::Io(e)) => return (ErrorCode::NoError, format!("stream ended: {e}")),
+                        Err(e) => return (e.code(), e.to_string()),
+                    };
+                    match frame {
+                        Frame::Chunk(c) => self.chunk(c).await,
+                        Frame::Control(Message::Gap(g)) => self.gap(g.from, g.to).await,
+                        Frame::Control(Message::Heartbeat(_)) => {}
+                        Frame::Control(other) => {
+                            return (ErrorCode::ProtocolViolation, format!("unexpected {}", other.kind()));
+                        }
+                    }
+                    dirty = true;
+                }
+            }
+        }
+    }
+
+    async fn chunk(&mut self, c: Chunk) {
+        enum Verdict {
+            Duplicate,
+            Deliver { jump_from: Option<Seq> },
+        }
+        let v = self.streams.with(self.stream, |s| match s.last_seq {
+            Some(l) if c.seq <= l => {
+                s.duplicates += 1;
+                Verdict::Duplicate
+            }
+            last => {
+                let jump_from = last.filter(|l| c.seq > l + 1).map(|l| l + 1);
+                if let Some(from) = jump_from {
+                    s.missing += c.seq - from;
+                }
+                s.last_seq = Some(c.seq);
+                s.delivered += 1;
+                Verdict::Deliver { jump_from }
+            }
+        });
+        let Verdict::Deliver { jump_from } = v else {
+            return;
+        };
+        if let Some(from) = jump_from {
+            let ev = ReceiverEvent::Gap {
+                stream: self.stream.clone(),
+                from,
+                to: c.seq,
+            };
+            let _ = self.tx.send(ev).await;
+        }
+        if self.verify && !crate::synthetic::verify(self.seed, c.seq, &c.payload) {
+            self.streams.with(self.stream, |s| s.verify_failures += 1);
+        }
+        let _ = self
+            .tx
+            .send(ReceiverEvent::Chunk {
+                stream: self.stream.clone(),
+                chunk: c,
+            })
+            .await;
+    }
+
+    /// `from..to` will not come: the stream's position moves to `to - 1`.
+    async fn gap(&mut self, from: Seq, to: Seq) {
+        let fresh = self.streams.with(self.stream, |s| {
+            let start = s.last_seq.map_or(from, |l| from.max(l + 1));
+            if to <= start {
+                return None;
+            }
+            s.missing += to - start;
+            s.last_seq = Some(to - 1);
+            Some(start)
+        });
+        if let Some(start) = fresh {
+            let _ = self
+                .tx
+                .send(ReceiverEvent::Gap {
+                    stream: self.stream.clone(),
+                    from: start,
+                    to,
+                })
+                .await;
+        }
+    }
+}
