@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::{BenchError, DelayRelay};
-use crate::client::{Receiver, ReceiverEvent, ReceiverOptions};
+use crate::client::{Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 use crate::ids::{Seq, StreamName};
 use crate::mirror::machine::Event;
 use crate::mirror::{EndpointId, MirrorConfig, MirrorSender, Mode, SenderOptions};
@@ -157,7 +157,8 @@ impl Ledger {
 pub struct Rig {
     pub sender: Arc<MirrorSender>,
     pub relays: Vec<DelayRelay>,
-    pub receivers: Vec<Arc<Mutex<Option<Receiver>>>>,
+    /// Counters of each receiver (migrations seen, duplicates dropped, verify failures).
+    pub receiver_stats: Vec<StatsHandle>,
     pub receiver_addrs: Vec<SocketAddr>,
     pub ledger: Arc<Mutex<Ledger>>,
     pub stream: StreamName,
@@ -210,9 +211,8 @@ impl Rig {
                 .unwrap_or_else(|p| p.into_inner())
                 .receivers
                 .push(ReceiverLog::default());
-            let slot = Arc::new(Mutex::new(Some(r)));
-            drains.push(tokio::spawn(drain(slot.clone(), ledger.clone(), i)));
-            receivers.push(slot);
+            receivers.push(r.stats_handle());
+            drains.push(tokio::spawn(drain(r, ledger.clone(), i)));
         }
         let sender = MirrorSender::start(certs.sender_options(stream.clone(), o.config), &addrs)
             .map_err(|e| BenchError::Load(format!("sender: {e}")))?;
@@ -230,7 +230,7 @@ impl Rig {
         Ok(Rig {
             sender,
             relays,
-            receivers,
+            receiver_stats: receivers,
             receiver_addrs: addrs,
             ledger,
             stream,
@@ -293,10 +293,7 @@ impl Rig {
     }
 }
 
-async fn drain(slot: Arc<Mutex<Option<Receiver>>>, ledger: Arc<Mutex<Ledger>>, i: usize) {
-    let Some(mut r) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-        return;
-    };
+async fn drain(mut r: Receiver, ledger: Arc<Mutex<Ledger>>, i: usize) {
     while let Some(ev) = r.next().await {
         let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
         match ev {

@@ -30,7 +30,7 @@ use crate::wire::{
 };
 
 pub use publish::Publisher;
-pub use receiver::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions};
+pub use receiver::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]

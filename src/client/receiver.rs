@@ -119,6 +119,17 @@ impl Streams {
     }
 }
 
+/// Reads a [`Receiver`]'s per-stream counters.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Streams>);
+
+impl StatsHandle {
+    pub fn get(&self) -> BTreeMap<StreamName, ReceivedStats> {
+        let map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// A running receiver. Dropping it closes the listener.
 pub struct Receiver {
     endpoint: quinn::Endpoint,
@@ -169,8 +180,12 @@ impl Receiver {
 
     /// Per-stream counters.
     pub fn stats(&self) -> BTreeMap<StreamName, ReceivedStats> {
-        let map = self.streams.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.stats_handle().get()
+    }
+
+    /// A handle that reads the counters while something else owns the receiver.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.streams.clone())
     }
 
     /// Closes every connection and the listener.

@@ -5,3 +5,4 @@ mod bench;
 mod cli;
 mod common;
 mod core_path;
+mod mirror;

@@ -1,0 +1,309 @@
+//! Stream mirroring over real QUIC on loopback: failover on a blackholed path, live endpoint
+//! changes, migration (sender rebind, NAT rebinding), broadcast, refusing and unreachable
+//! endpoints. Every test counts what the receivers delivered to their applications: nothing
+//! lost, nothing delivered twice.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shoal::bench::failover::{broadcast_options, Rig, RigCerts, RigOptions};
+use shoal::client::Receiver;
+use shoal::mirror::machine::{EndpointState, Event};
+use shoal::mirror::{MirrorConfig, MirrorError, SenderError, SwitchCause};
+
+fn certs() -> RigCerts {
+    RigCerts::generate().expect("certificates")
+}
+
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    limit: Duration,
+    mut f: impl FnMut(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(limit, async {
+        loop {
+            match events.recv().await {
+                Ok(ev) if f(&ev) => return ev,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event channel closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+async fn up(rig: &Rig) {
+    assert!(
+        rig.wait_for(Duration::from_secs(5), |s| s.active.len() == 1
+            && s.committed_seq.is_some()
+            && s.endpoints
+                .iter()
+                .all(|e| e.state != EndpointState::Connecting))
+            .await,
+        "mirror up: {:?}",
+        rig.sender.snapshot()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_active_fails_over_without_loss_or_duplicates() {
+    let rig = Rig::start(&RigOptions::default(), certs()).await.unwrap();
+    up(&rig).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut events = rig.sender.events();
+    let (old, i) = rig.active().unwrap();
+    rig.relays[i].set_blackhole(true);
+    let ev = wait_event(&mut events, Duration::from_secs(3), |e| {
+        matches!(
+            e,
+            Event::Switched {
+                cause: SwitchCause::Failure,
+                ..
+            }
+        )
+    })
+    .await;
+    let Event::Switched { from, to, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(from, Some(old));
+    assert_ne!(to, old);
+    wait_event(
+        &mut events,
+        Duration::from_secs(3),
+        |e| matches!(e, Event::SwitchConfirmed { ep, .. } if *ep == to),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = rig.sender.snapshot();
+    assert!(
+        snap.counters.replayed > 0,
+        "the unacknowledged tail was replayed"
+    );
+    let ledger = rig.finish(Duration::from_secs(3)).await;
+    let t = ledger.tally_union();
+    assert!(t.pushed > 300, "{t:?}");
+    assert_eq!((t.lost, t.duplicated, t.out_of_order), (0, 0, 0), "{t:?}");
+    assert_eq!(t.gap_chunks, 0, "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_added_and_removed_live() {
+    let o = RigOptions {
+        receivers: 2,
+        one_way: Duration::from_millis(2),
+        config: MirrorConfig {
+            revert_after: Some(Duration::from_millis(300)),
+            ..MirrorConfig::default()
+        },
+        ..RigOptions::default()
+    };
+    let rig = Rig::start(&o, certs()).await.unwrap();
+    up(&rig).await;
+    let mut events = rig.sender.events();
+    // Bad changes are refused with clear errors and change nothing.
+    let dup = rig.sender.add_endpoint(rig.receiver_addrs[1], None);
+    assert!(matches!(
+        dup,
+        Err(SenderError::Mirror(MirrorError::DuplicateEndpoint(_)))
+    ));
+    let unknown = rig.sender.remove_endpoint(shoal::mirror::EndpointId(77));
+    assert!(matches!(
+        unknown,
+        Err(SenderError::Mirror(MirrorError::UnknownEndpoint(_)))
+    ));
+    // A new receiver at rank 0: the mirror reverts to it once it has been healthy a while,
+    // handing over exactly where the old active stopped (nothing replayed).
+    let extra = Receiver::bind(
+        rig.certs
+            .receiver_options(SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .unwrap();
+    let extra_addr = extra.addr();
+    let new = rig.sender.add_endpoint(extra_addr, Some(0)).unwrap();
+    let ev = wait_event(
+        &mut events,
+        Duration::from_secs(5),
+        |e| matches!(e, Event::Switched { to, .. } if *to == new),
+    )
+    .await;
+    assert!(matches!(
+        ev,
+        Event::Switched {
+            cause: SwitchCause::Revert,
+            ..
+        }
+    ));
+    let replayed_before = rig.sender.snapshot().counters.replayed;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Removing the active endpoint hands over to the best standby first.
+    rig.sender.remove_endpoint(new).unwrap();
+    wait_event(&mut events, Duration::from_secs(3), |e| {
+        matches!(
+            e,
+            Event::Switched {
+                cause: SwitchCause::Removed,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        rig.wait_for(Duration::from_secs(3), |s| s.endpoints.len() == 2)
+            .await
+    );
+    assert_eq!(rig.sender.snapshot().counters.replayed, replayed_before);
+    // Down to one endpoint: the last one cannot go.
+    let other = rig.sender.snapshot().endpoints[1].id;
+    rig.sender.remove_endpoint(other).unwrap();
+    assert!(
+        rig.wait_for(Duration::from_secs(3), |s| s.endpoints.len() == 1)
+            .await
+    );
+    let last = rig.sender.snapshot().endpoints[0].id;
+    assert!(matches!(
+        rig.sender.remove_endpoint(last),
+        Err(SenderError::Mirror(MirrorError::LastEndpoint))
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The extra receiver's deliveries belong to the same application.
+    let extra_seqs = drain_now(extra).await;
+    let mut ledger = rig.finish(Duration::from_secs(3)).await;
+    ledger.receivers.push(shoal::bench::failover::ReceiverLog {
+        seqs: extra_seqs,
+        gaps: vec![],
+    });
+    let t = ledger.tally_union();
+    assert_eq!((t.lost, t.duplicated, t.out_of_order), (0, 0, 0), "{t:?}");
+    assert_eq!(t.overlap, 0, "planned switches send nothing twice: {t:?}");
+}
+
+/// What a receiver has delivered so far (it is closed afterwards).
+async fn drain_now(mut r: Receiver) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), r.next()).await {
+        if let shoal::client::ReceiverEvent::Chunk { chunk, .. } = ev {
+            seqs.push(chunk.seq);
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_rebind_and_nat_rebinding_keep_the_stream() {
+    let o = RigOptions {
+        one_way: Duration::from_millis(2),
+        ..RigOptions::default()
+    };
+    let rig = Rig::start(&o, certs()).await.unwrap();
+    up(&rig).await;
+    let (active, i) = rig.active().unwrap();
+    let before = rig.sender.local_addr(active).unwrap();
+    // The sender moves its socket (a new local port) mid-stream.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rig.sender.rebind(active, socket).unwrap();
+    let after = rig.sender.local_addr(active).unwrap();
+    assert_ne!(before, after);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The path in front of the receiver rebinds (the relay plays a NAT giving a new port).
+    rig.relays[i].rebind();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let snap = rig.sender.snapshot();
+    assert_eq!(
+        snap.counters.switches, 0,
+        "migration is not a failover: {snap:?}"
+    );
+    assert_eq!(rig.active().unwrap().0, active);
+    let seen = rig.receiver_stats[i].get();
+    let migrations: u64 = seen.values().map(|s| s.migrations).sum();
+    assert!(migrations >= 2, "the receiver saw both moves: {seen:?}");
+    let ledger = rig.finish(Duration::from_secs(3)).await;
+    let t = ledger.tally_union();
+    assert_eq!((t.lost, t.duplicated, t.out_of_order), (0, 0, 0), "{t:?}");
+    assert!(
+        ledger.receivers[i].seqs.len() as u64 == t.pushed,
+        "all on one receiver"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_delivers_everything_everywhere_and_resumes_a_recovered_path() {
+    let rig = Rig::start(&broadcast_options(), certs()).await.unwrap();
+    assert!(
+        rig.wait_for(Duration::from_secs(5), |s| s.active.len() == 3
+            && s.committed_seq.is_some())
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut events = rig.sender.events();
+    rig.relays[2].set_blackhole(true);
+    wait_event(&mut events, Duration::from_secs(3), |e| {
+        matches!(e, Event::Degraded { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.relays[2].set_blackhole(false);
+    wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, Event::Recovered { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = rig.finish(Duration::from_secs(3)).await;
+    for (i, t) in ledger.tally_each().iter().enumerate() {
+        assert!(t.pushed > 200, "receiver {i}: {t:?}");
+        assert_eq!(
+            (t.lost, t.duplicated, t.out_of_order, t.gap_chunks),
+            (0, 0, 0, 0),
+            "receiver {i}: {t:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_and_unreachable_endpoints_are_reported_and_the_stream_goes_on() {
+    let o = RigOptions {
+        receivers: 1,
+        one_way: Duration::from_millis(1),
+        ..RigOptions::default()
+    };
+    let rig = Rig::start(&o, certs()).await.unwrap();
+    up(&rig).await;
+    // A receiver trusting another CA refuses our client certificate.
+    let other = RigCerts::generate().unwrap();
+    let mut opts = rig
+        .certs
+        .receiver_options(SocketAddr::from(([127, 0, 0, 1], 0)));
+    opts.client_ca = other.ca.clone();
+    let refusing = Receiver::bind(opts).unwrap();
+    let refusing_id = rig.sender.add_endpoint(refusing.addr(), None).unwrap();
+    // Nothing listens here.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let dead_id = rig.sender.add_endpoint(dead_addr, None).unwrap();
+    assert!(
+        rig.wait_for(Duration::from_secs(8), |s| {
+            let err = |id| {
+                s.endpoints
+                    .iter()
+                    .find(|e| e.id == id)
+                    .and_then(|e| e.last_error.clone())
+            };
+            err(refusing_id).is_some_and(|e| e.contains("refused"))
+                && err(dead_id).is_some_and(|e| e.contains("unreachable"))
+        })
+        .await,
+        "{:#?}",
+        rig.sender.snapshot()
+    );
+    let snap = rig.sender.snapshot();
+    for id in [refusing_id, dead_id] {
+        let e = snap.endpoints.iter().find(|e| e.id == id).unwrap();
+        assert_eq!(e.state, EndpointState::Connecting);
+    }
+    assert_eq!(snap.active.len(), 1);
+    let ledger = rig.finish(Duration::from_secs(3)).await;
+    let t = ledger.tally_union();
+    assert_eq!((t.lost, t.duplicated), (0, 0), "{t:?}");
+}
