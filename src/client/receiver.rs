@@ -104,17 +104,24 @@ pub struct ReceivedStats {
     /// Synthetic payloads that failed verification (with `verify`).
     pub verify_failures: u64,
     pub last_seq: Option<Seq>,
+    /// Newest sequence the application has taken (it asked for the event after it): what the
+    /// receiver acknowledges, so a crash never loses an acknowledged chunk.
+    pub acked_seq: Option<Seq>,
     pub connections: u64,
     /// Times a sender's address changed under a live connection (QUIC migration).
     pub migrations: u64,
 }
 
 #[derive(Default)]
-struct Streams(Mutex<HashMap<StreamName, ReceivedStats>>);
+struct Streams {
+    map: Mutex<HashMap<StreamName, ReceivedStats>>,
+    /// The application took events: acknowledgements can advance.
+    taken: tokio::sync::Notify,
+}
 
 impl Streams {
     fn with<R>(&self, s: &StreamName, f: impl FnOnce(&mut ReceivedStats) -> R) -> R {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         f(map.entry(s.clone()).or_default())
     }
 }
@@ -125,7 +132,7 @@ pub struct StatsHandle(Arc<Streams>);
 
 impl StatsHandle {
     pub fn get(&self) -> BTreeMap<StreamName, ReceivedStats> {
-        let map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.0.map.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }
@@ -135,6 +142,8 @@ pub struct Receiver {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
     rx: mpsc::Receiver<ReceiverEvent>,
+    /// The last event handed out; acknowledged when the application asks for the next one.
+    untaken: Option<(StreamName, Seq)>,
     streams: Arc<Streams>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -164,6 +173,7 @@ impl Receiver {
             endpoint,
             addr,
             rx,
+            untaken: None,
             streams,
             task,
         })
@@ -173,9 +183,23 @@ impl Receiver {
         self.addr
     }
 
-    /// The next event; `None` once the receiver is closed.
+    /// The next event; `None` once the receiver is closed. Asking for it acknowledges the
+    /// previous one to the sender: an application that crashes while handling a chunk gets it
+    /// again from the next receiver.
     pub async fn next(&mut self) -> Option<ReceiverEvent> {
-        self.rx.recv().await
+        if let Some((stream, seq)) = self.untaken.take() {
+            self.streams.with(&stream, |s| {
+                s.acked_seq = Some(s.acked_seq.map_or(seq, |a| a.max(seq)));
+            });
+            self.streams.taken.notify_waiters();
+        }
+        let ev = self.rx.recv().await?;
+        self.untaken = match &ev {
+            ReceiverEvent::Chunk { stream, chunk } => Some((stream.clone(), chunk.seq)),
+            ReceiverEvent::Gap { stream, to, .. } => Some((stream.clone(), to.saturating_sub(1))),
+            _ => None,
+        };
+        Some(ev)
     }
 
     /// Per-stream counters.
@@ -303,7 +327,7 @@ struct StreamSession<'a> {
 
 impl StreamSession<'_> {
     fn feedback(&self, echo: Option<u64>) {
-        let acked = self.streams.with(self.stream, |s| s.last_seq);
+        let acked = self.streams.with(self.stream, |s| s.acked_seq);
         // A full datagram buffer only delays the next feedback; nothing to do about it.
         let _ = self.conn.send_datagram(Feedback { echo, acked }.encode());
     }
@@ -338,6 +362,7 @@ impl StreamSession<'_> {
                     }
                     Err(e) => return (ErrorCode::NoError, format!("connection closed: {e}")),
                 },
+                _ = self.streams.taken.notified() => dirty = true,
                 _ = flush.tick(), if dirty => {
                     self.feedback(None);
                     dirty = false;

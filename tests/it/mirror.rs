@@ -121,6 +121,7 @@ async fn endpoints_added_and_removed_live() {
     )
     .unwrap();
     let extra_addr = extra.addr();
+    let extra = tokio::spawn(drain_until_idle(extra));
     let new = rig.sender.add_endpoint(extra_addr, Some(0)).unwrap();
     let ev = wait_event(
         &mut events,
@@ -168,8 +169,8 @@ async fn endpoints_added_and_removed_live() {
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The extra receiver's deliveries belong to the same application.
-    let extra_seqs = drain_now(extra).await;
     let mut ledger = rig.finish(Duration::from_secs(3)).await;
+    let extra_seqs = extra.await.unwrap();
     ledger.receivers.push(shoal::bench::failover::ReceiverLog {
         seqs: extra_seqs,
         gaps: vec![],
@@ -179,10 +180,14 @@ async fn endpoints_added_and_removed_live() {
     assert_eq!(t.overlap, 0, "planned switches send nothing twice: {t:?}");
 }
 
-/// What a receiver has delivered so far (it is closed afterwards).
-async fn drain_now(mut r: Receiver) -> Vec<u64> {
+/// What a receiver delivers until it has been idle for a second (bounded: 60 s).
+async fn drain_until_idle(mut r: Receiver) -> Vec<u64> {
     let mut seqs = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), r.next()).await {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < until {
+        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), r.next()).await else {
+            break;
+        };
         if let shoal::client::ReceiverEvent::Chunk { chunk, .. } = ev {
             seqs.push(chunk.seq);
         }

@@ -282,6 +282,9 @@ struct PlannedSwitch {
     from: EndpointId,
     to: EndpointId,
     cause: SwitchCause,
+    /// The old endpoint gets this long to acknowledge; then the switch happens anyway, from
+    /// the last acknowledged sequence (nothing lost, the unacknowledged tail sent again).
+    deadline: Instant,
 }
 
 /// The failover machine of one stream.
@@ -868,6 +871,9 @@ impl Mirror {
     /// When [`Mirror::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.rate_window_start + RATE_INTERVAL;
+        if let Some(p) = &self.planned {
+            t = t.min(p.deadline);
+        }
         for e in &self.eps {
             match e.state {
                 EndpointState::Active | EndpointState::Standby | EndpointState::Draining => {
@@ -941,6 +947,11 @@ impl Mirror {
         if rate_due {
             self.rate_window_start = now;
             self.acked_in_rate_window.clear();
+        }
+        if self.planned.as_ref().is_some_and(|p| now >= p.deadline) {
+            if let Some(p) = self.planned.take() {
+                self.finish_switch(p, now);
+            }
         }
         self.maybe_revert(now);
     }
@@ -1020,7 +1031,13 @@ impl Mirror {
     fn plan_switch(&mut self, from: EndpointId, to: EndpointId, cause: SwitchCause, now: Instant) {
         let Some(i) = self.index(from) else { return };
         self.set_state(i, EndpointState::Draining, now);
-        let p = PlannedSwitch { from, to, cause };
+        let wait = (self.eps[i].health.silence_bound() * 2).max(Duration::from_millis(100));
+        let p = PlannedSwitch {
+            from,
+            to,
+            cause,
+            deadline: now + wait,
+        };
         let ep = &self.eps[i];
         let drained = match (ep.acked, ep.next_seq) {
             (_, None) => true,
