@@ -273,11 +273,7 @@ impl Rig {
             let _ = p.await;
         }
         let until = Instant::now() + grace;
-        loop {
-            let s = self.sender.snapshot();
-            if s.head_seq.is_none() || s.committed_seq >= s.head_seq || Instant::now() > until {
-                break;
-            }
+        while !self.sender.settled() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Deliveries are queued before they are acknowledged: give the drains a moment.

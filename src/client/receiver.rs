@@ -42,6 +42,9 @@ pub struct ReceiverOptions {
     pub only_stream: Option<StreamName>,
     /// Longest delay of an acknowledgement after a delivery.
     pub ack_interval: Duration,
+    /// Feedback goes out at least this often even with nothing new, so that the sender can
+    /// tell a quiet stream from a dead path (must stay well under the sender's silence floor).
+    pub feedback_interval: Duration,
     /// Events buffered towards the application; a full buffer slows the sender down.
     pub channel_capacity: usize,
     pub idle_timeout: Duration,
@@ -62,6 +65,7 @@ impl ReceiverOptions {
             verify: false,
             only_stream: None,
             ack_interval: Duration::from_millis(2),
+            feedback_interval: Duration::from_millis(10),
             channel_capacity: 4096,
             idle_timeout: Duration::from_secs(10),
         }
@@ -303,7 +307,9 @@ async fn serve(
         seed: crate::synthetic::stream_seed(&stream),
         remote,
     };
-    let (code, reason) = s.run(reader, opts.ack_interval).await;
+    let (code, reason) = s
+        .run(reader, opts.ack_interval, opts.feedback_interval)
+        .await;
     close(&conn, code);
     info!(%stream, %reason, "sender gone");
     let _ = tx
@@ -345,10 +351,13 @@ impl StreamSession<'_> {
         &mut self,
         mut reader: FrameReader<quinn::RecvStream>,
         ack_interval: Duration,
+        feedback_interval: Duration,
     ) -> (ErrorCode, String) {
         let mut dirty = false;
         let mut flush = tokio::time::interval(ack_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(feedback_interval.max(Duration::from_millis(1)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -363,6 +372,10 @@ impl StreamSession<'_> {
                     Err(e) => return (ErrorCode::NoError, format!("connection closed: {e}")),
                 },
                 _ = self.streams.taken.notified() => dirty = true,
+                _ = heartbeat.tick() => {
+                    self.feedback(None);
+                    dirty = false;
+                }
                 _ = flush.tick(), if dirty => {
                     self.feedback(None);
                     dirty = false;

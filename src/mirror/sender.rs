@@ -296,18 +296,16 @@ impl MirrorSender {
         Ok(())
     }
 
+    /// Whether every pushed chunk has been acknowledged (see [`Mirror::settled`]).
+    pub fn settled(&self) -> bool {
+        self.shared.machine().settled()
+    }
+
     /// Ends the mirror gracefully: waits up to `grace` for every pushed chunk to be
     /// acknowledged, then closes every connection with `GOING_AWAY`.
     pub async fn stop(self, grace: Duration) {
         let until = Instant::now() + grace;
-        while Instant::now() < until {
-            let (head, committed) = {
-                let m = self.shared.machine();
-                (m.head(), m.committed())
-            };
-            if head.is_none() || committed >= head {
-                break;
-            }
+        while Instant::now() < until && !self.shared.machine().settled() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.shutdown(ErrorCode::GoingAway);

@@ -6,3 +6,4 @@ mod cli;
 mod common;
 mod core_path;
 mod mirror;
+mod mirror_faults;

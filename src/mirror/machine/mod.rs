@@ -459,6 +459,22 @@ impl Mirror {
         self.committed
     }
 
+    /// Whether every pushed chunk is acknowledged: by some receiver in failover mode, by every
+    /// active receiver in broadcast mode.
+    pub fn settled(&self) -> bool {
+        let Some(head) = self.head() else {
+            return true;
+        };
+        match self.cfg.mode {
+            Mode::Failover => self.committed >= Some(head),
+            Mode::Broadcast => self
+                .eps
+                .iter()
+                .filter(|e| e.state != EndpointState::Connecting)
+                .all(|e| e.acked >= Some(head)),
+        }
+    }
+
     fn index(&self, id: EndpointId) -> Option<usize> {
         self.eps.iter().position(|e| e.id == id)
     }
