@@ -42,6 +42,7 @@ pub struct Config {
     pub streams: StreamsConfig,
     pub transport: TransportSettings,
     pub shutdown: ShutdownConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +134,50 @@ pub struct TransportSettings {
     pub heartbeat_interval: Duration,
 }
 
+/// The admin HTTP API (mirrors, metrics) of `shoal up`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// TCP address of the admin API; `"off"` disables it. Default `127.0.0.1:4480` (loopback:
+    /// the API has no authentication, keep it off public interfaces).
+    #[serde(with = "admin_listen")]
+    pub listen: Option<SocketAddr>,
+    /// PEM client certificate chain mirrors present to receivers (it must chain to the CA the
+    /// receivers trust). Default: the cluster certificate.
+    pub mirror_cert: Option<PathBuf>,
+    /// PEM private key of `mirror_cert`. Default: the cluster key.
+    pub mirror_key: Option<PathBuf>,
+}
+
+/// Parses an admin listen address: `IP:PORT`, or `off` for none.
+pub fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "off" | "none" => Ok(None),
+        t => t
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("invalid admin address {t:?}: expected IP:PORT or \"off\"")),
+    }
+}
+
+mod admin_listen {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_admin_listen(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -153,6 +198,7 @@ impl Default for Config {
             streams: StreamsConfig::default(),
             transport: TransportSettings::default(),
             shutdown: ShutdownConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -211,6 +257,16 @@ impl Default for TransportSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4480)),
+            mirror_cert: None,
+            mirror_key: None,
         }
     }
 }
@@ -283,6 +339,9 @@ impl Config {
         {
             return bad("transport.heartbeat_interval must be positive and at most idle_timeout/4");
         }
+        if self.admin.mirror_cert.is_some() != self.admin.mirror_key.is_some() {
+            return bad("admin.mirror_cert and admin.mirror_key must be set together");
+        }
         Ok(())
     }
 
@@ -310,6 +369,19 @@ impl Config {
             .ca
             .clone()
             .unwrap_or_else(|| self.data_dir.join("ca.pem"))
+    }
+    /// The client certificate mirrors present (default: the cluster certificate).
+    pub fn mirror_cert_path(&self) -> PathBuf {
+        self.admin
+            .mirror_cert
+            .clone()
+            .unwrap_or_else(|| self.cert_path())
+    }
+    pub fn mirror_key_path(&self) -> PathBuf {
+        self.admin
+            .mirror_key
+            .clone()
+            .unwrap_or_else(|| self.key_path())
     }
     pub fn secret_path(&self) -> PathBuf {
         self.keys
@@ -344,5 +416,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.shards.count, 6);
         assert_eq!(c.hub.token_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn admin_section_parses_and_round_trips() {
+        let c = Config::parse("[admin]\nlisten = \"off\"\n", "t").unwrap();
+        assert_eq!(c.admin.listen, None);
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text, "t").unwrap(), c);
+        let c = Config::parse("[admin]\nlisten = \"127.0.0.1:9000\"\n", "t").unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert!(Config::parse("[admin]\nlisten = \"nope\"\n", "t").is_err());
+        assert!(Config::parse("[admin]\nmirror_cert = \"a.pem\"\n", "t").is_err());
+        assert!(Config::parse("[admin]\nport = 1\n", "t").is_err());
     }
 }

@@ -24,6 +24,8 @@ pub mod client;
 pub mod mirror;
 
 #[cfg(all(feature = "server", feature = "client"))]
+pub mod admin;
+#[cfg(all(feature = "server", feature = "client"))]
 pub mod bench;
 #[cfg(feature = "server")]
 pub mod certs;

@@ -1,4 +1,8 @@
-//! The `shoal` command: serve a cluster, subscribe, publish, run the demo, make certificates.
+//! The `shoal` command: serve a cluster, subscribe, publish, run the demo, make certificates,
+//! receive mirrored streams and steer mirrors through the admin API.
+
+#[path = "shoal/mirror_cmd.rs"]
+mod mirror_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 
+use shoal::admin::{Admin, AdminState};
 use shoal::client::{Client, ClientOptions, Delivery};
 use shoal::cluster::{Cluster, Material};
 use shoal::config::Config;
@@ -41,6 +46,10 @@ enum Cmd {
     Publish(PublishArgs),
     /// Generate a CA and a cluster certificate.
     Certs(CertsArgs),
+    /// Receive mirrored streams (a mirror endpoint) and report what arrives.
+    Receive(mirror_cmd::ReceiveArgs),
+    /// Start, change, inspect and stop mirrors through the admin API of `shoal up`.
+    Mirror(mirror_cmd::MirrorArgs),
     /// Measure shoal against raw quinn doing the same work in the same run (ratios).
     Bench(BenchArgs),
     /// Drive many simulated clients against a running hub and report latencies.
@@ -143,6 +152,9 @@ struct UpArgs {
     /// Override data_dir.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Override admin.listen (TCP address of the admin HTTP API, or `off`).
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -264,6 +276,8 @@ fn main() -> Result<()> {
             Cmd::Subscribe(a) => subscribe(a).await,
             Cmd::Publish(a) => publish(a).await,
             Cmd::Certs(a) => certs(a),
+            Cmd::Receive(a) => mirror_cmd::receive(a).await,
+            Cmd::Mirror(a) => mirror_cmd::mirror(a).await,
             Cmd::Bench(a) => bench(a).await,
             Cmd::Loadgen(a) => loadgen(a).await,
             Cmd::BenchServe { spec } => Ok(shoal::bench::serve_child(&spec).await?),
@@ -288,6 +302,10 @@ async fn up(a: UpArgs) -> Result<()> {
     if let Some(d) = a.data_dir {
         cfg.data_dir = d;
     }
+    if let Some(admin) = &a.admin {
+        cfg.admin.listen = shoal::config::parse_admin_listen(admin)
+            .map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+    }
     cfg.validate()?;
     if a.print_config {
         print!("{}", toml::to_string(&cfg).context("printing the config")?);
@@ -297,14 +315,43 @@ async fn up(a: UpArgs) -> Result<()> {
     for n in notes {
         tracing::info!("{n}");
     }
+    // The mirrors' client certificate is read before any socket is bound.
+    let mirror_identity = match cfg.admin.listen {
+        Some(_) => {
+            let (cert, key) = (cfg.mirror_cert_path(), cfg.mirror_key_path());
+            let chain = shoal::tls::read_certs(&cert)
+                .with_context(|| format!("reading admin.mirror_cert {}", cert.display()))?;
+            let key = shoal::tls::read_key(&key)
+                .with_context(|| format!("reading admin.mirror_key {}", key.display()))?;
+            Some((chain, key))
+        }
+        None => None,
+    };
     let cluster = Cluster::start(&cfg, material)?;
+    let admin = match (cfg.admin.listen, mirror_identity) {
+        (Some(addr), Some((chain, key))) => {
+            let state = AdminState::for_cluster(&cluster, chain, key);
+            match Admin::start(addr, state) {
+                Ok((admin, _)) => Some(admin),
+                Err(e) => {
+                    cluster.shutdown().await;
+                    return Err(e).with_context(|| format!("binding the admin API on {addr}"));
+                }
+            }
+        }
+        _ => None,
+    };
     tracing::info!(
         hub = %cluster.hub.addr(),
         ca = %cfg.ca_path().display(),
+        admin = ?admin.as_ref().map(Admin::addr),
         "ready: try `shoal subscribe --hub {} synth/hello`",
         cluster.hub.addr()
     );
     wait_for_signal().await;
+    if let Some(admin) = admin {
+        admin.stop(shoal::admin::STOP_GRACE).await;
+    }
     cluster.shutdown().await;
     Ok(())
 }

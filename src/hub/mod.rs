@@ -59,7 +59,7 @@ struct HubState {
     token_ttl: Duration,
     synthetic: SyntheticSpec,
     request_timeout: Duration,
-    counters: HubCounters,
+    counters: Arc<HubCounters>,
 }
 
 /// A running hub.
@@ -86,7 +86,7 @@ impl Hub {
             token_ttl: p.token_ttl,
             synthetic: p.synthetic,
             request_timeout: p.request_timeout,
-            counters: HubCounters::default(),
+            counters: Arc::new(HubCounters::default()),
         });
         let task = tokio::spawn(
             accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
@@ -106,6 +106,11 @@ impl Hub {
 
     pub fn counters(&self) -> &HubCounters {
         &self.state.counters
+    }
+
+    /// The counters, to read after the hub is gone (the admin API's metrics hold this).
+    pub fn shared_counters(&self) -> Arc<HubCounters> {
+        self.state.counters.clone()
     }
 
     /// Stops accepting and closes every hub connection with `GoingAway`.

@@ -176,6 +176,13 @@ impl Shard {
         self.state.registry.len()
     }
 
+    /// A cursor on `stream` of this shard, from `from` (or from the newest chunk), as a
+    /// subscriber gets it; the admin API's mirrors read their source this way. Creates the
+    /// stream if needed; it lives as long as a cursor holds it.
+    pub fn subscribe(&self, stream: &StreamName, from: Option<crate::ids::Seq>) -> streams::Cursor {
+        self.state.registry.subscribe(stream, from, unix_us())
+    }
+
     /// Starts producing `stream` ahead of the first attach (the hub calls this when it grants).
     pub fn warm(&self, stream: &StreamName) {
         self.state.registry.warm(stream, unix_us(), 10_000_000);

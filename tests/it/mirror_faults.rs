@@ -297,20 +297,20 @@ async fn killed_receiver_process_loses_nothing() {
     let killed = procs.remove(victim).kill();
     let ev = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(ev @ Event::Switched { .. }) = events.recv().await {
+            if let Ok(
+                ev @ Event::Switched {
+                    cause: SwitchCause::Failure,
+                    ..
+                },
+            ) = events.recv().await
+            {
                 return ev;
             }
         }
     })
     .await
-    .expect("a switch after the kill");
-    assert!(matches!(
-        ev,
-        Event::Switched {
-            cause: SwitchCause::Failure,
-            ..
-        }
-    ));
+    .expect("a failure switch after the kill");
+    assert!(matches!(ev, Event::Switched { from: Some(f), .. } if f == active));
     tokio::time::sleep(Duration::from_millis(700)).await;
     producer.abort();
     let _ = producer.await;
