@@ -1,5 +1,6 @@
 //! Integration tests: real QUIC over loopback. One binary so the suite links once.
 
+mod admin;
 mod bad_input;
 mod bench;
 mod cli;
