@@ -80,6 +80,14 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
+fn root_store(roots: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    Ok(store)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -89,10 +97,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn client_crypto(
     roots: &[CertificateDer<'static>],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add(r.clone())?;
-    }
+    let store = root_store(roots)?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(store)
@@ -143,10 +148,7 @@ pub fn mirror_client_crypto(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add(r.clone())?;
-    }
+    let store = root_store(roots)?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(store)
@@ -162,10 +164,7 @@ pub fn mirror_server_crypto(
     key: PrivateKeyDer<'static>,
     client_roots: &[CertificateDer<'static>],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut store = rustls::RootCertStore::empty();
-    for r in client_roots {
-        store.add(r.clone())?;
-    }
+    let store = root_store(client_roots)?;
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
             .build()

@@ -316,20 +316,7 @@ pub fn source_shard(shards: &[Shard], stream: &StreamName) -> Option<Shard> {
     if stream.is_synthetic() {
         return first_alive();
     }
-    let views: Vec<ShardView> = shards
-        .iter()
-        .map(|s| ShardView {
-            id: s.id(),
-            group: s.group(),
-            addr: s.addr(),
-            alive: s.is_alive(),
-            sessions: s
-                .counters()
-                .sessions
-                .load(std::sync::atomic::Ordering::Relaxed),
-            capacity: s.capacity(),
-        })
-        .collect();
+    let views: Vec<ShardView> = shards.iter().map(Shard::view).collect();
     let client = ClientId::new("shoal-admin").expect("a valid client id");
     let hints = crate::wire::Hints::default();
     let req = PlacementRequest {

@@ -208,18 +208,7 @@ fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, Str
         let reason = "synthetic streams (synth/…) cannot be published to".to_string();
         return Err((ErrorCode::BadRequest, reason));
     }
-    let views: Vec<ShardView> = state
-        .shards
-        .iter()
-        .map(|s| ShardView {
-            id: s.id(),
-            group: s.group(),
-            addr: s.addr(),
-            alive: s.is_alive(),
-            sessions: s.counters().sessions.load(Ordering::Relaxed),
-            capacity: s.capacity(),
-        })
-        .collect();
+    let views: Vec<ShardView> = state.shards.iter().map(Shard::view).collect();
     let preq = PlacementRequest {
         client: &req.client_id,
         stream: &req.stream,

@@ -172,6 +172,18 @@ impl Shard {
     pub fn capacity(&self) -> u64 {
         self.state.max_sessions
     }
+    /// What placement sees of this shard now.
+    pub fn view(&self) -> crate::hub::placement::ShardView {
+        crate::hub::placement::ShardView {
+            id: self.id(),
+            group: self.group(),
+            addr: self.addr,
+            alive: self.is_alive(),
+            sessions: self.state.counters.sessions.load(Ordering::Relaxed),
+            capacity: self.capacity(),
+        }
+    }
+
     pub fn streams(&self) -> usize {
         self.state.registry.len()
     }

@@ -312,3 +312,70 @@ async fn refusing_and_unreachable_endpoints_are_reported_and_the_stream_goes_on(
     let t = ledger.tally_union();
     assert_eq!((t.lost, t.duplicated), (0, 0), "{t:?}");
 }
+
+/// A raw QUIC client to a receiver: with or without a client certificate.
+async fn raw_mirror_conn(
+    certs: &RigCerts,
+    to: SocketAddr,
+    with_cert: bool,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let crypto = if with_cert {
+        shoal::tls::mirror_client_crypto(&certs.ca, certs.chain.clone(), certs.key.clone_key())
+            .unwrap()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &certs.ca {
+            roots.add(c.clone()).unwrap();
+        }
+        let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        c.alpn_protocols = vec![shoal::mirror::MIRROR_ALPN.to_vec()];
+        std::sync::Arc::new(c)
+    };
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    ep.connect(to, &certs.cluster).unwrap().await
+}
+
+/// Sends `bytes` as the first stream data and returns how the receiver closed.
+async fn first_flight_close(conn: &quinn::Connection, bytes: &[u8]) -> quinn::ConnectionError {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(bytes).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 16)).await;
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("the receiver closes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_refuse_bad_senders_with_clear_codes() {
+    use shoal::wire::{encode_control, ErrorCode, Heartbeat, Message};
+    let certs = certs();
+    let r = Receiver::bind(certs.receiver_options(SocketAddr::from(([127, 0, 0, 1], 0)))).unwrap();
+    // No client certificate: the TLS handshake is refused.
+    let refused = match raw_mirror_conn(&certs, r.addr(), false).await {
+        Err(e) => e,
+        Ok(conn) => first_flight_close(&conn, b"").await,
+    };
+    assert!(
+        matches!(refused, quinn::ConnectionError::ConnectionClosed(_)),
+        "refused by TLS: {refused:?}"
+    );
+    // Garbage, then a valid frame that is not a hello.
+    let conn = raw_mirror_conn(&certs, r.addr(), true).await.unwrap();
+    let e = first_flight_close(&conn, &[0, 0, 0, 3, 1, 99, 0]).await;
+    assert_eq!(ErrorCode::of_close(&e), Some(ErrorCode::MalformedFrame));
+    let conn = raw_mirror_conn(&certs, r.addr(), true).await.unwrap();
+    let hb = encode_control(&Message::Heartbeat(Heartbeat { at_us: 1 }));
+    let e = first_flight_close(&conn, &hb).await;
+    assert_eq!(ErrorCode::of_close(&e), Some(ErrorCode::ProtocolViolation));
+    // The receiver is still fine: a proper sender streams through it.
+    let stats = r.stats_handle();
+    assert!(stats.get().is_empty(), "nothing delivered by bad senders");
+}

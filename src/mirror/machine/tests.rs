@@ -389,3 +389,55 @@ fn invalid_configs_and_lists_are_refused() {
         Some(MirrorError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn send_rate_follows_the_measured_delivery() {
+    // 1 kB chunks, 1 MB/s offered; the receiver takes 20 chunks per 100 ms (200 kB/s).
+    let big = |seq: Seq| Chunk {
+        seq,
+        timestamp_us: seq,
+        payload: Bytes::from(vec![0u8; 1000]),
+    };
+    let mut s = Sim::new(
+        MirrorConfig {
+            overflow: Overflow::DropOldest,
+            ..MirrorConfig::default()
+        },
+        1,
+    );
+    s.connect_all();
+    let id = s.ids[0];
+    let rate = |s: &Sim| s.m.snapshot(s.now).endpoints[0].rate_bps;
+    let start_rate = rate(&s);
+    let (mut seq, mut sent) = (0, std::collections::VecDeque::new());
+    let mut step = |s: &mut Sim, take: usize| {
+        for _ in 0..100 {
+            seq += 1;
+            s.m.push(big(seq), None, s.now).unwrap();
+        }
+        sent.extend(s.drain(id).0);
+        s.advance(Duration::from_millis(100));
+        let took: Vec<_> = sent.drain(..take.min(sent.len())).collect();
+        if let Some(&last) = took.last() {
+            s.m.handle_feedback(id, None, Some(last), s.now);
+        }
+        s.m.handle_timeout(s.now);
+    };
+    for _ in 0..50 {
+        step(&mut s, 20);
+    }
+    let r = rate(&s);
+    assert!(
+        r < start_rate / 1000.0,
+        "rate {r} came down from {start_rate}"
+    );
+    assert!(
+        (100_000.0..=400_000.0).contains(&r),
+        "rate {r} B/s follows the 200 kB/s delivered"
+    );
+    // The receiver speeds up: the rate climbs again.
+    for _ in 0..30 {
+        step(&mut s, 10_000);
+    }
+    assert!(rate(&s) > r * 4.0, "rate {} rose from {r}", rate(&s));
+}
