@@ -171,7 +171,8 @@ pub struct Rig {
 #[derive(Debug, Clone)]
 pub struct RigOptions {
     pub receivers: usize,
-    /// One-way delay of every relay.
+    /// One-way delay of every relay; zero: no relay, the sender talks to the receivers
+    /// directly (then `relays` is empty).
     pub one_way: Duration,
     pub config: MirrorConfig,
     pub rate_hz: u32,
@@ -201,11 +202,15 @@ impl Rig {
         for i in 0..o.receivers {
             let r = Receiver::bind(certs.receiver_options(SocketAddr::from(([127, 0, 0, 1], 0))))
                 .map_err(|e| BenchError::Load(format!("receiver: {e}")))?;
-            let relay = DelayRelay::start(r.addr(), o.one_way)
-                .await
-                .map_err(|e| BenchError::Load(format!("relay: {e}")))?;
-            addrs.push(relay.addr());
-            relays.push(relay);
+            if o.one_way.is_zero() {
+                addrs.push(r.addr());
+            } else {
+                let relay = DelayRelay::start(r.addr(), o.one_way)
+                    .await
+                    .map_err(|e| BenchError::Load(format!("relay: {e}")))?;
+                addrs.push(relay.addr());
+                relays.push(relay);
+            }
             ledger
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -3,14 +3,14 @@
 //! the application in sequence order — de-duplicated, gaps reported — and acknowledges them.
 //!
 //! Per connection: the first bidirectional stream starts with `mirror_hello{stream}`; the
-//! receiver answers `mirror_welcome{last_seq}` (what it already delivered of that stream, from
+//! receiver answers `mirror_welcome{last_seq}` (what its application already took of that stream, from
 //! any earlier connection), then reads chunk and `gap` frames. Probes arrive as datagrams and
 //! are echoed at once with the cumulative acknowledgement; acknowledgements also go out within
 //! `ack_interval` of a delivery. A stream's position is shared by all connections carrying it,
 //! so a sender that fails over back to this receiver, or reconnects, never gets a chunk
 //! delivered twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,9 +282,11 @@ async fn serve(
     if opts.only_stream.as_ref().is_some_and(|s| *s != stream) {
         return close(&conn, ErrorCode::UnknownStream);
     }
+    // What the application took: chunks only queued towards it are sent again (and dropped
+    // as duplicates here) rather than counted as delivered.
     let last_seq = streams.with(&stream, |s| {
         s.connections += 1;
-        s.last_seq
+        s.acked_seq
     });
     let welcome = Message::MirrorWelcome(MirrorWelcome { last_seq });
     if write_control(&mut send, &welcome).await.is_err() {
@@ -358,6 +360,10 @@ impl StreamSession<'_> {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(feedback_interval.max(Duration::from_millis(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Events waiting for room towards the application. While any wait, no frame is read
+        // (QUIC flow control slows the sender down) but probes and feedback keep flowing, so a
+        // slow application never looks like a dead path.
+        let mut pending: VecDeque<ReceiverEvent> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
@@ -380,7 +386,15 @@ impl StreamSession<'_> {
                     self.feedback(None);
                     dirty = false;
                 }
-                frame = reader.next() => {
+                permit = self.tx.reserve(), if !pending.is_empty() => {
+                    let Ok(permit) = permit else {
+                        return (ErrorCode::GoingAway, "the receiver was closed".into());
+                    };
+                    if let Some(ev) = pending.pop_front() {
+                        permit.send(ev);
+                    }
+                }
+                frame = reader.next(), if pending.is_empty() => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
                         Ok(None) => return (ErrorCode::NoError, "sender finished".into()),
@@ -388,8 +402,8 @@ impl StreamSession<'_> {
                         Err(e) => return (e.code(), e.to_string()),
                     };
                     match frame {
-                        Frame::Chunk(c) => self.chunk(c).await,
-                        Frame::Control(Message::Gap(g)) => self.gap(g.from, g.to).await,
+                        Frame::Chunk(c) => self.chunk(c, &mut pending),
+                        Frame::Control(Message::Gap(g)) => self.gap(g.from, g.to, &mut pending),
                         Frame::Control(Message::Heartbeat(_)) => {}
                         Frame::Control(other) => {
                             return (ErrorCode::ProtocolViolation, format!("unexpected {}", other.kind()));
@@ -401,7 +415,7 @@ impl StreamSession<'_> {
         }
     }
 
-    async fn chunk(&mut self, c: Chunk) {
+    fn chunk(&mut self, c: Chunk, out: &mut VecDeque<ReceiverEvent>) {
         enum Verdict {
             Duplicate,
             Deliver { jump_from: Option<Seq> },
@@ -412,6 +426,7 @@ impl StreamSession<'_> {
                 Verdict::Duplicate
             }
             last => {
+                // `l < c.seq` here, so `l + 1` cannot overflow.
                 let jump_from = last.filter(|l| c.seq > l + 1).map(|l| l + 1);
                 if let Some(from) = jump_from {
                     s.missing += c.seq - from;
@@ -425,29 +440,29 @@ impl StreamSession<'_> {
             return;
         };
         if let Some(from) = jump_from {
-            let ev = ReceiverEvent::Gap {
+            out.push_back(ReceiverEvent::Gap {
                 stream: self.stream.clone(),
                 from,
                 to: c.seq,
-            };
-            let _ = self.tx.send(ev).await;
+            });
         }
         if self.verify && !crate::synthetic::verify(self.seed, c.seq, &c.payload) {
             self.streams.with(self.stream, |s| s.verify_failures += 1);
         }
-        let _ = self
-            .tx
-            .send(ReceiverEvent::Chunk {
-                stream: self.stream.clone(),
-                chunk: c,
-            })
-            .await;
+        out.push_back(ReceiverEvent::Chunk {
+            stream: self.stream.clone(),
+            chunk: c,
+        });
     }
 
-    /// `from..to` will not come: the stream's position moves to `to - 1`.
-    async fn gap(&mut self, from: Seq, to: Seq) {
+    /// `from..to` will not come: the stream's position moves to `to - 1`. Everything between
+    /// the position and `from` is missing too and reported in the same gap.
+    fn gap(&mut self, from: Seq, to: Seq, out: &mut VecDeque<ReceiverEvent>) {
         let fresh = self.streams.with(self.stream, |s| {
-            let start = s.last_seq.map_or(from, |l| from.max(l + 1));
+            let start = match s.last_seq {
+                Some(l) => l.checked_add(1)?,
+                None => from,
+            };
             if to <= start {
                 return None;
             }
@@ -456,14 +471,11 @@ impl StreamSession<'_> {
             Some(start)
         });
         if let Some(start) = fresh {
-            let _ = self
-                .tx
-                .send(ReceiverEvent::Gap {
-                    stream: self.stream.clone(),
-                    from: start,
-                    to,
-                })
-                .await;
+            out.push_back(ReceiverEvent::Gap {
+                stream: self.stream.clone(),
+                from: start,
+                to,
+            });
         }
     }
 }

@@ -436,7 +436,13 @@ async fn endpoint_task(shared: Arc<Shared>, id: EndpointId, ctl: Arc<EpCtl>) {
                 }
                 shared.wake_all();
                 debug!(?last_seq, "connected");
-                let (code, reason) = run_connection(&shared, id, &ctl, &conn, send).await;
+                // A drop request that raced with the end of the previous connection is stale.
+                let _ = tokio::time::timeout(Duration::ZERO, ctl.drop_conn.notified()).await;
+                let (code, reason) = if ctl.removed.load(Ordering::Relaxed) {
+                    (ErrorCode::EndpointRemoved, "removed".to_string())
+                } else {
+                    run_connection(&shared, id, &ctl, &conn, send).await
+                };
                 conn.close(code.varint(), code.reason().as_bytes());
                 {
                     let mut m = shared.machine();

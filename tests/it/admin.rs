@@ -34,11 +34,18 @@ fn receiver() -> Receiver {
     Receiver::bind(opts).unwrap()
 }
 
-/// Chunks a receiver delivers until it is idle for a second (bounded).
-async fn collect(mut r: Receiver) -> Vec<u64> {
+/// Chunks a receiver delivers until `stop` fires (bounded: 60 s), then what is still queued.
+async fn collect(mut r: Receiver, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<u64> {
     let mut seqs = Vec::new();
-    for _ in 0..100_000 {
-        match tokio::time::timeout(Duration::from_secs(1), r.next()).await {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut stopping = false;
+    while tokio::time::Instant::now() < until {
+        let wait = if stopping { 200 } else { 60_000 };
+        let ev = tokio::select! {
+            _ = &mut stop, if !stopping => { stopping = true; continue; }
+            ev = tokio::time::timeout(Duration::from_millis(wait), r.next()) => ev,
+        };
+        match ev {
             Ok(Some(ReceiverEvent::Chunk { chunk, .. })) => seqs.push(chunk.seq),
             Ok(Some(_)) => {}
             _ => break,
@@ -55,10 +62,13 @@ async fn admin_api_runs_a_mirror_end_to_end() {
     let (admin, addr) = Admin::start(SocketAddr::from(([127, 0, 0, 1], 0)), state).unwrap();
     let (r1, r2, r3) = (receiver(), receiver(), receiver());
     let (a1, a2, a3) = (r1.addr(), r2.addr(), r3.addr());
+    let (s1, t1) = tokio::sync::oneshot::channel();
+    let (s2, t2) = tokio::sync::oneshot::channel();
+    let (s3, t3) = tokio::sync::oneshot::channel();
     let (c1, c2, c3) = (
-        tokio::spawn(collect(r1)),
-        tokio::spawn(collect(r2)),
-        tokio::spawn(collect(r3)),
+        tokio::spawn(collect(r1, t1)),
+        tokio::spawn(collect(r2, t2)),
+        tokio::spawn(collect(r3, t3)),
     );
 
     assert_eq!(call(addr, "GET", "/health", None).await.status, 200);
@@ -107,17 +117,36 @@ async fn admin_api_runs_a_mirror_end_to_end() {
     let r = call(addr, "POST", "/mirrors", Some(&body)).await;
     assert_eq!(r.status, 409, "a second mirror of the same stream");
     let mut status = serde_json::Value::Null;
+    let states = |s: &serde_json::Value| {
+        let mut v: Vec<String> = (0..2)
+            .map(|i| {
+                s["endpoints"][i]["state"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
     for _ in 0..100 {
         status = call(addr, "GET", "/mirrors/synth/m", None)
             .await
             .json()
             .unwrap();
-        if status["committed_seq"].is_u64() && status["endpoints"][1]["state"] == "standby" {
+        if status["committed_seq"].is_u64() && states(&status) == ["active", "standby"] {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(status["endpoints"][0]["state"], "active", "{status}");
+    // The first receiver to connect is active (no revert configured), the other a standby.
+    assert_eq!(states(&status), ["active", "standby"], "{status}");
+    let active_addr = (0..2)
+        .map(|i| &status["endpoints"][i])
+        .find(|e| e["state"] == "active")
+        .and_then(|e| e["addr"].as_str())
+        .unwrap()
+        .to_string();
     assert!(
         status["endpoints"][0]["health"]["srtt_ms"]
             .as_f64()
@@ -145,7 +174,7 @@ async fn admin_api_runs_a_mirror_end_to_end() {
     let r = call(
         addr,
         "DELETE",
-        &format!("/mirrors/synth/m/endpoints/{a1}"),
+        &format!("/mirrors/synth/m/endpoints/{active_addr}"),
         None,
     )
     .await;
@@ -185,6 +214,9 @@ async fn admin_api_runs_a_mirror_end_to_end() {
         404
     );
     admin.stop(Duration::from_secs(1)).await;
+    for s in [s1, s2, s3] {
+        let _ = s.send(());
+    }
 
     // The three receivers together got a gap-free run, each chunk once.
     let mut all: Vec<u64> = Vec::new();

@@ -345,7 +345,10 @@ async fn raw_mirror_conn(
 
 /// Sends `bytes` as the first stream data and returns how the receiver closed.
 async fn first_flight_close(conn: &quinn::Connection, bytes: &[u8]) -> quinn::ConnectionError {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let _ = send.write_all(bytes).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 16)).await;
     tokio::time::timeout(Duration::from_secs(5), conn.closed())

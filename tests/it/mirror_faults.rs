@@ -64,6 +64,29 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Packets the loss rule dropped so far (its `counter`).
+    fn dropped_packets(&self) -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "shoal_loss",
+            ])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn nft(&self, rules: &str) -> Result<(), String> {
         run(
             "ip",
@@ -139,15 +162,43 @@ fn ten_percent_loss_on_every_path_loses_and_duplicates_nothing() {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let ledger = rig.finish(Duration::from_secs(10)).await;
             let failover = ledger.tally_union();
-            let rig = Rig::start(&shoal::bench::failover::broadcast_options(), certs)
-                .await
-                .expect("rig");
+            // No relay here: every path is exactly one lossy hop each way.
+            let o = RigOptions {
+                one_way: Duration::ZERO,
+                ..shoal::bench::failover::broadcast_options()
+            };
+            let rig = Rig::start(&o, certs).await.expect("rig");
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            let broadcast = rig.finish(Duration::from_secs(10)).await.tally_each();
+            let sender = rig.sender.clone();
+            let ledger = rig.finish(Duration::from_secs(10)).await;
+            if std::env::var_os("SHOAL_DEBUG").is_some() {
+                let snap = sender.snapshot();
+                eprintln!("head {:?} settled {}", snap.head_seq, sender.settled());
+                for e in &snap.endpoints {
+                    eprintln!(
+                        "{:?} {:?} acked {:?} next {:?} err {:?} {:?}",
+                        e.id, e.state, e.acked_seq, e.next_seq, e.last_error, e.counters
+                    );
+                }
+                for r in &ledger.receivers {
+                    eprintln!(
+                        "recv first {:?} last {:?} n {}",
+                        r.seqs.first(),
+                        r.seqs.last(),
+                        r.seqs.len()
+                    );
+                }
+            }
+            let broadcast = ledger.tally_each();
             (failover, broadcast)
         })
     });
+    let dropped = ns.dropped_packets();
     drop(ns);
+    assert!(
+        dropped > 100,
+        "the loss rule dropped only {dropped} packets"
+    );
     assert!(failover.pushed > 1000, "{failover:?}");
     assert_eq!(
         (failover.lost, failover.duplicated, failover.out_of_order),

@@ -215,6 +215,9 @@ struct Ep {
     probes: VecDeque<(u64, Instant)>,
     pacer: Pacer,
     remove_after_drain: bool,
+    /// Lost its connection while degraded: a new connection starts degraded too, and the
+    /// recovery rule (hysteresis) decides when it is used again.
+    was_degraded: bool,
     last_error: Option<String>,
     counters: EpCounters,
 }
@@ -381,6 +384,7 @@ impl Mirror {
             probes: VecDeque::new(),
             pacer: Pacer::new(self.cfg.max_rate_bps as f64, now),
             remove_after_drain: false,
+            was_degraded: false,
             last_error: None,
             counters: EpCounters::default(),
         };
@@ -460,17 +464,18 @@ impl Mirror {
     }
 
     /// Whether every pushed chunk is acknowledged: by some receiver in failover mode, by every
-    /// active receiver in broadcast mode.
+    /// receiver that is connected or ever acknowledged anything in broadcast mode.
     pub fn settled(&self) -> bool {
         let Some(head) = self.head() else {
             return true;
         };
         match self.cfg.mode {
             Mode::Failover => self.committed >= Some(head),
+            // Receivers that are reconnecting count too once they had acknowledged anything.
             Mode::Broadcast => self
                 .eps
                 .iter()
-                .filter(|e| e.state != EndpointState::Connecting)
+                .filter(|e| e.state != EndpointState::Connecting || e.acked.is_some())
                 .all(|e| e.acked >= Some(head)),
         }
     }
@@ -521,7 +526,8 @@ impl Mirror {
 
     /// The provider lost `from..to` itself (for example a shard's gap); receivers are told.
     pub fn push_gap(&mut self, from: Seq, to: Seq) {
-        let from = self.head().map_or(from, |h| from.max(h + 1));
+        // Contiguous with what is buffered: the gap covers everything after the head.
+        let from = self.head().map_or(from, |h| h + 1);
         if to > from {
             self.buf.push_back(Entry {
                 seq: from,
@@ -545,10 +551,25 @@ impl Mirror {
                 }
             }
         }
-        if self.buf.len() >= self.cfg.buffer_chunks {
-            // Evicting the oldest must not lose anything not yet acknowledged.
-            let oldest = self.buf.front().map_or(0, |e| e.end - 1);
-            if self.committed.is_none_or(|c| c < oldest) {
+        // A push adds up to two entries (a hole and the chunk); evicting for them must not
+        // lose anything not yet acknowledged (by anyone in failover mode, by every connected
+        // receiver in broadcast mode).
+        let evict = (self.buf.len() + 2).saturating_sub(self.cfg.buffer_chunks);
+        if evict > 0 {
+            let Some(last_evicted) = self.buf.get(evict - 1).map(|e| e.end - 1) else {
+                return true;
+            };
+            let acked = match self.cfg.mode {
+                Mode::Failover => self.committed,
+                Mode::Broadcast => self
+                    .eps
+                    .iter()
+                    .filter(|e| e.state != EndpointState::Connecting)
+                    .map(|e| e.acked)
+                    .min()
+                    .flatten(),
+            };
+            if acked.is_none_or(|a| a < last_evicted) {
                 return false;
             }
         }
@@ -743,11 +764,17 @@ impl Mirror {
         ep.probe_due = now;
         ep.last_error = None;
         ep.counters.connects += 1;
-        ep.healthy_since = Some(now);
         if let Some(l) = last_seq {
             ep.acked = Some(ep.acked.map_or(l, |a| a.max(l)));
         }
-        self.set_state(i, EndpointState::Standby, now);
+        let state = if std::mem::take(&mut ep.was_degraded) {
+            ep.healthy_since = None;
+            EndpointState::Degraded
+        } else {
+            ep.healthy_since = Some(now);
+            EndpointState::Standby
+        };
+        self.set_state(i, state, now);
         self.events.push_back(Event::Connected { ep: id });
         if let Some(a) = self.eps[i].acked {
             self.commit(a);
@@ -770,6 +797,7 @@ impl Mirror {
         }
         self.eps[i].last_error = Some(reason);
         let was = self.eps[i].state;
+        self.eps[i].was_degraded = was == EndpointState::Degraded;
         self.set_state(i, EndpointState::Connecting, now);
         self.events.push_back(Event::Disconnected { ep: id });
         self.lost_sender(id, was, now);
@@ -895,12 +923,10 @@ impl Mirror {
                 EndpointState::Active | EndpointState::Standby | EndpointState::Draining => {
                     t = t.min(e.health.silence_deadline() + Duration::from_micros(1));
                 }
-                EndpointState::Degraded => {
-                    if let Some(h) = e.healthy_since {
-                        t = t.min(h + self.cfg.health.recover_after);
-                    }
-                    t = t.min(e.since + self.cfg.reconnect_after);
-                }
+                EndpointState::Degraded => match e.healthy_since {
+                    Some(h) => t = t.min(h + self.cfg.health.recover_after),
+                    None => t = t.min(e.since + self.cfg.reconnect_after),
+                },
                 EndpointState::Connecting => {}
             }
         }
@@ -925,7 +951,10 @@ impl Mirror {
     /// Runs the health rules, windows, pacing and revert policy.
     pub fn handle_timeout(&mut self, now: Instant) {
         let rate_due = now >= self.rate_window_start + RATE_INTERVAL;
-        for i in 0..self.eps.len() {
+        // By id: a degradation may end a planned removal and so remove an endpoint.
+        let ids: Vec<EndpointId> = self.eps.iter().map(|e| e.id).collect();
+        for id in ids {
+            let Some(i) = self.index(id) else { continue };
             self.eps[i].health.roll_window(now);
             if rate_due {
                 self.adapt_rate(i, now);
@@ -950,6 +979,7 @@ impl Mirror {
                     self.eps[i].healthy_since = None;
                     if now >= self.eps[i].since + self.cfg.reconnect_after {
                         let id = self.eps[i].id;
+                        self.eps[i].was_degraded = true;
                         self.set_state(i, EndpointState::Connecting, now);
                         self.events.push_back(Event::DropConnection {
                             ep: id,
@@ -1146,7 +1176,9 @@ impl Mirror {
                 match (ep.acked, ep.high_sent) {
                     (Some(a), _) => Some(a + 1),
                     (None, Some(_)) => ep.next_seq,
-                    // A new endpoint joins at the live edge (or at the start of a new stream).
+                    // A new endpoint joins at the live edge; before anyone was sent anything,
+                    // at the oldest buffered chunk.
+                    (None, None) if self.high_sent_any.is_none() => None,
                     (None, None) => head_next,
                 }
             }

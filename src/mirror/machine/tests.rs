@@ -441,3 +441,54 @@ fn send_rate_follows_the_measured_delivery() {
     }
     assert!(rate(&s) > r * 4.0, "rate {} rose from {r}", rate(&s));
 }
+
+#[test]
+fn an_endpoint_removed_while_active_that_then_goes_silent_is_forgotten_cleanly() {
+    let mut s = Sim::new(
+        MirrorConfig {
+            revert_after: None,
+            ..MirrorConfig::default()
+        },
+        3,
+    );
+    s.connect_all();
+    let (a, b, c) = (s.ids[0], s.ids[1], s.ids[2]);
+    s.push(1..=10);
+    assert_eq!(s.drain(a).0.len(), 10);
+    s.feedback(a, Some(4));
+    s.m.remove_endpoint(a, s.now).unwrap();
+    assert_eq!(s.m.state(a), Some(EndpointState::Draining));
+    // A never acknowledges again and goes silent; B and C keep answering.
+    for _ in 0..20 {
+        s.advance(Duration::from_millis(10));
+        s.feedback(b, None);
+        s.feedback(c, None);
+        s.m.handle_timeout(s.now);
+    }
+    assert_eq!(s.m.state(a), None, "removed once the hand-over happened");
+    assert_eq!(s.m.state(b), Some(EndpointState::Active));
+    assert_eq!(s.m.state(c), Some(EndpointState::Standby));
+    // Nothing lost: B continues after the last acknowledged chunk.
+    assert_eq!(s.drain(b).0, (5..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn provider_gaps_leave_no_hole_and_broadcast_gets_what_was_pushed_before_connecting() {
+    let mut s = Sim::new(
+        MirrorConfig {
+            mode: Mode::Broadcast,
+            ..MirrorConfig::default()
+        },
+        2,
+    );
+    s.push(1..=3);
+    s.m.push_gap(7, 9);
+    s.connect_all();
+    for &id in &s.ids.clone() {
+        let (seqs, gaps) = s.drain(id);
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(gaps, vec![(4, 9)]);
+    }
+    s.push(9..=9);
+    assert_eq!(s.drain(s.ids[0]).0, vec![9]);
+}
