@@ -8,6 +8,8 @@
 //! code; a connection that sends garbage is closed with the frame error's code.
 
 pub mod placement;
+pub mod predictor;
+pub mod profiler;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

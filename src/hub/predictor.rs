@@ -1,0 +1,1 @@
+//! Load prediction (being written).
