@@ -44,6 +44,8 @@ pub mod loadgen;
 #[cfg(feature = "server")]
 pub mod net;
 #[cfg(feature = "server")]
+pub mod pool;
+#[cfg(feature = "server")]
 pub mod shard;
 #[cfg(feature = "server")]
 pub mod tickets;
