@@ -12,6 +12,7 @@ mod baseline;
 mod child;
 pub mod failover;
 mod load;
+pub mod placement;
 mod relay;
 mod scenarios;
 

@@ -71,6 +71,17 @@ enum BenchScenario {
     All,
     /// Mirror failover: a sender, 3 receivers behind delay relays, the active one blackholed.
     Failover,
+    /// Shard pool policies (static, reactive, predictive) on a traffic trace, virtual time.
+    Placement,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TraceArg {
+    Ramp,
+    Diurnal,
+    Flash,
+    /// The three traces, one after the other.
+    All,
 }
 
 #[derive(Args)]
@@ -97,6 +108,16 @@ struct BenchArgs {
     /// Chunks per second of the mirrored stream (failover).
     #[arg(long, default_value_t = 500)]
     rate_hz: u32,
+    /// Traffic trace (placement).
+    #[arg(long, value_enum, default_value = "all")]
+    trace: TraceArg,
+    /// Seconds of traffic simulated per trace (placement).
+    #[arg(long, default_value_t = 1800)]
+    steps: usize,
+    /// Use this shard start-up cost instead of measuring one (placement), e.g. for shards that
+    /// are processes on other hosts.
+    #[arg(long)]
+    startup_ms: Option<f64>,
 }
 
 #[derive(Args)]
@@ -524,6 +545,9 @@ async fn bench(a: BenchArgs) -> Result<()> {
     if a.scenario == BenchScenario::Failover {
         return bench_failover(&a).await;
     }
+    if a.scenario == BenchScenario::Placement {
+        return bench_placement(&a).await;
+    }
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut opts = BenchOptions::new(exe);
     opts.rounds = a.rounds;
@@ -539,7 +563,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         BenchScenario::Memory => vec![Scenario::Memory],
         BenchScenario::Tickets => vec![Scenario::Tickets],
         BenchScenario::All => Scenario::ALL.to_vec(),
-        BenchScenario::Failover => unreachable!("handled above"),
+        BenchScenario::Failover | BenchScenario::Placement => unreachable!("handled above"),
     };
     let mut figures = Vec::new();
     for s in list {
@@ -557,6 +581,90 @@ async fn bench(a: BenchArgs) -> Result<()> {
     println!("{}", Figure::header());
     for f in &figures {
         println!("{}", f.row());
+    }
+    if a.json {
+        for f in &figures {
+            println!("{}", serde_json::to_string(f)?);
+        }
+    }
+    Ok(())
+}
+
+async fn bench_placement(a: &BenchArgs) -> Result<()> {
+    use shoal::bench::placement::{self, SimOptions, Trace};
+    if a.steps < 60 || a.steps > 1_000_000 {
+        bail!("--steps must be in 60..=1000000");
+    }
+    let traces = match a.trace {
+        TraceArg::Ramp => vec![Trace::Ramp],
+        TraceArg::Diurnal => vec![Trace::Diurnal],
+        TraceArg::Flash => vec![Trace::Flash],
+        TraceArg::All => vec![Trace::Ramp, Trace::Diurnal, Trace::Flash],
+    };
+    let exe = std::env::current_exe().context("finding the shoal executable")?;
+    let rounds = if a.quick { 1 } else { 3 };
+    let startup = match a.startup_ms {
+        Some(ms) if ms.is_finite() && (0.0..=600_000.0).contains(&ms) => {
+            eprintln!("bench: placement: shard start-up given: {ms} ms (not measured)");
+            Duration::from_secs_f64(ms / 1e3)
+        }
+        Some(_) => bail!("--startup-ms must be in 0..=600000"),
+        None => {
+            eprintln!(
+                "bench: placement: measuring a shard's start-up (a shard process, {rounds}x)"
+            );
+            placement::measure_startup(&exe, rounds)
+                .await
+                .context("measuring the shard start-up")?
+        }
+    };
+    eprintln!("bench: placement: measuring the warm time to first byte (real cluster)");
+    let warm = placement::measure_warm_ttfb(if a.quick { 2 } else { 9 })
+        .await
+        .context("measuring the warm TTFB")?;
+    eprintln!(
+        "bench: placement: start-up {:.1} ms, warm TTFB {:.2} ms",
+        startup.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3
+    );
+    let mut figures = Vec::new();
+    for t in traces {
+        let mut o = SimOptions::new(t, startup, warm);
+        o.steps = if a.quick { a.steps.min(600) } else { a.steps };
+        eprintln!(
+            "bench: placement: trace {} ({} s simulated)",
+            t.name(),
+            o.steps
+        );
+        figures.push(placement::run(&o));
+    }
+    println!(
+        "{:<8} {:<10} {:>12} {:>12} {:>8} {:>13} {:>6}",
+        "trace", "policy", "p99 ttfb ms", "p50 ttfb ms", "cold", "shard-seconds", "peak"
+    );
+    for f in &figures {
+        for p in [&f.static_, &f.reactive, &f.predictive] {
+            println!(
+                "{:<8} {:<10} {:>12.2} {:>12.2} {:>8} {:>13.0} {:>6}",
+                f.trace.name(),
+                format!("{:?}", p.policy).to_lowercase(),
+                p.p99_ttfb_ms,
+                p.p50_ttfb_ms,
+                p.cold_admissions,
+                p.shard_seconds,
+                p.peak_shards
+            );
+        }
+        println!(
+            "{:<8} predictive/reactive: p99 {:.2}x, shard-seconds {:.2}x; predictor MAE {:.3} vs naive {:.3} ({:.2}x); goal {}",
+            f.trace.name(),
+            f.p99_ratio,
+            f.shard_seconds_ratio,
+            f.mae,
+            f.naive_mae,
+            f.mae_ratio,
+            if f.goal_met { "met" } else { "MISSED" }
+        );
     }
     if a.json {
         for f in &figures {

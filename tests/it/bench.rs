@@ -214,3 +214,46 @@ async fn a_returning_client_asks_the_hub_in_0rtt_and_idle_sessions_stay_up() {
     client.close().await;
     tc.shutdown().await;
 }
+
+#[test]
+fn placement_bench_runs_the_three_policies_on_every_trace() {
+    let out = shoal()
+        .args(["bench", "placement", "--quick", "--json", "--steps", "300"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("measuring a shard's start-up"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let traces: Vec<&str> = figures
+        .iter()
+        .map(|f| f["trace"].as_str().unwrap())
+        .collect();
+    assert_eq!(traces, ["ramp", "diurnal", "flash"]);
+    for f in &figures {
+        assert!(f["startup_ms"].as_f64().unwrap() > 0.0, "measured: {f}");
+        for p in ["static_", "reactive", "predictive"] {
+            let p = &f[p];
+            assert!(p["admissions"].as_u64().unwrap() > 100, "{p}");
+            assert!(
+                p["shard_seconds"].as_f64().unwrap() >= 300.0,
+                "at least one shard: {p}"
+            );
+            assert!(p["p99_ttfb_ms"].as_f64().unwrap() >= p["p50_ttfb_ms"].as_f64().unwrap());
+        }
+        let (mae, naive) = (f["mae"].as_f64().unwrap(), f["naive_mae"].as_f64().unwrap());
+        assert!(mae.is_finite() && naive.is_finite() && mae >= 0.0, "{f}");
+    }
+    // Bad arguments are refused.
+    let bad = shoal()
+        .args(["bench", "placement", "--startup-ms", "-5"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

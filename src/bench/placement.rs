@@ -1,0 +1,394 @@
+//! `shoal bench placement --trace ramp|diurnal|flash`: a deterministic, trace-driven run on
+//! virtual time of the real pool ([`crate::pool::Pool`]) and predictor
+//! ([`crate::hub::predictor`]) code — no sockets — comparing three policies on the same trace:
+//!
+//! - `static`: a fixed pool sized for the trace's mean load;
+//! - `reactive`: HPA-like — every `sync_period` (15 s, HPA's default) the pool is resized to the
+//!   current sessions at the target utilization if utilization is over the threshold (scale out)
+//!   or well under it (scale in);
+//! - `predictive`: every step the pool is resized to the sessions the predictor expects one
+//!   shard start-up (the lead time) ahead, never below the current need.
+//!
+//! All three share the pool's own rules: a client that finds no warm room starts a shard on
+//! demand and waits for it (a *cold admission*), idle shards stop only after the idle period
+//! and the minimum lifespan. Time to first byte of an admission is the warm TTFB measured on a
+//! real embedded cluster plus, when cold, the wait for the shard, whose start-up cost is also
+//! measured (a real shard child process, spawned until it serves).
+//!
+//! Figures per policy: `p99_ttfb_ms`, `cold_admissions`, `shard_seconds`; for the predictor its
+//! MAE at the lead horizon on the second half of the trace next to the naive baselines'.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::hub::predictor::{self, traces, DemandPredictor};
+use crate::ids::{GroupId, ShardId};
+use crate::pool::{Admission, Pool, PoolAction, PoolConfig, Quota};
+
+/// Which trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trace {
+    Ramp,
+    Diurnal,
+    Flash,
+}
+
+impl Trace {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trace::Ramp => "ramp",
+            Trace::Diurnal => "diurnal",
+            Trace::Flash => "flash",
+        }
+    }
+
+    /// Arrivals per second, deterministic for a seed.
+    pub fn arrivals(self, steps: usize, seed: u64) -> Vec<f64> {
+        let raw = match self {
+            Trace::Ramp => traces::ramp(steps, seed),
+            Trace::Diurnal => traces::diurnal(steps, seed),
+            Trace::Flash => traces::flash(steps, seed),
+        };
+        // The generators count arrivals per step in the hundreds to thousands; a step here is
+        // one second of a single group's traffic.
+        raw.into_iter().map(|a| a / ARRIVAL_SCALE).collect()
+    }
+}
+
+const ARRIVAL_SCALE: f64 = 100.0;
+
+/// The policies compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    Static,
+    Reactive,
+    Predictive,
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub trace: Trace,
+    pub steps: usize,
+    pub seed: u64,
+    /// Measured: from starting a shard to it taking clients.
+    pub startup: Duration,
+    /// Measured: first byte to a client admitted on a warm shard.
+    pub warm_ttfb: Duration,
+    pub mean_session: Duration,
+    pub shard_sessions: u64,
+    pub target_utilization: f64,
+    /// Reactive: how often it looks, and the utilization over which it scales out.
+    pub sync_period: Duration,
+    pub scale_out_threshold: f64,
+}
+
+impl SimOptions {
+    pub fn new(trace: Trace, startup: Duration, warm_ttfb: Duration) -> Self {
+        Self {
+            trace,
+            steps: 1800,
+            seed: 7,
+            startup,
+            warm_ttfb,
+            mean_session: Duration::from_secs(60),
+            shard_sessions: 50,
+            target_utilization: 0.7,
+            sync_period: Duration::from_secs(15),
+            scale_out_threshold: 0.8,
+        }
+    }
+}
+
+/// What one policy did on the trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyFigure {
+    pub policy: Policy,
+    pub p50_ttfb_ms: f64,
+    pub p99_ttfb_ms: f64,
+    pub cold_admissions: u64,
+    pub admissions: u64,
+    /// Admissions refused because the pool was at its maximum.
+    pub refused: u64,
+    pub shard_seconds: f64,
+    pub peak_shards: u32,
+    pub shards_started: u64,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementFigure {
+    pub scenario: &'static str,
+    pub trace: Trace,
+    pub steps: usize,
+    pub startup_ms: f64,
+    pub warm_ttfb_ms: f64,
+    pub static_: PolicyFigure,
+    pub reactive: PolicyFigure,
+    pub predictive: PolicyFigure,
+    /// The learned demand model's MAE (arrivals per step) at the lead horizon, second half.
+    pub mae: f64,
+    /// The better of the naive baselines (last value, population mean) on the same data.
+    pub naive_mae: f64,
+    pub last_value_mae: f64,
+    pub mean_mae: f64,
+    pub lead_steps: u32,
+    pub p99_ratio: f64,
+    pub shard_seconds_ratio: f64,
+    pub mae_ratio: f64,
+    pub goal_met: bool,
+}
+
+/// A seeded exponential duration (the generator's uniform draws).
+fn exp_duration(rng: &mut traces::SplitMix64, mean: Duration) -> Duration {
+    let u = rng.uniform().clamp(1e-12, 1.0 - 1e-12);
+    mean.mul_f64(-u.ln()).min(mean * 20)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The lead time in whole steps: a shard started now takes clients this many steps later.
+fn lead_steps(startup: Duration) -> u32 {
+    (startup.as_secs_f64().ceil() as u32).max(1)
+}
+
+/// Runs one policy over the arrivals.
+pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigure {
+    let t0 = Instant::now();
+    let step = Duration::from_secs(1);
+    let cfg = PoolConfig {
+        startup: o.startup,
+        min_lifespan: Duration::from_secs(60),
+        idle_stop_after: Duration::from_secs(30),
+        scale_in_step: Duration::from_secs(5),
+        drain_grace: Duration::from_secs(2),
+        min_shards: 1,
+        max_shards: 256,
+        quota: Quota {
+            sessions: o.shard_sessions,
+            ..Quota::default()
+        },
+    };
+    let mut pool = Pool::new(GroupId(0), cfg, 0, t0);
+    let mean_s = o.mean_session.as_secs_f64();
+    let static_size = {
+        let mean_arrivals = arrivals.iter().sum::<f64>() / arrivals.len().max(1) as f64;
+        pool.shards_for(mean_arrivals * mean_s, o.target_utilization)
+    };
+    let mut predictor =
+        predictor::Guarded::new(predictor::OnlineRegression::new(lead_steps(o.startup)));
+    let lead = lead_steps(o.startup);
+    let mut rng = traces::SplitMix64::new(o.seed ^ 0x5eed);
+    let mut starting: Vec<(Instant, ShardId)> = Vec::new();
+    let mut departures: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
+    let mut ttfb_ms: Vec<f64> = Vec::new();
+    let (mut refused, mut shard_seconds, mut peak) = (0u64, 0.0f64, 0u32);
+    let mut carry = 0.0f64;
+    let mut next_sync = t0;
+    for (k, &a) in arrivals.iter().enumerate() {
+        let now = t0 + step * k as u32;
+        // Shards whose start-up finished; sessions that ended.
+        starting.retain(|&(ready, id)| {
+            if ready <= now {
+                let _ = pool.handle_started(id, ready);
+                false
+            } else {
+                true
+            }
+        });
+        while departures.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            if let Some(Reverse((t, id))) = departures.pop() {
+                pool.handle_departure(ShardId(id), t);
+            }
+        }
+        // The policy.
+        let sessions = pool.total_sessions() as f64;
+        match policy {
+            Policy::Static => pool.set_desired(static_size),
+            Policy::Reactive => {
+                if now >= next_sync {
+                    next_sync = now + o.sync_period;
+                    let capacity = pool.warm_shards().max(1) as f64 * o.shard_sessions as f64;
+                    let util = sessions / capacity;
+                    if util > o.scale_out_threshold || util < o.target_utilization * 0.5 {
+                        pool.set_desired(pool.shards_for(sessions, o.target_utilization));
+                    }
+                }
+            }
+            Policy::Predictive => {
+                // Sessions expected `lead` steps ahead: what is there now, minus what will have
+                // ended, plus the predicted arrivals.
+                let arriving: f64 = (1..=lead).map(|h| predictor.forecast(h)).sum();
+                let leaving = sessions * (lead as f64 / mean_s).min(1.0);
+                let expected = (sessions - leaving + arriving).max(sessions);
+                pool.set_desired(pool.shards_for(expected, o.target_utilization));
+            }
+        }
+        pool.handle_timeout(now);
+        // This second's arrivals, spread over it.
+        carry += a.max(0.0);
+        let n = carry.floor() as u32;
+        carry -= f64::from(n);
+        for i in 0..n {
+            let at = now + step.mul_f64(f64::from(i) / f64::from(n.max(1)));
+            let wait = match pool.admit(at) {
+                Admission::Warm(id) => Some((id, Duration::ZERO)),
+                Admission::Cold { shard, ready_at } => {
+                    Some((shard, ready_at.saturating_duration_since(at)))
+                }
+                Admission::Full => None,
+            };
+            match wait {
+                Some((id, wait)) => {
+                    ttfb_ms.push((o.warm_ttfb + wait).as_secs_f64() * 1e3);
+                    let end = at + exp_duration(&mut rng, o.mean_session);
+                    departures.push(Reverse((end, id.0)));
+                }
+                None => refused += 1,
+            }
+            // Shards started for cold clients.
+            drain_starts(&mut pool, &mut starting, at, o.startup);
+        }
+        drain_starts(&mut pool, &mut starting, now, o.startup);
+        predictor.observe(a);
+        let live = pool.live_shards();
+        peak = peak.max(live);
+        shard_seconds += f64::from(live) * step.as_secs_f64();
+    }
+    ttfb_ms.sort_by(|a, b| a.total_cmp(b));
+    let c = pool.counters();
+    PolicyFigure {
+        policy,
+        p50_ttfb_ms: percentile(&ttfb_ms, 0.5),
+        p99_ttfb_ms: percentile(&ttfb_ms, 0.99),
+        cold_admissions: c.cold_admissions,
+        admissions: ttfb_ms.len() as u64,
+        refused,
+        shard_seconds,
+        peak_shards: peak,
+        shards_started: c.started,
+    }
+}
+
+fn drain_starts(
+    pool: &mut Pool,
+    starting: &mut Vec<(Instant, ShardId)>,
+    now: Instant,
+    startup: Duration,
+) {
+    while let Some(a) = pool.poll_action() {
+        if let PoolAction::Start { shard } = a {
+            starting.push((now + startup, shard));
+        }
+    }
+}
+
+/// Runs the three policies on one trace and the predictor's accuracy check.
+pub fn run(o: &SimOptions) -> PlacementFigure {
+    let arrivals = o.trace.arrivals(o.steps, o.seed);
+    let static_ = simulate(o, Policy::Static, &arrivals);
+    let reactive = simulate(o, Policy::Reactive, &arrivals);
+    let predictive = simulate(o, Policy::Predictive, &arrivals);
+    let lead = lead_steps(o.startup);
+    let warmup = arrivals.len() / 2;
+    let mut learned = predictor::OnlineRegression::new(lead);
+    let mae = predictor::demand_mae(&mut learned, &arrivals, lead, warmup);
+    let last_value_mae =
+        predictor::demand_mae(&mut predictor::LastValue::new(), &arrivals, lead, warmup);
+    let mean_mae = predictor::demand_mae(
+        &mut predictor::PopulationMean::new(),
+        &arrivals,
+        lead,
+        warmup,
+    );
+    let naive_mae = last_value_mae.min(mean_mae);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    let p99_ratio = ratio(predictive.p99_ttfb_ms, reactive.p99_ttfb_ms);
+    let shard_seconds_ratio = ratio(predictive.shard_seconds, reactive.shard_seconds);
+    let mae_ratio = ratio(mae, naive_mae);
+    PlacementFigure {
+        scenario: "placement",
+        trace: o.trace,
+        steps: o.steps,
+        startup_ms: o.startup.as_secs_f64() * 1e3,
+        warm_ttfb_ms: o.warm_ttfb.as_secs_f64() * 1e3,
+        goal_met: p99_ratio <= 0.5 && shard_seconds_ratio <= 1.2 && mae_ratio <= 0.7,
+        static_,
+        reactive,
+        predictive,
+        mae,
+        naive_mae,
+        last_value_mae,
+        mean_mae,
+        lead_steps: lead,
+        p99_ratio,
+        shard_seconds_ratio,
+        mae_ratio,
+    }
+}
+
+/// Measures a shard's start-up cost: a shard server spawned as a child process (key material,
+/// TLS configuration, sockets bound) until it reports ready. Median of `rounds`.
+pub async fn measure_startup(
+    exe: &std::path::Path,
+    rounds: usize,
+) -> Result<Duration, super::BenchError> {
+    let spec = super::ServerSpec::Shoal {
+        prefill_tickets: 0,
+        store_entries: 1024,
+        rate_hz: 100,
+        chunk_bytes: 1024,
+    };
+    let mut samples = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        let child = super::ChildServer::spawn(exe, &spec).await?;
+        samples.push(started.elapsed());
+        child.stop().await;
+    }
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}
+
+/// Measures the first byte to a client placed on a warm shard: a real embedded cluster on
+/// loopback, fresh clients subscribing. Median of `clients`.
+pub async fn measure_warm_ttfb(clients: usize) -> Result<Duration, super::BenchError> {
+    use crate::client::{Client, ClientOptions};
+    use crate::ids::{ClientId, StreamName};
+    let load = |e: &dyn std::fmt::Display| super::BenchError::Load(e.to_string());
+    let mut cfg = crate::config::Config::default();
+    cfg.hub.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let material = crate::cluster::Material::generate(&cfg.cluster).map_err(|e| load(&e))?;
+    let ca = material.ca.clone();
+    let cluster = crate::cluster::Cluster::start(&cfg, material).map_err(|e| load(&e))?;
+    let stream = StreamName::new("synth/placement").map_err(|e| load(&e))?;
+    let mut samples = Vec::new();
+    for i in 0..clients.max(1) {
+        let id = ClientId::new(format!("placement-{i}")).map_err(|e| load(&e))?;
+        let client = Client::new(
+            cluster.hub.addr(),
+            ClientOptions::new(cfg.cluster.clone(), ca.clone(), id),
+        )
+        .map_err(|e| load(&e))?;
+        let mut sub = client.subscribe(&stream).await.map_err(|e| load(&e))?;
+        let first = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+        if !matches!(first, Ok(Some(Ok(_)))) {
+            return Err(load(&"no first chunk within 5 s"));
+        }
+        samples.push(Duration::from_micros(sub.stats().ttfb_us));
+    }
+    cluster.shutdown().await;
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}

@@ -1,1 +1,0 @@
-//! Load prediction (being written).

@@ -1,0 +1,181 @@
+//! Per-request load: bitrate × duration, in kilobits.
+
+use tracing::warn;
+
+use super::rls::Rls;
+use super::CLAMP_FACTOR;
+
+/// What is known about a request when it is placed. Absent or unusable (non-finite, negative)
+/// values count as unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RequestFeatures {
+    /// What the client declared it will pull.
+    pub declared_bitrate_kbps: Option<f64>,
+    /// The client's mean bitrate in past sessions (profile).
+    pub history_bitrate_kbps: Option<f64>,
+    /// The client's mean session duration (profile).
+    pub history_duration_s: Option<f64>,
+    /// Past sessions of this client.
+    pub sessions_seen: f64,
+    /// Device class; buckets at or above [`DEVICE_BUCKETS`] fold onto `bucket % DEVICE_BUCKETS`.
+    pub device_bucket: u8,
+    /// Region; buckets at or above [`REGION_BUCKETS`] fold onto `bucket % REGION_BUCKETS`.
+    pub region_bucket: u8,
+}
+
+/// Device classes the learned model tells apart.
+pub const DEVICE_BUCKETS: usize = 8;
+/// Regions the learned model tells apart.
+pub const REGION_BUCKETS: usize = 8;
+
+/// Predicts one request's load (kbit/s × seconds, i.e. kilobits) from request features.
+pub trait RequestLoadPredictor: Send {
+    /// Finite and >= 0.
+    fn predict(&self, f: &RequestFeatures) -> f64;
+    /// Online update with the observed load. NaN, infinite or negative loads are ignored and
+    /// counted.
+    fn learn(&mut self, f: &RequestFeatures, actual: f64);
+    fn name(&self) -> &'static str;
+}
+
+fn usable(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+fn warn_rejected(model: &'static str, rejected: u64, actual: f64) {
+    if rejected.is_power_of_two() {
+        warn!(
+            model,
+            actual, rejected, "predictor: ignored a NaN/negative actual load"
+        );
+    }
+}
+
+/// Naive baseline: the mean load of every request seen.
+#[derive(Debug, Clone, Default)]
+pub struct MeanLoad {
+    mean: f64,
+    n: u64,
+    rejected: u64,
+}
+
+impl MeanLoad {
+    /// Actuals ignored because they were NaN, infinite or negative.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+}
+
+impl RequestLoadPredictor for MeanLoad {
+    fn predict(&self, _f: &RequestFeatures) -> f64 {
+        self.mean
+    }
+
+    fn learn(&mut self, _f: &RequestFeatures, actual: f64) {
+        if !usable(actual) {
+            self.rejected += 1;
+            return warn_rejected(self.name(), self.rejected, actual);
+        }
+        self.n += 1;
+        self.mean += (actual - self.mean) / self.n as f64;
+    }
+
+    fn name(&self) -> &'static str {
+        "mean-load"
+    }
+}
+
+/// Feature dimension: `1`, three (log value, present) pairs, log sessions, two one-hot blocks.
+const DIM: usize = 1 + 3 * 2 + 1 + DEVICE_BUCKETS + REGION_BUCKETS;
+
+/// The learned request model: RLS on log-features predicting `ln(1 + load)` (see the module
+/// docs). Until it has seen `DIM` requests it answers the population mean.
+#[derive(Debug, Clone)]
+pub struct OnlineLoadRegression {
+    model: Rls,
+    mean: MeanLoad,
+    max_seen: f64,
+}
+
+impl Default for OnlineLoadRegression {
+    fn default() -> Self {
+        OnlineLoadRegression::new(0.999)
+    }
+}
+
+impl OnlineLoadRegression {
+    /// `forgetting`: the RLS λ (remembers about `1 / (1 − λ)` requests); out-of-range values
+    /// become the default 0.999.
+    pub fn new(forgetting: f64) -> OnlineLoadRegression {
+        let lambda = if forgetting > 0.5 && forgetting <= 1.0 {
+            forgetting
+        } else {
+            0.999
+        };
+        OnlineLoadRegression {
+            model: Rls::new(vec![0.0; DIM], lambda, 100.0),
+            mean: MeanLoad::default(),
+            max_seen: 0.0,
+        }
+    }
+
+    /// Actuals ignored because they were NaN, infinite or negative.
+    pub fn rejected(&self) -> u64 {
+        self.mean.rejected()
+    }
+
+    /// Times the model's state went non-finite and was reset.
+    pub fn resets(&self) -> u64 {
+        self.model.resets()
+    }
+
+    fn features(f: &RequestFeatures) -> [f64; DIM] {
+        let mut x = [0.0; DIM];
+        x[0] = 1.0;
+        let opts = [
+            f.declared_bitrate_kbps,
+            f.history_bitrate_kbps,
+            f.history_duration_s,
+        ];
+        for (i, v) in opts.into_iter().enumerate() {
+            if let Some(v) = v.filter(|v| usable(*v)) {
+                x[1 + 2 * i] = v.ln_1p();
+                x[2 + 2 * i] = 1.0;
+            }
+        }
+        x[7] = if usable(f.sessions_seen) {
+            f.sessions_seen.ln_1p()
+        } else {
+            0.0
+        };
+        x[8 + f.device_bucket as usize % DEVICE_BUCKETS] = 1.0;
+        x[8 + DEVICE_BUCKETS + f.region_bucket as usize % REGION_BUCKETS] = 1.0;
+        x
+    }
+}
+
+impl RequestLoadPredictor for OnlineLoadRegression {
+    fn predict(&self, f: &RequestFeatures) -> f64 {
+        if self.model.updates() < DIM as u64 {
+            return self.mean.predict(f);
+        }
+        let max_log = (CLAMP_FACTOR * self.max_seen).ln_1p();
+        let log = self.model.predict(&Self::features(f));
+        if !log.is_finite() {
+            return self.mean.predict(f);
+        }
+        log.clamp(0.0, max_log).exp_m1().max(0.0)
+    }
+
+    fn learn(&mut self, f: &RequestFeatures, actual: f64) {
+        self.mean.learn(f, actual);
+        if usable(actual) {
+            self.max_seen = self.max_seen.max(actual);
+            self.model.update(&Self::features(f), actual.ln_1p());
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "online-load-rls"
+    }
+}

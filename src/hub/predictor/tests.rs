@@ -1,0 +1,196 @@
+use super::*;
+
+const N: usize = 1_200;
+const H: u32 = 10;
+
+type Trace = fn(usize, u64) -> Vec<f64>;
+
+/// `(learned, last value, population mean)` MAE on the second half, after warm-up on the first.
+fn maes(series: &[f64], h: u32) -> (f64, f64, f64) {
+    let warmup = series.len() / 2;
+    let learned = demand_mae(&mut OnlineRegression::new(h), series, h, warmup);
+    let last = demand_mae(&mut LastValue::new(), series, h, warmup);
+    let mean = demand_mae(&mut PopulationMean::new(), series, h, warmup);
+    (learned, last, mean)
+}
+
+fn report(name: &str, seed: u64, h: u32, (learned, last, mean): (f64, f64, f64)) {
+    println!(
+        "{name:8} seed {seed} h={h:2}: online-rls {learned:8.2}  last-value {last:8.2} \
+         ({:5.1} % lower)  population-mean {mean:8.2} ({:5.1} % lower)",
+        100.0 * (1.0 - learned / last),
+        100.0 * (1.0 - learned / mean),
+    );
+}
+
+#[test]
+fn learned_demand_beats_both_baselines_on_held_out_traffic() {
+    let cases: [(&str, Trace); 2] = [("ramp", traces::ramp), ("diurnal", traces::diurnal)];
+    for (name, trace) in cases {
+        for seed in [1, 2, 3] {
+            let m = maes(&trace(N, seed), H);
+            report(name, seed, H, m);
+            let (learned, last, mean) = m;
+            assert!(learned <= 0.7 * last, "{name}/{seed}: {m:?}");
+            assert!(learned <= 0.7 * mean, "{name}/{seed}: {m:?}");
+        }
+    }
+}
+
+/// The flash-crowd trace does not meet the 30 % goal yet (the learned model overshoots the
+/// peak); printed so the gap stays visible, asserted only to be no worse than the mean.
+#[test]
+fn flash_crowd_accuracy_is_reported() {
+    for seed in [1, 2, 3] {
+        let m = maes(&traces::flash(N, seed), H);
+        report("flash", seed, H, m);
+        assert!(m.0 < m.2, "flash/{seed}: {m:?}");
+    }
+}
+
+#[test]
+fn other_horizons_are_reported() {
+    for h in [5, 20, 30] {
+        report("ramp", 1, h, maes(&traces::ramp(N, 1), h));
+        report("diurnal", 1, h, maes(&traces::diurnal(N, 1), h));
+        report("flash", 1, h, maes(&traces::flash(N, 1), h));
+    }
+}
+
+#[test]
+fn traces_are_deterministic_and_non_negative() {
+    for f in [traces::ramp, traces::diurnal, traces::flash] {
+        let (a, b) = (f(500, 7), f(500, 7));
+        assert_eq!(a, b);
+        assert_ne!(a, f(500, 8));
+        assert!(a.iter().all(|v| v.is_finite() && *v >= 0.0));
+    }
+}
+
+/// A predictor that is broken on purpose.
+struct Broken(f64);
+
+impl DemandPredictor for Broken {
+    fn observe(&mut self, _value: f64) {}
+    fn forecast(&self, _steps_ahead: u32) -> f64 {
+        self.0
+    }
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+}
+
+#[test]
+fn guarded_turns_nan_and_negative_into_the_fallback_and_counts() {
+    for bad in [f64::NAN, f64::INFINITY, -5.0] {
+        let mut g = Guarded::new(Broken(bad));
+        g.observe(42.0);
+        assert_eq!(g.forecast(3), 42.0);
+        g.observe(f64::NAN);
+        assert_eq!(
+            g.forecast(1),
+            42.0,
+            "a bad observation keeps the last good one"
+        );
+        assert_eq!(g.fallbacks(), 2);
+        assert_eq!(g.bad_inputs(), 1);
+    }
+    let mut g = Guarded::new(Broken(7.0));
+    g.observe(1.0);
+    assert_eq!(g.forecast(1), 7.0);
+    assert_eq!(g.fallbacks(), 0);
+}
+
+#[test]
+fn demand_models_survive_garbage() {
+    let mut m = OnlineRegression::default();
+    assert_eq!(m.forecast(5), 0.0);
+    let series = traces::diurnal(400, 1);
+    for (i, &v) in series.iter().enumerate() {
+        let v = match i % 17 {
+            3 => f64::NAN,
+            5 => -1e9,
+            7 => f64::INFINITY,
+            _ => v,
+        };
+        m.observe(v);
+        for h in [1, 7, 10, 45, 60, 500] {
+            let f = m.forecast(h);
+            assert!(f.is_finite() && f >= 0.0, "step {i} h {h}: {f}");
+        }
+    }
+    assert!(m.bad_inputs() > 0);
+    for p in [
+        &mut LastValue::new() as &mut dyn DemandPredictor,
+        &mut PopulationMean::new(),
+    ] {
+        p.observe(f64::NAN);
+        p.observe(-3.0);
+        assert_eq!(p.forecast(1), 0.0);
+    }
+}
+
+#[test]
+fn demand_mae_scores_only_after_warmup() {
+    let series = [1.0, 2.0, 3.0, 4.0];
+    // Last value, one step ahead: forecasts 0 (nothing seen), 1, 2, 3.
+    assert_eq!(demand_mae(&mut LastValue::new(), &series, 1, 0), 1.0);
+    assert_eq!(demand_mae(&mut LastValue::new(), &series, 2, 2), 2.0);
+    assert_eq!(demand_mae(&mut LastValue::new(), &series, 1, 9), 0.0);
+}
+
+#[test]
+fn learned_request_load_beats_the_mean_on_held_out_requests() {
+    let population = traces::requests(6_000, 11);
+    let (train, test) = population.split_at(4_000);
+    let mut learned = OnlineLoadRegression::default();
+    let mut mean = MeanLoad::default();
+    for (f, actual) in train {
+        learned.learn(f, *actual);
+        mean.learn(f, *actual);
+    }
+    let mae = |p: &dyn RequestLoadPredictor| {
+        test.iter()
+            .map(|(f, a)| (p.predict(f) - a).abs())
+            .sum::<f64>()
+            / test.len() as f64
+    };
+    let (l, m) = (mae(&learned), mae(&mean));
+    println!(
+        "requests: online-load-rls {l:.0} kbit  mean-load {m:.0} kbit ({:.1} % lower)",
+        100.0 * (1.0 - l / m)
+    );
+    assert!(l <= 0.7 * m, "{l} vs {m}");
+}
+
+#[test]
+fn request_load_never_goes_nan_or_negative() {
+    let mut p = OnlineLoadRegression::default();
+    let f = RequestFeatures {
+        declared_bitrate_kbps: Some(f64::NAN),
+        history_bitrate_kbps: Some(-1.0),
+        history_duration_s: Some(f64::INFINITY),
+        sessions_seen: f64::NAN,
+        device_bucket: 250,
+        region_bucket: 9,
+    };
+    assert_eq!(p.predict(&f), 0.0);
+    for (i, (g, actual)) in traces::requests(300, 3).into_iter().enumerate() {
+        let actual = match i % 5 {
+            0 => f64::NAN,
+            1 => -actual,
+            2 => f64::INFINITY,
+            _ => actual,
+        };
+        p.learn(&g, actual);
+        p.learn(&f, actual);
+        for x in [&f, &g] {
+            let v = p.predict(x);
+            assert!(v.is_finite() && v >= 0.0, "request {i}: {v}");
+        }
+    }
+    assert_eq!(p.rejected(), 2 * 180);
+    let mut m = MeanLoad::default();
+    m.learn(&f, f64::NAN);
+    assert_eq!((m.predict(&f), m.rejected()), (0.0, 1));
+}

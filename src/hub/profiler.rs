@@ -1,1 +1,0 @@
-//! Client profiler (being written).
