@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::hub::placement::{HeadroomPlacer, Placer};
+use crate::hub::profiler::Profiler;
 use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
 use crate::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
@@ -30,6 +31,8 @@ pub enum ClusterError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
+    #[error("client profiles: {0}")]
+    Profiles(#[from] crate::hub::profiler::ProfilerError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -194,6 +197,15 @@ impl Cluster {
             })?;
             shards.push(shard);
         }
+        let limits = cfg.profiles.limits.clone();
+        let profiler = match &cfg.profiles.path {
+            Some(path) => {
+                let p = Profiler::open_or_fresh(limits, path, crate::unix_us() / 1000)?;
+                info!(path = %path.display(), clients = p.len(), "client profiles loaded");
+                p
+            }
+            None => Profiler::new(limits),
+        };
         let hub = Hub::start(HubParams {
             bind: cfg.hub.listen,
             socket_buffer: s.socket_buffer_bytes,
@@ -206,6 +218,7 @@ impl Cluster {
             token_ttl: cfg.hub.token_ttl,
             synthetic: cfg.synthetic(),
             request_timeout: s.attach_timeout,
+            profiler: Arc::new(std::sync::Mutex::new(profiler)),
         })
         .map_err(|source| ClusterError::Bind {
             what: "hub".into(),

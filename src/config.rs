@@ -43,6 +43,18 @@ pub struct Config {
     pub transport: TransportSettings,
     pub shutdown: ShutdownConfig,
     pub admin: AdminConfig,
+    pub profiles: ProfilesConfig,
+}
+
+/// The hub's client profiles (see `hub::profiler`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// The profile database (redb). Unset: profiles live in memory only; `shoal up` uses
+    /// `<data_dir>/profiles.redb`.
+    pub path: Option<PathBuf>,
+    /// Bounds and retention.
+    pub limits: crate::hub::profiler::ProfilerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +211,7 @@ impl Default for Config {
             transport: TransportSettings::default(),
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),
+            profiles: ProfilesConfig::default(),
         }
     }
 }
@@ -300,6 +313,9 @@ impl Config {
     /// Checks ranges that types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if let Err(e) = self.profiles.limits.validate() {
+            return Err(ConfigError::Invalid(format!("profiles.limits: {e}")));
+        }
         if rustls::pki_types::ServerName::try_from(self.cluster.clone()).is_err() {
             return bad("cluster must be a valid DNS name");
         }

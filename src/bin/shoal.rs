@@ -332,6 +332,15 @@ async fn up(a: UpArgs) -> Result<()> {
         print!("{}", toml::to_string(&cfg).context("printing the config")?);
         return Ok(());
     }
+    if cfg.profiles.path.is_none() {
+        cfg.profiles.path = Some(cfg.data_dir.join("profiles.redb"));
+    }
+    if let Some(dir) = cfg.profiles.path.as_ref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {} for the profile database", dir.display()))?;
+        }
+    }
     let (material, notes) = Material::load_or_create(&cfg)?;
     for n in notes {
         tracing::info!("{n}");

@@ -51,6 +51,8 @@ pub struct HubParams {
     pub token_ttl: Duration,
     pub synthetic: SyntheticSpec,
     pub request_timeout: Duration,
+    /// Client profiles: every request is recorded; flushed to disk every `flush_interval`.
+    pub profiler: Arc<Mutex<profiler::Profiler>>,
 }
 
 struct HubState {
@@ -62,6 +64,7 @@ struct HubState {
     synthetic: SyntheticSpec,
     request_timeout: Duration,
     counters: Arc<HubCounters>,
+    profiler: Arc<Mutex<profiler::Profiler>>,
 }
 
 /// A running hub.
@@ -70,6 +73,7 @@ pub struct Hub {
     addr: SocketAddr,
     state: Arc<HubState>,
     task: tokio::task::JoinHandle<()>,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 impl Hub {
@@ -89,17 +93,25 @@ impl Hub {
             synthetic: p.synthetic,
             request_timeout: p.request_timeout,
             counters: Arc::new(HubCounters::default()),
+            profiler: p.profiler,
         });
         let task = tokio::spawn(
             accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
         );
+        let flusher = tokio::spawn(flush_loop(state.profiler.clone()));
         info!(%addr, shards = state.shards.len(), "hub listening");
         Ok(Hub {
             endpoint,
             addr,
             state,
             task,
+            flusher,
         })
+    }
+
+    /// The client profiles.
+    pub fn profiler(&self) -> &Arc<Mutex<profiler::Profiler>> {
+        &self.state.profiler
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -115,13 +127,45 @@ impl Hub {
         self.state.counters.clone()
     }
 
-    /// Stops accepting and closes every hub connection with `GoingAway`.
+    /// Stops accepting, closes every hub connection with `GoingAway`, and writes the
+    /// profiles one last time.
     pub async fn close(&self) {
         self.task.abort();
+        self.flusher.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        flush_profiles(self.state.profiler.clone()).await;
     }
+}
+
+/// Writes dirty profiles every `flush_interval` (redb is synchronous: on a blocking thread).
+async fn flush_loop(profiler: Arc<Mutex<profiler::Profiler>>) {
+    let every = lock(&profiler)
+        .config()
+        .flush_interval
+        .max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        flush_profiles(profiler.clone()).await;
+    }
+}
+
+async fn flush_profiles(profiler: Arc<Mutex<profiler::Profiler>>) {
+    let r = tokio::task::spawn_blocking(move || lock(&profiler).flush(unix_us() / 1000)).await;
+    match r {
+        Ok(Ok(stats)) => debug!(?stats, "profiles flushed"),
+        // Nothing is lost: dirty profiles stay dirty for the next flush.
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing profiles failed; will retry"),
+        Err(e) => tracing::warn!(error = %e, "profile flush task failed"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
@@ -171,6 +215,12 @@ async fn handle_request(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(_))) => return Err(ErrorCode::ProtocolViolation),
     };
+    let _ = lock(&state.profiler).record_request(
+        &req.client_id,
+        &req.stream,
+        &req.hints,
+        unix_us() / 1000,
+    );
     let reply = match grant(state, &req) {
         Ok(g) => g,
         Err((code, reason)) => {

@@ -8,3 +8,4 @@ mod common;
 mod core_path;
 mod mirror;
 mod mirror_faults;
+mod profiles;
