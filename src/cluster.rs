@@ -17,7 +17,7 @@ use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
 use crate::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
 use crate::shard::streams::StreamSettings;
-use crate::shard::{Admission, Shard, ShardParams};
+use crate::shard::{Admission, Shard, ShardParams, ShardSet};
 use crate::tickets::SessionStore;
 use crate::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
 use crate::token::TokenKeys;
@@ -120,9 +120,54 @@ impl Material {
     }
 }
 
+/// Starts shards with the cluster's keys, certificates and settings; the pool driver uses it
+/// to add shards while the cluster runs.
+#[derive(Clone)]
+pub struct ShardFactory {
+    inner: Arc<FactoryInner>,
+}
+
+struct FactoryInner {
+    server_config: quinn::ServerConfig,
+    endpoint_config: quinn::EndpointConfig,
+    tokens: Arc<TokenKeys>,
+    streams: StreamSettings,
+    shards: crate::config::ShardsConfig,
+    heartbeat: Duration,
+}
+
+impl ShardFactory {
+    /// Binds and starts shard `id` of `group` on `port` (0: any free port).
+    pub fn start(&self, id: ShardId, group: GroupId, port: u16) -> Result<Shard, ClusterError> {
+        let f = &self.inner;
+        let s = &f.shards;
+        let bind = std::net::SocketAddr::new(s.listen_ip, port);
+        Shard::start(ShardParams {
+            id,
+            group,
+            bind,
+            socket_buffer: s.socket_buffer_bytes,
+            server_config: f.server_config.clone(),
+            endpoint_config: f.endpoint_config.clone(),
+            admission: Admission::new(id, group, f.tokens.clone(), s.replay_cache),
+            streams: f.streams,
+            heartbeat_interval: f.heartbeat,
+            attach_timeout: s.attach_timeout,
+            max_sessions: u64::from(s.max_sessions),
+        })
+        .map_err(|source| ClusterError::Bind {
+            what: format!("shard {}", id.0),
+            addr: bind,
+            source,
+        })
+    }
+}
+
 /// A running hub with its embedded shards.
 pub struct Cluster {
     pub hub: Hub,
+    /// Starts more shards like the ones the cluster began with.
+    pub factory: ShardFactory,
     pub shards: Vec<Shard>,
     pub store: Arc<SessionStore>,
     pub ca: Vec<CertificateDer<'static>>,
@@ -168,34 +213,24 @@ impl Cluster {
             replay_window: cfg.streams.replay_window_chunks,
         };
         let s = &cfg.shards;
+        let factory = ShardFactory {
+            inner: Arc::new(FactoryInner {
+                server_config: server(s.tickets_per_handshake)?,
+                endpoint_config: endpoint_config.clone(),
+                tokens: tokens.clone(),
+                streams,
+                shards: s.clone(),
+                heartbeat: cfg.transport.heartbeat_interval,
+            }),
+        };
         let mut shards = Vec::with_capacity(s.count as usize);
         for i in 0..s.count {
-            let (id, group) = (ShardId(i), GroupId(i % s.groups));
             let port = if s.base_port == 0 {
                 0
             } else {
                 s.base_port.saturating_add(i as u16)
             };
-            let bind = std::net::SocketAddr::new(s.listen_ip, port);
-            let shard = Shard::start(ShardParams {
-                id,
-                group,
-                bind,
-                socket_buffer: s.socket_buffer_bytes,
-                server_config: server(s.tickets_per_handshake)?,
-                endpoint_config: endpoint_config.clone(),
-                admission: Admission::new(id, group, tokens.clone(), s.replay_cache),
-                streams,
-                heartbeat_interval: cfg.transport.heartbeat_interval,
-                attach_timeout: s.attach_timeout,
-                max_sessions: u64::from(s.max_sessions),
-            })
-            .map_err(|source| ClusterError::Bind {
-                what: format!("shard {i}"),
-                addr: bind,
-                source,
-            })?;
-            shards.push(shard);
+            shards.push(factory.start(ShardId(i), GroupId(i % s.groups), port)?);
         }
         let limits = cfg.profiles.limits.clone();
         let profiler = match &cfg.profiles.path {
@@ -212,7 +247,7 @@ impl Cluster {
             server_config: server(cfg.hub.tickets_per_handshake)?,
             endpoint_config,
             tokens,
-            shards: shards.clone(),
+            shards: ShardSet::new(shards.clone()),
             placer,
             grant_shards: cfg.hub.grant_shards,
             token_ttl: cfg.hub.token_ttl,
@@ -227,6 +262,7 @@ impl Cluster {
         })?;
         Ok(Cluster {
             hub,
+            factory,
             shards,
             store,
             ca: m.ca,
@@ -239,15 +275,24 @@ impl Cluster {
         self.shards.iter().find(|s| s.id() == id)
     }
 
+    /// Every shard the hub places on now (the pool may have added or removed some).
+    pub fn live_shards(&self) -> Vec<Shard> {
+        self.hub.shard_set().snapshot()
+    }
+
     /// Graceful shutdown: stop granting, go-away and drain every shard within the grace period.
     pub async fn shutdown(&self) {
         info!(grace = ?self.grace, "shutting down");
         self.hub.close().await;
         let grace = self.grace;
-        let drains: Vec<_> = self
-            .shards
-            .iter()
-            .cloned()
+        let mut all = self.live_shards();
+        for s in &self.shards {
+            if !all.iter().any(|x| x.id() == s.id()) {
+                all.push(s.clone());
+            }
+        }
+        let drains: Vec<_> = all
+            .into_iter()
             .map(|s| tokio::spawn(async move { s.drain(grace).await }))
             .collect();
         for d in drains {

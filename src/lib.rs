@@ -51,6 +51,8 @@ pub mod shard;
 pub mod tickets;
 #[cfg(feature = "server")]
 pub mod token;
+#[cfg(all(feature = "server", feature = "client"))]
+pub mod traffic;
 
 /// ALPN of the hub and the shards.
 pub const ALPN: &[u8] = b"shoal/1";

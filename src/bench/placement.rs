@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::hub::predictor::{self, traces, DemandPredictor};
+use crate::hub::predictor::{self, traces};
 use crate::ids::{GroupId, ShardId};
+use crate::pool::policy::{Policy, Scaler, ScalerConfig};
 use crate::pool::{Admission, Pool, PoolAction, PoolConfig, Quota};
 
 /// Which trace.
@@ -60,15 +61,6 @@ impl Trace {
 }
 
 const ARRIVAL_SCALE: f64 = 100.0;
-
-/// The policies compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    Static,
-    Reactive,
-    Predictive,
-}
 
 /// Settings of a run.
 #[derive(Debug, Clone)]
@@ -186,16 +178,22 @@ pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigur
         let mean_arrivals = arrivals.iter().sum::<f64>() / arrivals.len().max(1) as f64;
         pool.shards_for(mean_arrivals * mean_s, o.target_utilization)
     };
-    let mut predictor =
-        predictor::Guarded::new(predictor::OnlineRegression::new(lead_steps(o.startup)));
-    let lead = lead_steps(o.startup);
+    let mut scaler = Scaler::new(ScalerConfig {
+        policy,
+        static_size,
+        target_utilization: o.target_utilization,
+        sync_period: o.sync_period,
+        scale_out_threshold: o.scale_out_threshold,
+        step,
+        startup: o.startup,
+    });
+    let mut last_arrivals = 0.0;
     let mut rng = traces::SplitMix64::new(o.seed ^ 0x5eed);
     let mut starting: Vec<(Instant, ShardId)> = Vec::new();
     let mut departures: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
     let mut ttfb_ms: Vec<f64> = Vec::new();
     let (mut refused, mut shard_seconds, mut peak) = (0u64, 0.0f64, 0u32);
     let mut carry = 0.0f64;
-    let mut next_sync = t0;
     for (k, &a) in arrivals.iter().enumerate() {
         let now = t0 + step * k as u32;
         // Shards whose start-up finished; sessions that ended.
@@ -212,29 +210,9 @@ pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigur
                 pool.handle_departure(ShardId(id), t);
             }
         }
-        // The policy.
+        // The policy sees the step that just ended.
         let sessions = pool.total_sessions() as f64;
-        match policy {
-            Policy::Static => pool.set_desired(static_size),
-            Policy::Reactive => {
-                if now >= next_sync {
-                    next_sync = now + o.sync_period;
-                    let capacity = pool.warm_shards().max(1) as f64 * o.shard_sessions as f64;
-                    let util = sessions / capacity;
-                    if util > o.scale_out_threshold || util < o.target_utilization * 0.5 {
-                        pool.set_desired(pool.shards_for(sessions, o.target_utilization));
-                    }
-                }
-            }
-            Policy::Predictive => {
-                // Sessions expected `lead` steps ahead: what is there now, minus what will have
-                // ended, plus the predicted arrivals.
-                let arriving: f64 = (1..=lead).map(|h| predictor.forecast(h)).sum();
-                let leaving = sessions * (lead as f64 / mean_s).min(1.0);
-                let expected = (sessions - leaving + arriving).max(sessions);
-                pool.set_desired(pool.shards_for(expected, o.target_utilization));
-            }
-        }
+        scaler.step(&mut pool, last_arrivals, sessions, now);
         pool.handle_timeout(now);
         // This second's arrivals, spread over it.
         carry += a.max(0.0);
@@ -261,7 +239,7 @@ pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigur
             drain_starts(&mut pool, &mut starting, at, o.startup);
         }
         drain_starts(&mut pool, &mut starting, now, o.startup);
-        predictor.observe(a);
+        last_arrivals = a;
         let live = pool.live_shards();
         peak = peak.max(live);
         shard_seconds += f64::from(live) * step.as_secs_f64();

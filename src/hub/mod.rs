@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::ids::TokenId;
-use crate::shard::{unix_us, Shard};
+use crate::shard::{unix_us, Shard, ShardSet};
 use crate::synthetic::SyntheticSpec;
 use crate::token::{Claims, TokenKeys};
 use crate::wire::{
@@ -45,7 +45,7 @@ pub struct HubParams {
     pub server_config: quinn::ServerConfig,
     pub endpoint_config: quinn::EndpointConfig,
     pub tokens: Arc<TokenKeys>,
-    pub shards: Vec<Shard>,
+    pub shards: ShardSet,
     pub placer: Box<dyn Placer>,
     pub grant_shards: usize,
     pub token_ttl: Duration,
@@ -57,7 +57,9 @@ pub struct HubParams {
 
 struct HubState {
     tokens: Arc<TokenKeys>,
-    shards: Vec<Shard>,
+    shards: ShardSet,
+    /// Grants per group since the pool driver last looked (the predictor's arrivals).
+    arrivals: ArrivalsHandle,
     placer: Mutex<Box<dyn Placer>>,
     grant_shards: usize,
     token_ttl: Duration,
@@ -65,6 +67,21 @@ struct HubState {
     request_timeout: Duration,
     counters: Arc<HubCounters>,
     profiler: Arc<Mutex<profiler::Profiler>>,
+}
+
+/// Grants per group since the last [`ArrivalsHandle::take`].
+#[derive(Clone, Default)]
+pub struct ArrivalsHandle(Arc<Mutex<std::collections::HashMap<crate::ids::GroupId, u64>>>);
+
+impl ArrivalsHandle {
+    fn count(&self, group: crate::ids::GroupId) {
+        *lock(&self.0).entry(group).or_default() += 1;
+    }
+
+    /// The counts so far, and start again from zero.
+    pub fn take(&self) -> std::collections::HashMap<crate::ids::GroupId, u64> {
+        std::mem::take(&mut *lock(&self.0))
+    }
 }
 
 /// A running hub.
@@ -87,6 +104,7 @@ impl Hub {
         let state = Arc::new(HubState {
             tokens: p.tokens,
             shards: p.shards,
+            arrivals: ArrivalsHandle::default(),
             placer: Mutex::new(p.placer),
             grant_shards: p.grant_shards,
             token_ttl: p.token_ttl,
@@ -107,6 +125,16 @@ impl Hub {
             task,
             flusher,
         })
+    }
+
+    /// The hub's grant counts per group (the pool driver's arrivals).
+    pub fn arrivals_handle(&self) -> ArrivalsHandle {
+        self.state.arrivals.clone()
+    }
+
+    /// The shards the hub places on.
+    pub fn shard_set(&self) -> &ShardSet {
+        &self.state.shards
     }
 
     /// The client profiles.
@@ -260,7 +288,8 @@ fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, Str
         let reason = "synthetic streams (synth/…) cannot be published to".to_string();
         return Err((ErrorCode::BadRequest, reason));
     }
-    let views: Vec<ShardView> = state.shards.iter().map(Shard::view).collect();
+    let shards = state.shards.snapshot();
+    let views: Vec<ShardView> = shards.iter().map(Shard::view).collect();
     let preq = PlacementRequest {
         client: &req.client_id,
         stream: &req.stream,
@@ -274,10 +303,11 @@ fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, Str
         .place(&preq, &views, state.grant_shards, Instant::now())
         .map_err(|e| (e.code(), e.to_string()))?;
     for v in &decision.shards {
-        if let Some(s) = state.shards.iter().find(|s| s.id() == v.id) {
+        if let Some(s) = shards.iter().find(|s| s.id() == v.id) {
             s.warm(&req.stream);
         }
     }
+    state.arrivals.count(decision.group);
     let internal = |_| (ErrorCode::Internal, "no randomness".to_string());
     let now_ms = unix_us() / 1000;
     let claims = Claims {

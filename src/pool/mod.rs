@@ -25,6 +25,8 @@
 //! 5. a draining shard takes no client; its clients resume on another shard of the group (the
 //!    client's resume path); it stops when empty or after `drain_grace`.
 
+pub mod driver;
+pub mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -371,6 +373,48 @@ impl Pool {
 
     pub fn desired(&self) -> u32 {
         self.desired
+    }
+
+    /// Sessions one shard may hold (its quota).
+    pub fn shard_sessions(&self) -> u64 {
+        self.cfg.quota.sessions
+    }
+
+    /// A pool that starts with shards that already run (`existing`, taken as warm); new shard
+    /// ids start at `first_new_id`. Starts more only to reach `min_shards`.
+    pub fn adopting(
+        group: GroupId,
+        cfg: PoolConfig,
+        existing: &[ShardId],
+        first_new_id: u32,
+        now: Instant,
+    ) -> Self {
+        let mut p = Pool {
+            group,
+            cfg,
+            slots: Vec::new(),
+            next_id: first_new_id,
+            desired: cfg.min_shards.max(existing.len() as u32),
+            last_scale_in: None,
+            actions: VecDeque::new(),
+            counters: PoolCounters::default(),
+        };
+        for &id in existing {
+            p.slots.push(Slot {
+                id,
+                life: Life::Warm,
+                started: now,
+                ready_at: now,
+                last_busy: now,
+                drain_until: None,
+                load: LoadReport::default(),
+                admitted_since_report: 0,
+            });
+        }
+        for _ in existing.len() as u32..cfg.min_shards {
+            p.start(now);
+        }
+        p
     }
 
     /// Shards needed for `sessions` at `target_utilization` of the session quota.

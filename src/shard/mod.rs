@@ -11,6 +11,7 @@
 //! is the driver that moves bytes between them and quinn.
 
 pub mod admission;
+pub mod cpu;
 pub mod streams;
 
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct ShardCounters {
     pub bytes_sent: AtomicU64,
     pub chunks_published: AtomicU64,
     pub gaps_sent: AtomicU64,
+    /// Nanoseconds of CPU time the shard's tasks used (see [`cpu`]).
+    pub cpu_ns: Arc<AtomicU64>,
     rejections: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -68,6 +71,52 @@ impl ShardCounters {
             .iter()
             .map(|r| r.load(Ordering::Relaxed))
             .sum()
+    }
+}
+
+/// Cumulative usage counters of a shard (see [`Shard::usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub sessions: u64,
+    pub streams: u64,
+    pub bytes_sent: u64,
+    pub cpu_ns: u64,
+}
+
+/// The shards a hub places on. The pool driver adds and removes shards while the hub runs;
+/// readers take a snapshot (cheap: a shard is a handle).
+#[derive(Clone, Default)]
+pub struct ShardSet(Arc<std::sync::RwLock<Vec<Shard>>>);
+
+impl ShardSet {
+    pub fn new(shards: Vec<Shard>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(shards)))
+    }
+
+    pub fn snapshot(&self) -> Vec<Shard> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn add(&self, shard: Shard) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(shard);
+    }
+
+    /// Takes `id` out of placement; returns it so the caller can drain it.
+    pub fn remove(&self, id: ShardId) -> Option<Shard> {
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let i = v.iter().position(|s| s.id() == id)?;
+        Some(v.remove(i))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -140,10 +189,16 @@ impl Shard {
             alive: AtomicBool::new(true),
         });
         let span = info_span!("shard", id = p.id.0, group = p.group.0, %addr);
-        let accept =
-            tokio::spawn(accept_loop(state.clone(), endpoint.clone()).instrument(span.clone()));
+        let cpu = state.counters.cpu_ns.clone();
+        let accept = tokio::spawn(cpu::Metered::new(
+            accept_loop(state.clone(), endpoint.clone()).instrument(span.clone()),
+            cpu.clone(),
+        ));
         let period = Duration::from_micros(p.streams.synthetic.period_us());
-        let ticker = tokio::spawn(tick_loop(state.clone(), period).instrument(span));
+        let ticker = tokio::spawn(cpu::Metered::new(
+            tick_loop(state.clone(), period).instrument(span),
+            cpu,
+        ));
         info!(shard = p.id.0, group = p.group.0, %addr, "shard listening");
         Ok(Shard {
             state,
@@ -193,6 +248,17 @@ impl Shard {
     /// stream if needed; it lives as long as a cursor holds it.
     pub fn subscribe(&self, stream: &StreamName, from: Option<crate::ids::Seq>) -> streams::Cursor {
         self.state.registry.subscribe(stream, from, unix_us())
+    }
+
+    /// The shard's cumulative usage now; a load reporter turns deltas into rates.
+    pub fn usage(&self) -> Usage {
+        let c = &self.state.counters;
+        Usage {
+            sessions: c.sessions.load(Ordering::Relaxed),
+            streams: self.state.registry.len() as u64,
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            cpu_ns: c.cpu_ns.load(Ordering::Relaxed),
+        }
     }
 
     /// Starts producing `stream` ahead of the first attach (the hub calls this when it grants).
@@ -253,14 +319,16 @@ async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let state = state.clone();
         let span = info_span!("conn", remote = %incoming.remote_address());
-        tokio::spawn(
+        let cpu = state.counters.cpu_ns.clone();
+        tokio::spawn(cpu::Metered::new(
             async move {
                 if let Err(e) = serve(state, incoming).await {
                     debug!(error = %e, "connection ended");
                 }
             }
             .instrument(span),
-        );
+            cpu,
+        ));
     }
 }
 

@@ -8,4 +8,5 @@ mod common;
 mod core_path;
 mod mirror;
 mod mirror_faults;
+mod pool;
 mod profiles;

@@ -1,0 +1,206 @@
+//! The pool driver of a running cluster: once per step it reads each group's arrivals (grants)
+//! and each shard's usage, turns them into load reports, lets the [`Scaler`] set the desired
+//! size, runs the [`Pool`] rules, and carries out their actions on real embedded shards —
+//! started with the cluster's [`ShardFactory`], added to the hub's [`ShardSet`], drained and
+//! removed when the pool says so.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::policy::{Scaler, ScalerConfig};
+use super::{Pool, PoolAction, PoolConfig};
+use crate::cluster::{Cluster, ShardFactory};
+use crate::ids::{GroupId, ShardId};
+use crate::shard::{ShardSet, Usage};
+
+/// What the driver shows of one group, every step.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    /// Shards the pool runs (starting ones included) and the size it wants.
+    pub shards: u32,
+    pub desired: u32,
+    pub sessions: u64,
+    /// Grants in the last step.
+    pub arrivals: u64,
+    /// Arrivals the predictor expects over the next lead time (predictive policy).
+    pub forecast: f64,
+    /// CPU of the group's shards over the last step (1.0 = one core).
+    pub cpu: f64,
+    pub send_bps: f64,
+}
+
+/// A running pool driver.
+pub struct PoolDriver {
+    task: tokio::task::JoinHandle<()>,
+    status: Arc<Mutex<Vec<GroupStatus>>>,
+}
+
+struct GroupState {
+    pool: Pool,
+    scaler: Scaler,
+}
+
+impl PoolDriver {
+    /// Drives one pool per group over the cluster's shards, every `scaler.step`.
+    pub fn start(cluster: &Cluster, pool: PoolConfig, scaler: ScalerConfig, groups: u32) -> Self {
+        let now = Instant::now();
+        let set = cluster.hub.shard_set().clone();
+        let shards = set.snapshot();
+        let mut states = Vec::new();
+        for g in 0..groups {
+            let group = GroupId(g);
+            let existing: Vec<ShardId> = shards
+                .iter()
+                .filter(|s| s.group() == group)
+                .map(|s| s.id())
+                .collect();
+            // Disjoint id ranges per group for the shards the pools add.
+            let first_new = 10_000 + g * 100_000;
+            states.push(GroupState {
+                pool: Pool::adopting(group, pool, &existing, first_new, now),
+                scaler: Scaler::new(scaler),
+            });
+        }
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(run(
+            states,
+            set,
+            cluster.factory.clone(),
+            cluster_arrivals(cluster),
+            scaler.step,
+            pool.drain_grace,
+            status.clone(),
+        ));
+        info!(groups, policy = ?scaler.policy, "shard pool driver started");
+        PoolDriver { task, status }
+    }
+
+    /// Each group's status after the last step.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for PoolDriver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Arrivals = Box<dyn Fn() -> HashMap<GroupId, u64> + Send>;
+
+fn cluster_arrivals(cluster: &Cluster) -> Arrivals {
+    let hub = cluster.hub.arrivals_handle();
+    Box::new(move || hub.take())
+}
+
+async fn run(
+    mut groups: Vec<GroupState>,
+    set: ShardSet,
+    factory: ShardFactory,
+    arrivals: Arrivals,
+    step: Duration,
+    grace: Duration,
+    status: Arc<Mutex<Vec<GroupStatus>>>,
+) {
+    let mut tick = tokio::time::interval(step);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: HashMap<ShardId, Usage> = HashMap::new();
+    let mut last_at = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let span = now
+            .saturating_duration_since(last_at)
+            .as_secs_f64()
+            .max(1e-3);
+        last_at = now;
+        let counts = arrivals();
+        let shards = set.snapshot();
+        let mut out = Vec::with_capacity(groups.len());
+        for g in &mut groups {
+            let group = g.pool.group();
+            let (mut cpu, mut send_bps) = (0.0, 0.0);
+            for s in shards.iter().filter(|s| s.group() == group) {
+                let u = s.usage();
+                let prev = last.insert(s.id(), u).unwrap_or(u);
+                let report = super::LoadReport {
+                    sessions: u.sessions,
+                    streams: u.streams,
+                    send_bps: ((u.bytes_sent - prev.bytes_sent.min(u.bytes_sent)) as f64 / span)
+                        as u64,
+                    buffer_bytes: 0,
+                    cpu: u.cpu_ns.saturating_sub(prev.cpu_ns) as f64 / 1e9 / span,
+                };
+                cpu += report.cpu;
+                send_bps += report.send_bps as f64;
+                let _ = g.pool.handle_load(s.id(), report, now);
+            }
+            let arrived = counts.get(&group).copied().unwrap_or(0);
+            let sessions = g.pool.total_sessions();
+            g.scaler
+                .step(&mut g.pool, arrived as f64, sessions as f64, now);
+            g.pool.handle_timeout(now);
+            while let Some(action) = g.pool.poll_action() {
+                carry_out(action, group, &mut g.pool, &set, &factory, grace, now);
+            }
+            out.push(GroupStatus {
+                group,
+                shards: g.pool.live_shards(),
+                desired: g.pool.desired(),
+                sessions,
+                arrivals: arrived,
+                forecast: g.scaler.forecast(),
+                cpu,
+                send_bps,
+            });
+        }
+        last.retain(|id, _| shards.iter().any(|s| s.id() == *id));
+        *status.lock().unwrap_or_else(|p| p.into_inner()) = out;
+    }
+}
+
+fn carry_out(
+    action: PoolAction,
+    group: GroupId,
+    pool: &mut Pool,
+    set: &ShardSet,
+    factory: &ShardFactory,
+    grace: Duration,
+    now: Instant,
+) {
+    match action {
+        PoolAction::Start { shard } => match factory.start(shard, group, 0) {
+            Ok(s) => {
+                info!(shard = shard.0, group = group.0, addr = %s.addr(), "pool started a shard");
+                set.add(s);
+                let _ = pool.handle_started(shard, now);
+            }
+            Err(e) => warn!(shard = shard.0, error = %e, "pool could not start a shard"),
+        },
+        PoolAction::Drain { shard } | PoolAction::Stop { shard } => {
+            // Out of placement first, then a graceful drain: clients resume elsewhere.
+            if let Some(s) = set.remove(shard) {
+                info!(
+                    shard = shard.0,
+                    group = group.0,
+                    ?action,
+                    "pool retires a shard"
+                );
+                tokio::spawn(async move { s.drain(grace).await });
+            }
+        }
+    }
+}
