@@ -44,6 +44,50 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub admin: AdminConfig,
     pub profiles: ProfilesConfig,
+    pub pool: PoolSettings,
+}
+
+/// The shard pool of `shoal up` (see `pool`): off by default, the cluster keeps
+/// `shards.count` shards; on, each group's pool grows and shrinks with the predicted load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    pub enabled: bool,
+    /// `static`, `reactive` (HPA-like) or `predictive`.
+    pub policy: crate::pool::policy::Policy,
+    /// How often the driver reads load and arrivals and resizes.
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    /// Share of a shard's session quota the pool aims to use.
+    pub target_utilization: f64,
+    /// Per group.
+    pub min_shards: u32,
+    pub max_shards: u32,
+    /// A shard is never stopped younger than this (no churn).
+    #[serde(with = "humantime_serde")]
+    pub min_lifespan: Duration,
+    /// A shard without sessions this long is stopped (when the pool is above its size).
+    #[serde(with = "humantime_serde")]
+    pub idle_stop_after: Duration,
+    /// Reactive policy: how often it looks.
+    #[serde(with = "humantime_serde")]
+    pub sync_period: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            policy: crate::pool::policy::Policy::Predictive,
+            step: Duration::from_secs(1),
+            target_utilization: 0.7,
+            min_shards: 1,
+            max_shards: 16,
+            min_lifespan: Duration::from_secs(60),
+            idle_stop_after: Duration::from_secs(30),
+            sync_period: Duration::from_secs(15),
+        }
+    }
 }
 
 /// The hub's client profiles (see `hub::profiler`).
@@ -212,6 +256,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),
             profiles: ProfilesConfig::default(),
+            pool: PoolSettings::default(),
         }
     }
 }
@@ -313,6 +358,16 @@ impl Config {
     /// Checks ranges that types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let p = &self.pool;
+        if !(p.target_utilization > 0.0 && p.target_utilization <= 1.0) {
+            return bad("pool.target_utilization must be in (0, 1]");
+        }
+        if p.min_shards == 0 || p.min_shards > p.max_shards || p.max_shards > 1000 {
+            return bad("pool.min_shards must be in 1..=pool.max_shards (at most 1000)");
+        }
+        if p.step < Duration::from_millis(100) {
+            return bad("pool.step must be at least 100ms");
+        }
         if let Err(e) = self.profiles.limits.validate() {
             return Err(ConfigError::Invalid(format!("profiles.limits: {e}")));
         }

@@ -398,12 +398,46 @@ async fn up(a: UpArgs) -> Result<()> {
         "ready: try `shoal subscribe --hub {} synth/hello`",
         cluster.hub.addr()
     );
+    let pool = cfg.pool.enabled.then(|| start_pool(&cfg, &cluster));
     wait_for_signal().await;
+    if let Some(p) = pool {
+        p.stop();
+    }
     if let Some(admin) = admin {
         admin.stop(shoal::admin::STOP_GRACE).await;
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDriver {
+    use shoal::pool::policy::ScalerConfig;
+    use shoal::pool::{PoolConfig, Quota};
+    let p = &cfg.pool;
+    let pool = PoolConfig {
+        // Embedded shards start in milliseconds; the lead is one step of the driver.
+        startup: p.step,
+        min_lifespan: p.min_lifespan,
+        idle_stop_after: p.idle_stop_after,
+        scale_in_step: p.step * 5,
+        drain_grace: cfg.shutdown.grace,
+        min_shards: p.min_shards,
+        max_shards: p.max_shards,
+        quota: Quota {
+            sessions: u64::from(cfg.shards.max_sessions),
+            ..Quota::default()
+        },
+    };
+    let scaler = ScalerConfig {
+        policy: p.policy,
+        static_size: p.min_shards,
+        target_utilization: p.target_utilization,
+        sync_period: p.sync_period,
+        scale_out_threshold: (p.target_utilization + 0.1).min(1.0),
+        step: p.step,
+        startup: p.step,
+    };
+    shoal::pool::driver::PoolDriver::start(cluster, pool, scaler, cfg.shards.groups)
 }
 
 async fn wait_for_signal() {
