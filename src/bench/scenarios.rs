@@ -154,6 +154,7 @@ fn attach_sizes(token_len: usize) -> (usize, usize) {
     let attached = encode_control(&Message::Attached(Attached {
         shard: crate::ids::ShardId(0),
         zero_rtt: true,
+        load_permille: Some(0),
     }))
     .len();
     (attach, attached)

@@ -313,13 +313,66 @@ impl Client {
         let a = session::attach(&self.inner, grant, shard, None, &stats).await?;
         let latency = started.elapsed();
         let conn = a.conn.clone();
+        let load_permille = a.attached.load_permille;
         let task = tokio::spawn(session::keep_idle(a, self.inner.opts.heartbeat_interval));
         Ok(ShardSession {
             conn,
             shard: shard.id,
             zero_rtt: stats.zero_rtt_accepted.load(Ordering::Relaxed) > 0,
             latency,
+            load_permille,
             task,
+        })
+    }
+
+    /// Races attaches to the first `n` shards of a grant at once (each with its own
+    /// shard-bound proof), waits for every one to answer or fail — no connection attempt is
+    /// dropped half-way — keeps the best as primary and the next as a warm standby (both
+    /// heartbeating), and closes the others cleanly. "Best" weighs the attach round trip by
+    /// the load the shard reported: `latency × (1 + load)`.
+    pub async fn race(&self, reply: &GrantReply, n: usize) -> Result<Race, ClientError> {
+        let n = n.clamp(1, reply.grant.shards.len().max(1));
+        let mut set = tokio::task::JoinSet::new();
+        for rank in 0..n {
+            let (client, reply) = (self.clone(), reply.clone());
+            set.spawn(async move { (rank, client.attach(&reply, rank).await) });
+        }
+        let mut won = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok((_, Ok(s))) => won.push(s),
+                Ok((rank, Err(e))) => failed.push((rank, e.to_string())),
+                Err(e) => failed.push((usize::MAX, e.to_string())),
+            }
+        }
+        let score = |s: &ShardSession| {
+            let load = f64::from(s.load_permille.unwrap_or(0)) / 1000.0;
+            s.latency.as_secs_f64() * (1.0 + load)
+        };
+        won.sort_by(|a, b| score(a).total_cmp(&score(b)));
+        let probes = won
+            .iter()
+            .map(|s| RaceProbe {
+                shard: s.shard,
+                latency: s.latency,
+                load_permille: s.load_permille,
+            })
+            .collect();
+        let mut it = won.into_iter();
+        let primary = it.next().ok_or_else(|| ClientError::Exhausted {
+            attempts: n as u32,
+            last: failed.last().map_or_else(String::new, |f| f.1.clone()),
+        })?;
+        let standby = it.next();
+        // The rest: closed now, cleanly (each finished its handshake).
+        let closed = it.map(ShardSession::close).count();
+        Ok(Race {
+            primary,
+            standby,
+            probes,
+            closed,
+            failed,
         })
     }
 
@@ -503,7 +556,29 @@ pub struct ShardSession {
     pub zero_rtt: bool,
     /// From opening the connection to the shard's `attached`.
     pub latency: Duration,
+    /// The shard's load when it admitted (sessions per 1000 of its quota), if it said.
+    pub load_permille: Option<u32>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What [`Client::race`] kept.
+pub struct Race {
+    pub primary: ShardSession,
+    pub standby: Option<ShardSession>,
+    /// Every shard that answered, best first.
+    pub probes: Vec<RaceProbe>,
+    /// Sessions that answered and were closed (not primary, not standby).
+    pub closed: usize,
+    /// Ranks that failed, and why.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// One shard's answer in a race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaceProbe {
+    pub shard: crate::ids::ShardId,
+    pub latency: Duration,
+    pub load_permille: Option<u32>,
 }
 
 impl ShardSession {

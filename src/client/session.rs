@@ -25,7 +25,6 @@ pub(crate) struct Attachment {
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
     pub reader: FrameReader<quinn::RecvStream>,
-    #[allow(dead_code)] // kept for callers that log which shard admitted them
     pub attached: Attached,
 }
 

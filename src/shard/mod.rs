@@ -456,6 +456,7 @@ impl Session {
         let attached = Message::Attached(Attached {
             shard: self.state.id,
             zero_rtt,
+            load_permille: Some(self.load_permille()),
         });
         if self.control(&attached).await.is_err() {
             return ErrorCode::NoError;
@@ -514,6 +515,12 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn load_permille(&self) -> u32 {
+        let sessions = self.state.counters.sessions.load(Ordering::Relaxed);
+        let max = self.state.max_sessions.max(1);
+        (sessions.saturating_mul(1000) / max).min(1000) as u32
     }
 
     async fn control(&mut self, msg: &Message) -> Result<(), quinn::WriteError> {

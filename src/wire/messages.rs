@@ -132,6 +132,10 @@ pub struct Attached {
     pub shard: ShardId,
     /// Whether the shard read the attach from 0-RTT data.
     pub zero_rtt: bool,
+    /// The shard's load when it admitted: open sessions per 1000 of its quota (a probe for
+    /// clients racing several shards). Optional on the wire.
+    #[serde(default)]
+    pub load_permille: Option<u32>,
 }
 
 /// Client → shard, after the handshake: `HMAC-SHA256(secret, "shoal bind" | exporter)` where the
