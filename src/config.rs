@@ -374,6 +374,9 @@ impl Config {
         if rustls::pki_types::ServerName::try_from(self.cluster.clone()).is_err() {
             return bad("cluster must be a valid DNS name");
         }
+        if self.shards.count > 10_000 || self.shards.groups > 1_000 {
+            return bad("shards.count must be at most 10000 and shards.groups at most 1000");
+        }
         if self.shards.count == 0 || self.shards.groups == 0 {
             return bad("shards.count and shards.groups must be at least 1");
         }

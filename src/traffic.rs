@@ -183,6 +183,7 @@ pub async fn run(
         scale_out_threshold: 0.8,
         step,
         startup: step,
+        initial_mean_session: o.hold,
     };
     let driver = PoolDriver::start(&cluster, pool, scaler, 1);
     let totals = Arc::new(Totals::default());
@@ -239,7 +240,7 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    driver.stop();
+    driver.stop().await;
     cluster.shutdown().await;
     let peak_sessions = seconds.iter().map(|s| s.sessions).max().unwrap_or(0);
     let peak_shards = seconds.iter().map(|s| s.shards).max().unwrap_or(0);

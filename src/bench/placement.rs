@@ -186,6 +186,7 @@ pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigur
         scale_out_threshold: o.scale_out_threshold,
         step,
         startup: o.startup,
+        initial_mean_session: o.mean_session,
     });
     let mut last_arrivals = 0.0;
     let mut rng = traces::SplitMix64::new(o.seed ^ 0x5eed);

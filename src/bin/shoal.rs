@@ -401,7 +401,7 @@ async fn up(a: UpArgs) -> Result<()> {
     let pool = cfg.pool.enabled.then(|| start_pool(&cfg, &cluster));
     wait_for_signal().await;
     if let Some(p) = pool {
-        p.stop();
+        p.stop().await;
     }
     if let Some(admin) = admin {
         admin.stop(shoal::admin::STOP_GRACE).await;
@@ -436,6 +436,7 @@ fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDrive
         scale_out_threshold: (p.target_utilization + 0.1).min(1.0),
         step: p.step,
         startup: p.step,
+        initial_mean_session: Duration::from_secs(60),
     };
     shoal::pool::driver::PoolDriver::start(cluster, pool, scaler, cfg.shards.groups)
 }

@@ -36,6 +36,8 @@ pub struct HubCounters {
     pub rejects: AtomicU64,
     /// Requests that arrived in 0-RTT (returning clients).
     pub zero_rtt_requests: AtomicU64,
+    /// Requests not recorded in the profiles because the profiler was behind.
+    pub profiles_dropped: AtomicU64,
 }
 
 /// Everything a hub needs to start.
@@ -67,6 +69,7 @@ struct HubState {
     request_timeout: Duration,
     counters: Arc<HubCounters>,
     profiler: Arc<Mutex<profiler::Profiler>>,
+    profile_tx: std::sync::mpsc::SyncSender<ProfileMsg>,
 }
 
 /// Grants per group since the last [`ArrivalsHandle::take`].
@@ -90,7 +93,6 @@ pub struct Hub {
     addr: SocketAddr,
     state: Arc<HubState>,
     task: tokio::task::JoinHandle<()>,
-    flusher: tokio::task::JoinHandle<()>,
 }
 
 impl Hub {
@@ -101,6 +103,7 @@ impl Hub {
             p.endpoint_config,
             p.server_config,
         )?;
+        let (profile_tx, profile_rx) = std::sync::mpsc::sync_channel(PROFILE_QUEUE);
         let state = Arc::new(HubState {
             tokens: p.tokens,
             shards: p.shards,
@@ -112,18 +115,21 @@ impl Hub {
             request_timeout: p.request_timeout,
             counters: Arc::new(HubCounters::default()),
             profiler: p.profiler,
+            profile_tx,
         });
         let task = tokio::spawn(
             accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
         );
-        let flusher = tokio::spawn(flush_loop(state.profiler.clone()));
+        let profiler = state.profiler.clone();
+        std::thread::Builder::new()
+            .name("shoal-profiler".into())
+            .spawn(move || profiler_thread(profiler, profile_rx))?;
         info!(%addr, shards = state.shards.len(), "hub listening");
         Ok(Hub {
             endpoint,
             addr,
             state,
             task,
-            flusher,
         })
     }
 
@@ -159,36 +165,87 @@ impl Hub {
     /// profiles one last time.
     pub async fn close(&self) {
         self.task.abort();
-        self.flusher.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-        flush_profiles(self.state.profiler.clone()).await;
+        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+        if self
+            .state
+            .profile_tx
+            .send(ProfileMsg::Close(ack_tx))
+            .is_ok()
+        {
+            let waited = tokio::task::spawn_blocking(move || {
+                ack_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+            })
+            .await;
+            if !matches!(waited, Ok(true)) {
+                tracing::warn!("the last profile flush did not finish in 10 s");
+            }
+        }
     }
 }
 
-/// Writes dirty profiles every `flush_interval` (redb is synchronous: on a blocking thread).
-async fn flush_loop(profiler: Arc<Mutex<profiler::Profiler>>) {
+/// What the hub hands the profiler thread.
+enum ProfileMsg {
+    Request {
+        client: crate::ids::ClientId,
+        stream: crate::ids::StreamName,
+        hints: crate::wire::Hints,
+        now_ms: u64,
+    },
+    /// Flush, answer, and end the thread (shutdown: the database is released).
+    Close(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Requests waiting for the profiler thread; beyond this they are dropped and counted.
+const PROFILE_QUEUE: usize = 8192;
+
+/// The profiler's own thread: applies requests and writes dirty profiles every
+/// `flush_interval` (redb is synchronous). The hub only ever `try_send`s to it, so a slow
+/// disk never stalls a request.
+fn profiler_thread(
+    profiler: Arc<Mutex<profiler::Profiler>>,
+    rx: std::sync::mpsc::Receiver<ProfileMsg>,
+) {
     let every = lock(&profiler)
         .config()
         .flush_interval
         .max(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut next_flush = Instant::now() + every;
     loop {
-        tick.tick().await;
-        flush_profiles(profiler.clone()).await;
+        let wait = next_flush.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(ProfileMsg::Request {
+                client,
+                stream,
+                hints,
+                now_ms,
+            }) => {
+                let _ = lock(&profiler).record_request(&client, &stream, &hints, now_ms);
+            }
+            Ok(ProfileMsg::Close(ack)) => {
+                flush(&profiler);
+                let _ = ack.send(());
+                return;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                flush(&profiler);
+                next_flush = Instant::now() + every;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                flush(&profiler);
+                return;
+            }
+        }
     }
 }
 
-async fn flush_profiles(profiler: Arc<Mutex<profiler::Profiler>>) {
-    let r = tokio::task::spawn_blocking(move || lock(&profiler).flush(unix_us() / 1000)).await;
-    match r {
-        Ok(Ok(stats)) => debug!(?stats, "profiles flushed"),
+fn flush(profiler: &Mutex<profiler::Profiler>) {
+    match lock(profiler).flush(unix_us() / 1000) {
+        Ok(stats) => debug!(?stats, "profiles flushed"),
         // Nothing is lost: dirty profiles stay dirty for the next flush.
-        Ok(Err(e)) => tracing::warn!(error = %e, "flushing profiles failed; will retry"),
-        Err(e) => tracing::warn!(error = %e, "profile flush task failed"),
+        Err(e) => tracing::warn!(error = %e, "flushing profiles failed; will retry"),
     }
 }
 
@@ -243,12 +300,18 @@ async fn handle_request(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(_))) => return Err(ErrorCode::ProtocolViolation),
     };
-    let _ = lock(&state.profiler).record_request(
-        &req.client_id,
-        &req.stream,
-        &req.hints,
-        unix_us() / 1000,
-    );
+    let msg = ProfileMsg::Request {
+        client: req.client_id.clone(),
+        stream: req.stream.clone(),
+        hints: req.hints.clone(),
+        now_ms: unix_us() / 1000,
+    };
+    if state.profile_tx.try_send(msg).is_err() {
+        state
+            .counters
+            .profiles_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let reply = match grant(state, &req) {
         Ok(g) => g,
         Err((code, reason)) => {

@@ -34,11 +34,18 @@ pub struct GroupStatus {
     pub send_bps: f64,
 }
 
+/// Shard ids each group's pool may use before the next group's range.
+const ID_STRIDE: u32 = 100_000;
+
 /// A running pool driver.
 pub struct PoolDriver {
     task: tokio::task::JoinHandle<()>,
     status: Arc<Mutex<Vec<GroupStatus>>>,
+    /// Drains of shards the pool retired, still running.
+    drains: Drains,
 }
+
+type Drains = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
 struct GroupState {
     pool: Pool,
@@ -59,25 +66,40 @@ impl PoolDriver {
                 .filter(|s| s.group() == group)
                 .map(|s| s.id())
                 .collect();
-            // Disjoint id ranges per group for the shards the pools add.
-            let first_new = 10_000 + g * 100_000;
+            // Disjoint id ranges per group for the shards the pools add, above every id the
+            // cluster started with.
+            let base = shards
+                .iter()
+                .map(|s| s.id().0)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1);
+            let first_new = base.saturating_add(g.saturating_mul(ID_STRIDE));
             states.push(GroupState {
                 pool: Pool::adopting(group, pool, &existing, first_new, now),
                 scaler: Scaler::new(scaler),
             });
         }
         let status = Arc::new(Mutex::new(Vec::new()));
+        let drains = Drains::default();
         let task = tokio::spawn(run(
             states,
-            set,
-            cluster.factory.clone(),
+            Ctx {
+                set,
+                factory: cluster.factory.clone(),
+                grace: pool.drain_grace,
+                drains: drains.clone(),
+            },
             cluster_arrivals(cluster),
             scaler.step,
-            pool.drain_grace,
             status.clone(),
         ));
         info!(groups, policy = ?scaler.policy, "shard pool driver started");
-        PoolDriver { task, status }
+        PoolDriver {
+            task,
+            status,
+            drains,
+        }
     }
 
     /// Each group's status after the last step.
@@ -88,8 +110,15 @@ impl PoolDriver {
             .clone()
     }
 
-    pub fn stop(&self) {
+    /// Stops resizing and waits for the drains of shards the pool retired (each is bounded by
+    /// the drain grace period).
+    pub async fn stop(&self) {
         self.task.abort();
+        let pending: Vec<_> =
+            std::mem::take(&mut *self.drains.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in pending {
+            let _ = d.await;
+        }
     }
 }
 
@@ -106,15 +135,22 @@ fn cluster_arrivals(cluster: &Cluster) -> Arrivals {
     Box::new(move || hub.take())
 }
 
-async fn run(
-    mut groups: Vec<GroupState>,
+/// What carrying out an action needs.
+struct Ctx {
     set: ShardSet,
     factory: ShardFactory,
+    grace: Duration,
+    drains: Drains,
+}
+
+async fn run(
+    mut groups: Vec<GroupState>,
+    ctx: Ctx,
     arrivals: Arrivals,
     step: Duration,
-    grace: Duration,
     status: Arc<Mutex<Vec<GroupStatus>>>,
 ) {
+    let set = ctx.set.clone();
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: HashMap<ShardId, Usage> = HashMap::new();
@@ -154,7 +190,7 @@ async fn run(
                 .step(&mut g.pool, arrived as f64, sessions as f64, now);
             g.pool.handle_timeout(now);
             while let Some(action) = g.pool.poll_action() {
-                carry_out(action, group, &mut g.pool, &set, &factory, grace, now);
+                carry_out(action, group, &mut g.pool, &ctx, now);
             }
             out.push(GroupStatus {
                 group,
@@ -172,15 +208,8 @@ async fn run(
     }
 }
 
-fn carry_out(
-    action: PoolAction,
-    group: GroupId,
-    pool: &mut Pool,
-    set: &ShardSet,
-    factory: &ShardFactory,
-    grace: Duration,
-    now: Instant,
-) {
+fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now: Instant) {
+    let (set, factory, grace, drains) = (&ctx.set, &ctx.factory, ctx.grace, &ctx.drains);
     match action {
         PoolAction::Start { shard } => match factory.start(shard, group, 0) {
             Ok(s) => {
@@ -188,7 +217,10 @@ fn carry_out(
                 set.add(s);
                 let _ = pool.handle_started(shard, now);
             }
-            Err(e) => warn!(shard = shard.0, error = %e, "pool could not start a shard"),
+            Err(e) => {
+                warn!(shard = shard.0, error = %e, "pool could not start a shard");
+                let _ = pool.handle_start_failed(shard, now);
+            }
         },
         PoolAction::Drain { shard } | PoolAction::Stop { shard } => {
             // Out of placement first, then a graceful drain: clients resume elsewhere.
@@ -199,7 +231,9 @@ fn carry_out(
                     ?action,
                     "pool retires a shard"
                 );
-                tokio::spawn(async move { s.drain(grace).await });
+                let mut d = drains.lock().unwrap_or_else(|p| p.into_inner());
+                d.retain(|h| !h.is_finished());
+                d.push(tokio::spawn(async move { s.drain(grace).await }));
             }
         }
     }

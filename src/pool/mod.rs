@@ -283,6 +283,17 @@ impl Pool {
         Ok(())
     }
 
+    /// The driver could not start `id` (no port, say): it leaves the pool, and the next
+    /// [`Pool::handle_timeout`] starts another if the pool is short.
+    pub fn handle_start_failed(&mut self, id: ShardId, now: Instant) -> Result<(), PoolError> {
+        self.transition(id, Life::Stopped, now)?;
+        // No stop action for the driver: nothing runs.
+        self.actions
+            .retain(|a| *a != PoolAction::Stop { shard: id });
+        self.slots.retain(|s| s.id != id);
+        Ok(())
+    }
+
     /// A shard's load report.
     pub fn handle_load(
         &mut self,
@@ -465,14 +476,15 @@ impl Pool {
             .count() as u32;
         let want = self.desired.max(self.cfg.min_shards);
         let mut running = self.running();
-        let mut missing = want.saturating_sub(usable);
-        while missing > 0 && running < self.cfg.max_shards {
+        let mut usable = usable;
+        while usable < want && running < self.cfg.max_shards {
             self.start(now);
             running += 1;
-            missing -= 1;
+            usable += 1;
         }
-        // Scale in: one idle, old-enough shard per step while above the desired size.
-        if running > want
+        // Scale in: one idle, old-enough shard per step while more shards can take clients
+        // than wanted (full shards do not count, or a full one would churn an idle one).
+        if usable > want
             && self
                 .last_scale_in
                 .is_none_or(|t| now >= t + self.cfg.scale_in_step)

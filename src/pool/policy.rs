@@ -37,6 +37,8 @@ pub struct ScalerConfig {
     pub step: Duration,
     /// A shard's start-up time: how far ahead the predictive policy looks.
     pub startup: Duration,
+    /// Mean session length before Little's law has measured one.
+    pub initial_mean_session: Duration,
 }
 
 /// Decides the desired size of one pool, step by step.
@@ -55,7 +57,7 @@ impl Scaler {
             predictor: Guarded::new(OnlineRegression::new(Self::lead_steps(&cfg))),
             cfg,
             next_sync: None,
-            mean_session_s: 60.0,
+            mean_session_s: cfg.initial_mean_session.as_secs_f64().clamp(1.0, 3600.0),
             last_forecast: 0.0,
         }
     }

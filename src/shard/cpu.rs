@@ -3,6 +3,10 @@
 //! one runtime, so a process-wide figure would not say which shard is busy; this does.
 //!
 //! Cost: two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` calls per poll.
+//!
+//! A lower bound: quinn runs packet I/O, crypto and congestion control in its own endpoint and
+//! connection driver tasks, which are not the shard's tasks and are not charged here. The figure
+//! compares shards with each other; it is not the process's CPU.
 
 use std::future::Future;
 use std::pin::Pin;

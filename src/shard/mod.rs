@@ -395,6 +395,11 @@ async fn serve(
             return Ok(());
         }
     };
+    if !state.alive.load(Ordering::Relaxed) {
+        // Draining or stopped: the client moves on to the next shard of its grant.
+        refuse(&state, &conn, ErrorCode::GoingAway);
+        return Ok(());
+    }
     let c = &state.counters;
     if c.sessions.fetch_add(1, Ordering::Relaxed) >= state.max_sessions {
         c.sessions.fetch_sub(1, Ordering::Relaxed);
@@ -453,6 +458,8 @@ impl Session {
         mut reader: FrameReader<quinn::RecvStream>,
         zero_rtt: bool,
     ) -> ErrorCode {
+        // Subscribed before `attached` goes out: a drain that starts meanwhile is seen.
+        let mut go_away = self.state.go_away.subscribe();
         let attached = Message::Attached(Attached {
             shard: self.state.id,
             zero_rtt,
@@ -461,6 +468,9 @@ impl Session {
         if self.control(&attached).await.is_err() {
             return ErrorCode::NoError;
         }
+        if go_away.borrow().is_some() {
+            go_away.mark_changed();
+        }
         // One task per session, reading and writing in one loop (`FrameReader::next` is
         // cancel-safe). `biased`: a go-away goes out first; frames already received are read
         // before the liveness check
@@ -468,7 +478,6 @@ impl Session {
         // silence; the check and heartbeats come before chunks, so a busy stream cannot starve
         // them.
         let mut cursor: Option<streams::Cursor> = None;
-        let mut go_away = self.state.go_away.subscribe();
         let hb = self.state.heartbeat;
         let mut heartbeat = tokio::time::interval(hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

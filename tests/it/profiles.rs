@@ -14,6 +14,19 @@ fn requests_of(tc: &TestCluster, id: &str) -> u64 {
         .map_or(0, |p| p.requests)
 }
 
+/// The profiler thread applies requests shortly after the grant: wait for it (bounded).
+async fn wait_requests(tc: &TestCluster, id: &str, want: u64) -> u64 {
+    let mut n = 0;
+    for _ in 0..200 {
+        n = requests_of(tc, id);
+        if n == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_survive_a_hub_restart_and_a_corrupt_database_is_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,7 +40,7 @@ async fn profiles_survive_a_hub_restart_and_a_corrupt_database_is_moved_aside() 
     for _ in 0..3 {
         client.request(&stream, Role::Subscribe).await.unwrap();
     }
-    assert_eq!(requests_of(&tc, "profiled-1"), 3);
+    assert_eq!(wait_requests(&tc, "profiled-1", 3).await, 3);
     tc.shutdown().await;
 
     // A new hub on the same database sees the same profile and keeps counting.
@@ -37,7 +50,7 @@ async fn profiles_survive_a_hub_restart_and_a_corrupt_database_is_moved_aside() 
         .request(&stream, Role::Subscribe)
         .await
         .unwrap();
-    assert_eq!(requests_of(&tc, "profiled-1"), 4);
+    assert_eq!(wait_requests(&tc, "profiled-1", 4).await, 4);
     tc.shutdown().await;
 
     // Garbage in the database file: the hub starts with fresh profiles and the old file is
