@@ -93,6 +93,8 @@ pub struct TrafficReport {
     pub duplicates: u64,
     pub integrity_failures: u64,
     pub client_errors: u64,
+    /// The first client error, if any.
+    pub first_error: Option<String>,
     pub peak_sessions: u64,
     pub peak_shards: u32,
     /// First second the pool had its peak size, and first second sessions reached 90 % of
@@ -109,14 +111,30 @@ struct Totals {
     duplicates: AtomicU64,
     integrity: AtomicU64,
     errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+fn first_error(t: &Totals) -> Option<String> {
+    t.first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+impl Totals {
+    fn error(&self, e: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(e);
+    }
 }
 
 async fn one_client(client: Client, stream: StreamName, hold: Duration, totals: Arc<Totals>) {
     let seed = crate::synthetic::stream_seed(&stream);
     let mut sub = match client.subscribe(&stream).await {
         Ok(s) => s,
-        Err(_) => {
-            totals.errors.fetch_add(1, Ordering::Relaxed);
+        Err(e) => {
+            totals.error(format!("subscribe: {e}"));
             return;
         }
     };
@@ -129,8 +147,8 @@ async fn one_client(client: Client, stream: StreamName, hold: Duration, totals: 
                 }
             }
             Ok(Some(Ok(Delivery::Gap { .. }))) => {}
-            Ok(Some(Err(_))) => {
-                totals.errors.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(Err(e))) => {
+                totals.error(format!("stream: {e}"));
                 break;
             }
             Ok(None) | Err(_) => break,
@@ -262,6 +280,7 @@ pub async fn run(
         duplicates: l(&totals.duplicates),
         integrity_failures: l(&totals.integrity),
         client_errors: l(&totals.errors),
+        first_error: first_error(&totals),
         peak_sessions,
         peak_shards,
         pool_peak_at_s,

@@ -74,16 +74,44 @@ struct HubState {
 
 /// Grants per group since the last [`ArrivalsHandle::take`].
 #[derive(Clone, Default)]
-pub struct ArrivalsHandle(Arc<Mutex<std::collections::HashMap<crate::ids::GroupId, u64>>>);
+pub struct ArrivalsHandle(Arc<ArrivalsInner>);
+
+#[derive(Default)]
+struct ArrivalsInner {
+    counts: Mutex<std::collections::HashMap<crate::ids::GroupId, u64>>,
+    /// A request found no shard with room: the pool driver starts capacity at once.
+    demand: tokio::sync::Notify,
+    /// Whether a pool driver listens (otherwise the hub refuses at once).
+    driven: std::sync::atomic::AtomicBool,
+}
 
 impl ArrivalsHandle {
     fn count(&self, group: crate::ids::GroupId) {
-        *lock(&self.0).entry(group).or_default() += 1;
+        *lock(&self.0.counts).entry(group).or_default() += 1;
+    }
+
+    /// The pool driver calls this once: from then on a request that finds no room waits
+    /// (briefly) for the capacity it asks for instead of being refused.
+    pub fn attach_driver(&self) {
+        self.0.driven.store(true, Ordering::Relaxed);
+    }
+
+    fn driven(&self) -> bool {
+        self.0.driven.load(Ordering::Relaxed)
+    }
+
+    fn ask_for_capacity(&self) {
+        self.0.demand.notify_one();
+    }
+
+    /// Resolves when a request asked for capacity.
+    pub async fn demanded(&self) {
+        self.0.demand.notified().await;
     }
 
     /// The counts so far, and start again from zero.
     pub fn take(&self) -> std::collections::HashMap<crate::ids::GroupId, u64> {
-        std::mem::take(&mut *lock(&self.0))
+        std::mem::take(&mut *lock(&self.0.counts))
     }
 }
 
@@ -185,6 +213,10 @@ impl Hub {
         }
     }
 }
+
+/// How long a request waits for capacity the pool is starting (tries × wait).
+const CAPACITY_TRIES: u32 = 40;
+const CAPACITY_WAIT: Duration = Duration::from_millis(25);
 
 /// What the hub hands the profiler thread.
 enum ProfileMsg {
@@ -312,7 +344,20 @@ async fn handle_request(
             .profiles_dropped
             .fetch_add(1, Ordering::Relaxed);
     }
-    let reply = match grant(state, &req) {
+    let mut placed = grant(state, &req);
+    // With a pool driver, no room means "start a shard": wait for it (bounded) rather than
+    // refuse. Shards start in milliseconds; the driver acts at once on the demand.
+    let mut tries = 0;
+    while matches!(&placed, Err((ErrorCode::NoCapacity, _)))
+        && state.arrivals.driven()
+        && tries < CAPACITY_TRIES
+    {
+        state.arrivals.ask_for_capacity();
+        tokio::time::sleep(CAPACITY_WAIT).await;
+        placed = grant(state, &req);
+        tries += 1;
+    }
+    let reply = match placed {
         Ok(g) => g,
         Err((code, reason)) => {
             state.counters.rejects.fetch_add(1, Ordering::Relaxed);

@@ -82,6 +82,8 @@ impl PoolDriver {
         }
         let status = Arc::new(Mutex::new(Vec::new()));
         let drains = Drains::default();
+        let demand = cluster.hub.arrivals_handle();
+        demand.attach_driver();
         let task = tokio::spawn(run(
             states,
             Ctx {
@@ -91,6 +93,7 @@ impl PoolDriver {
                 drains: drains.clone(),
             },
             cluster_arrivals(cluster),
+            demand,
             scaler.step,
             status.clone(),
         ));
@@ -135,6 +138,27 @@ fn cluster_arrivals(cluster: &Cluster) -> Arrivals {
     Box::new(move || hub.take())
 }
 
+/// One more shard per group, now: a request found no room anywhere.
+fn on_demand(groups: &mut [GroupState], ctx: &Ctx) {
+    let now = Instant::now();
+    for g in groups {
+        let group = g.pool.group();
+        let more = g.pool.live_shards().saturating_add(1);
+        if g.pool.desired() < more {
+            g.pool.set_desired(more);
+            g.pool.handle_timeout(now);
+            while let Some(action) = g.pool.poll_action() {
+                carry_out(action, group, &mut g.pool, ctx, now);
+            }
+            info!(
+                group = group.0,
+                shards = g.pool.live_shards(),
+                "capacity started on demand"
+            );
+        }
+    }
+}
+
 /// What carrying out an action needs.
 struct Ctx {
     set: ShardSet,
@@ -147,6 +171,7 @@ async fn run(
     mut groups: Vec<GroupState>,
     ctx: Ctx,
     arrivals: Arrivals,
+    demand: crate::hub::ArrivalsHandle,
     step: Duration,
     status: Arc<Mutex<Vec<GroupStatus>>>,
 ) {
@@ -156,7 +181,13 @@ async fn run(
     let mut last: HashMap<ShardId, Usage> = HashMap::new();
     let mut last_at = Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = demand.demanded() => {
+                on_demand(&mut groups, &ctx);
+                continue;
+            }
+        }
         let now = Instant::now();
         let span = now
             .saturating_duration_since(last_at)
