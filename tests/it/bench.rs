@@ -16,21 +16,23 @@ fn shoal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
 }
 
-#[test]
-fn every_bench_scenario_runs_once_in_quick_mode() {
-    let out = shoal()
-        .args(["bench", "all", "--quick", "--rounds", "1", "--json"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+/// Runs `shoal ARGS` (which must succeed) and returns its JSON lines and its stderr.
+fn bench_json(args: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let out = shoal().args(args).env("RUST_LOG", "warn").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let figures: Vec<serde_json::Value> = stdout
+    let figures = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    (figures, stderr)
+}
+
+#[test]
+fn every_bench_scenario_runs_once_in_quick_mode() {
+    let (figures, _) = bench_json(&["bench", "all", "--quick", "--rounds", "1", "--json"]);
     let names: Vec<&str> = figures
         .iter()
         .map(|f| f["scenario"].as_str().unwrap())
@@ -217,20 +219,9 @@ async fn a_returning_client_asks_the_hub_in_0rtt_and_idle_sessions_stay_up() {
 
 #[test]
 fn placement_bench_runs_the_three_policies_on_every_trace() {
-    let out = shoal()
-        .args(["bench", "placement", "--quick", "--json", "--steps", "300"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (figures, stderr) =
+        bench_json(&["bench", "placement", "--quick", "--json", "--steps", "300"]);
     assert!(stderr.contains("measuring a shard's start-up"), "{stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let figures: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let traces: Vec<&str> = figures
         .iter()
         .map(|f| f["trace"].as_str().unwrap())
