@@ -150,15 +150,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// The lead time in whole steps: a shard started now takes clients this many steps later.
-fn lead_steps(startup: Duration) -> u32 {
-    (startup.as_secs_f64().ceil() as u32).max(1)
+/// One simulated step is one second.
+const STEP: Duration = Duration::from_secs(1);
+
+fn scaler_config(o: &SimOptions, policy: Policy, static_size: u32) -> ScalerConfig {
+    ScalerConfig {
+        policy,
+        static_size,
+        target_utilization: o.target_utilization,
+        sync_period: o.sync_period,
+        scale_out_threshold: o.scale_out_threshold,
+        step: STEP,
+        startup: o.startup,
+        initial_mean_session: o.mean_session,
+    }
 }
 
 /// Runs one policy over the arrivals.
 pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigure {
     let t0 = Instant::now();
-    let step = Duration::from_secs(1);
+    let step = STEP;
     let cfg = PoolConfig {
         startup: o.startup,
         min_lifespan: Duration::from_secs(60),
@@ -178,16 +189,7 @@ pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigur
         let mean_arrivals = arrivals.iter().sum::<f64>() / arrivals.len().max(1) as f64;
         pool.shards_for(mean_arrivals * mean_s, o.target_utilization)
     };
-    let mut scaler = Scaler::new(ScalerConfig {
-        policy,
-        static_size,
-        target_utilization: o.target_utilization,
-        sync_period: o.sync_period,
-        scale_out_threshold: o.scale_out_threshold,
-        step,
-        startup: o.startup,
-        initial_mean_session: o.mean_session,
-    });
+    let mut scaler = Scaler::new(scaler_config(o, policy, static_size));
     let mut last_arrivals = 0.0;
     let mut rng = traces::SplitMix64::new(o.seed ^ 0x5eed);
     let mut starting: Vec<(Instant, ShardId)> = Vec::new();
@@ -279,7 +281,8 @@ pub fn run(o: &SimOptions) -> PlacementFigure {
     let static_ = simulate(o, Policy::Static, &arrivals);
     let reactive = simulate(o, Policy::Reactive, &arrivals);
     let predictive = simulate(o, Policy::Predictive, &arrivals);
-    let lead = lead_steps(o.startup);
+    // The horizon the predictive policy forecasts at.
+    let lead = Scaler::lead_steps(&scaler_config(o, Policy::Predictive, 1));
     let warmup = arrivals.len() / 2;
     let mut learned = predictor::OnlineRegression::new(lead);
     let mae = predictor::demand_mae(&mut learned, &arrivals, lead, warmup);

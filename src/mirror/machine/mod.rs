@@ -485,7 +485,7 @@ impl Mirror {
     }
 
     /// Adds the provider's next chunk. `key` names the value it carries, for conflation.
-    pub fn push(&mut self, chunk: Chunk, key: Option<u64>, now: Instant) -> Result<(), PushError> {
+    pub fn push(&mut self, chunk: Chunk, key: Option<u64>, _now: Instant) -> Result<(), PushError> {
         if let Some(head) = self.head() {
             if chunk.seq <= head {
                 return Err(PushError::NotIncreasing {
@@ -519,7 +519,7 @@ impl Mirror {
             key,
         });
         self.counters.pushed += 1;
-        self.apply_overflow(now);
+        self.apply_overflow();
         self.evict();
         Ok(())
     }
@@ -576,7 +576,7 @@ impl Mirror {
         true
     }
 
-    fn apply_overflow(&mut self, _now: Instant) {
+    fn apply_overflow(&mut self) {
         let Some(head) = self.head() else { return };
         let base = self.base().unwrap_or(head);
         let max = self.cfg.max_pending as u64;
@@ -969,7 +969,6 @@ impl Mirror {
                 (EndpointState::Degraded, None) => {
                     let since = *self.eps[i].healthy_since.get_or_insert(now);
                     if now >= since + self.cfg.health.recover_after {
-                        let id = self.eps[i].id;
                         self.set_state(i, EndpointState::Standby, now);
                         self.events.push_back(Event::Recovered { ep: id });
                         self.reselect(now);
@@ -978,7 +977,6 @@ impl Mirror {
                 (EndpointState::Degraded, Some(_)) => {
                     self.eps[i].healthy_since = None;
                     if now >= self.eps[i].since + self.cfg.reconnect_after {
-                        let id = self.eps[i].id;
                         self.eps[i].was_degraded = true;
                         self.set_state(i, EndpointState::Connecting, now);
                         self.events.push_back(Event::DropConnection {
