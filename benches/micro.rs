@@ -24,6 +24,8 @@ fn claims(now_ms: u64) -> Claims {
         secret: [9; 32],
         issued_at_ms: now_ms,
         expires_at_ms: now_ms + 600_000,
+        priority: shoal::token::Priority::Normal,
+        expect_kbps: 0,
     }
 }
 

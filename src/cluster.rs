@@ -178,7 +178,7 @@ pub struct Cluster {
 impl Cluster {
     /// Binds and starts everything. Must run inside a tokio runtime.
     pub fn start(cfg: &Config, m: Material) -> Result<Cluster, ClusterError> {
-        Self::start_with(cfg, m, Box::new(HeadroomPlacer))
+        Self::start_with(cfg, m, Box::new(HeadroomPlacer::default()))
     }
 
     pub fn start_with(

@@ -72,6 +72,9 @@ pub struct PoolSettings {
     /// Reactive policy: how often it looks.
     #[serde(with = "humantime_serde")]
     pub sync_period: Duration,
+    /// Predictive policy: capacity the forecast needs this far ahead is kept (and warmed).
+    #[serde(with = "humantime_serde")]
+    pub plan_ahead: Duration,
 }
 
 impl Default for PoolSettings {
@@ -86,6 +89,7 @@ impl Default for PoolSettings {
             min_lifespan: Duration::from_secs(60),
             idle_stop_after: Duration::from_secs(30),
             sync_period: Duration::from_secs(15),
+            plan_ahead: Duration::from_secs(10),
         }
     }
 }

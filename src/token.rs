@@ -3,7 +3,7 @@
 //! ```text
 //! token  = version:u8 (=1) | epoch:u32be | nonce:12 | AES-256-GCM(claims) | tag:16
 //! claims = token_id:16 | group:u32be | issued_at_ms:u64be | expires_at_ms:u64be
-//!          | session_secret:32 | client_id_len:u8 | client_id
+//!          | session_secret:32 | priority:u8 | expect_kbps:u32be | client_id_len:u8 | client_id
 //! ```
 //!
 //! The header (version, epoch, nonce) is the AEAD's associated data, so no byte of a token can
@@ -18,12 +18,36 @@ use crate::ids::{ClientId, GroupId, TokenId};
 use crate::keys::KeySchedule;
 use crate::wire::ErrorCode;
 
-pub const TOKEN_VERSION: u8 = 1;
+pub const TOKEN_VERSION: u8 = 2;
 const HEADER_LEN: usize = 1 + 4 + 12;
 const TAG_LEN: usize = 16;
-const FIXED_CLAIMS: usize = 16 + 4 + 8 + 8 + 32 + 1;
+const FIXED_CLAIMS: usize = 16 + 4 + 8 + 8 + 32 + 1 + 4 + 1;
 /// Longest valid token.
 pub const MAX_TOKEN_LEN: usize = HEADER_LEN + FIXED_CLAIMS + crate::ids::MAX_CLIENT_ID + TAG_LEN;
+
+/// How a shard near its quota treats a client (the hub decides; see
+/// [`crate::shard::admit_limit`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Admitted only well below quota (a client over its request rate).
+    Low = 0,
+    #[default]
+    Normal = 1,
+    /// Admitted up to the full quota: the shard's reserve is kept for these.
+    High = 2,
+}
+
+impl Priority {
+    pub fn from_u8(v: u8) -> Option<Priority> {
+        match v {
+            0 => Some(Priority::Low),
+            1 => Some(Priority::Normal),
+            2 => Some(Priority::High),
+            _ => None,
+        }
+    }
+}
 
 /// The sealed fields of a token.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,6 +58,10 @@ pub struct Claims {
     pub secret: [u8; 32],
     pub issued_at_ms: u64,
     pub expires_at_ms: u64,
+    /// The hub's priority for this client.
+    pub priority: Priority,
+    /// The bitrate the hub expects the session to pull (0: unknown); shards add it up.
+    pub expect_kbps: u32,
 }
 
 impl std::fmt::Debug for Claims {
@@ -44,6 +72,8 @@ impl std::fmt::Debug for Claims {
             .field("client", &self.client)
             .field("issued_at_ms", &self.issued_at_ms)
             .field("expires_at_ms", &self.expires_at_ms)
+            .field("priority", &self.priority)
+            .field("expect_kbps", &self.expect_kbps)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +153,8 @@ impl TokenKeys {
         out.extend_from_slice(&claims.issued_at_ms.to_be_bytes());
         out.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
         out.extend_from_slice(&claims.secret);
+        out.push(claims.priority as u8);
+        out.extend_from_slice(&claims.expect_kbps.to_be_bytes());
         out.push(client.len() as u8);
         out.extend_from_slice(client);
         let (header, body) = out.split_at_mut(HEADER_LEN);
@@ -177,6 +209,8 @@ impl TokenKeys {
             issued_at_ms: u64::from_be_bytes(c(20..28).try_into().expect("8 bytes")),
             expires_at_ms: u64::from_be_bytes(c(28..36).try_into().expect("8 bytes")),
             secret: c(36..68).try_into().expect("32 bytes"),
+            priority: Priority::from_u8(plain[68]).ok_or(TokenError::Malformed)?,
+            expect_kbps: u32::from_be_bytes(c(69..73).try_into().expect("4 bytes")),
             client,
         };
         if now_ms > claims.expires_at_ms {
@@ -203,6 +237,8 @@ mod tests {
             secret: [9; 32],
             issued_at_ms: now_ms,
             expires_at_ms: now_ms + 60_000,
+            priority: Priority::High,
+            expect_kbps: 2500,
         }
     }
 

@@ -201,6 +201,7 @@ pub async fn run(
         scale_out_threshold: 0.8,
         step,
         startup: step,
+        plan_ahead: Duration::from_secs(10),
         initial_mean_session: o.hold,
     };
     let driver = PoolDriver::start(&cluster, pool, scaler, 1);

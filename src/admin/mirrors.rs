@@ -324,8 +324,10 @@ pub fn source_shard(shards: &[Shard], stream: &StreamName) -> Option<Shard> {
         stream,
         role: crate::wire::Role::Subscribe,
         hints: &hints,
+        priority: crate::token::Priority::High,
+        expect_kbps: 0,
     };
-    match HeadroomPlacer.place(&req, &views, 1, Instant::now()) {
+    match HeadroomPlacer::default().place(&req, &views, 1, Instant::now()) {
         Ok(d) => d
             .shards
             .first()

@@ -49,14 +49,23 @@ impl Trace {
 
     /// Arrivals per second, deterministic for a seed.
     pub fn arrivals(self, steps: usize, seed: u64) -> Vec<f64> {
+        self.series(steps, seed).counts
+    }
+
+    /// Arrivals per second and their expected value, deterministic for a seed.
+    pub fn series(self, steps: usize, seed: u64) -> traces::Series {
         let raw = match self {
-            Trace::Ramp => traces::ramp(steps, seed),
-            Trace::Diurnal => traces::diurnal(steps, seed),
-            Trace::Flash => traces::flash(steps, seed),
+            Trace::Ramp => traces::ramp_series(steps, seed),
+            Trace::Diurnal => traces::diurnal_series(steps, seed),
+            Trace::Flash => traces::flash_series(steps, seed),
         };
         // The generators count arrivals per step in the hundreds to thousands; a step here is
         // one second of a single group's traffic.
-        raw.into_iter().map(|a| a / ARRIVAL_SCALE).collect()
+        let scale = |v: Vec<f64>| v.into_iter().map(|a| a / ARRIVAL_SCALE).collect();
+        traces::Series {
+            rate: scale(raw.rate),
+            counts: scale(raw.counts),
+        }
     }
 }
 
@@ -78,6 +87,8 @@ pub struct SimOptions {
     /// Reactive: how often it looks, and the utilization over which it scales out.
     pub sync_period: Duration,
     pub scale_out_threshold: f64,
+    /// Predictive: how far ahead it keeps capacity for.
+    pub plan_ahead: Duration,
 }
 
 impl SimOptions {
@@ -93,6 +104,7 @@ impl SimOptions {
             target_utilization: 0.7,
             sync_period: Duration::from_secs(15),
             scale_out_threshold: 0.8,
+            plan_ahead: Duration::from_secs(10),
         }
     }
 }
@@ -123,13 +135,22 @@ pub struct PlacementFigure {
     pub static_: PolicyFigure,
     pub reactive: PolicyFigure,
     pub predictive: PolicyFigure,
-    /// The learned demand model's MAE (arrivals per step) at the lead horizon, second half.
+    /// The learned demand model's MAE (arrivals per step) at the planning horizon
+    /// (`plan_steps`), scored on the second half of the trace (held out: the model has only
+    /// seen what came before each forecast).
     pub mae: f64,
     /// The better of the naive baselines (last value, population mean) on the same data.
     pub naive_mae: f64,
     pub last_value_mae: f64,
     pub mean_mae: f64,
+    /// The same at the lead horizon (`lead_steps`).
+    pub lead_mae: f64,
+    pub lead_naive_mae: f64,
+    /// The noise floor: MAE of an oracle that knows the trace's expected arrivals exactly (the
+    /// Poisson counting noise no model can forecast).
+    pub oracle_mae: f64,
     pub lead_steps: u32,
+    pub plan_steps: u32,
     pub p99_ratio: f64,
     pub shard_seconds_ratio: f64,
     pub mae_ratio: f64,
@@ -162,6 +183,7 @@ fn scaler_config(o: &SimOptions, policy: Policy, static_size: u32) -> ScalerConf
         scale_out_threshold: o.scale_out_threshold,
         step: STEP,
         startup: o.startup,
+        plan_ahead: o.plan_ahead,
         initial_mean_session: o.mean_session,
     }
 }
@@ -277,24 +299,33 @@ fn drain_starts(
 
 /// Runs the three policies on one trace and the predictor's accuracy check.
 pub fn run(o: &SimOptions) -> PlacementFigure {
-    let arrivals = o.trace.arrivals(o.steps, o.seed);
+    let series = o.trace.series(o.steps, o.seed);
+    let arrivals = series.counts;
     let static_ = simulate(o, Policy::Static, &arrivals);
     let reactive = simulate(o, Policy::Reactive, &arrivals);
     let predictive = simulate(o, Policy::Predictive, &arrivals);
-    // The horizon the predictive policy forecasts at.
-    let lead = Scaler::lead_steps(&scaler_config(o, Policy::Predictive, 1));
+    // The horizons the predictive policy forecasts at.
+    let cfg = scaler_config(o, Policy::Predictive, 1);
+    let (lead, plan) = (Scaler::lead_steps(&cfg), Scaler::plan_steps(&cfg));
     let warmup = arrivals.len() / 2;
-    let mut learned = predictor::OnlineRegression::new(lead);
-    let mae = predictor::demand_mae(&mut learned, &arrivals, lead, warmup);
-    let last_value_mae =
-        predictor::demand_mae(&mut predictor::LastValue::new(), &arrivals, lead, warmup);
-    let mean_mae = predictor::demand_mae(
-        &mut predictor::PopulationMean::new(),
-        &arrivals,
-        lead,
-        warmup,
-    );
+    let maes = |h: u32| {
+        let mut learned = predictor::OnlineRegression::new(h);
+        let mae = predictor::demand_mae(&mut learned, &arrivals, h, warmup);
+        let last = predictor::demand_mae(&mut predictor::LastValue::new(), &arrivals, h, warmup);
+        let mean =
+            predictor::demand_mae(&mut predictor::PopulationMean::new(), &arrivals, h, warmup);
+        (mae, last, mean)
+    };
+    let (mae, last_value_mae, mean_mae) = maes(plan);
     let naive_mae = last_value_mae.min(mean_mae);
+    let (lead_mae, lead_last, lead_mean) = maes(lead);
+    let held_out = arrivals.len() - warmup;
+    let oracle_mae = series.rate[warmup..]
+        .iter()
+        .zip(&arrivals[warmup..])
+        .map(|(r, y)| (r - y).abs())
+        .sum::<f64>()
+        / held_out.max(1) as f64;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
     let p99_ratio = ratio(predictive.p99_ttfb_ms, reactive.p99_ttfb_ms);
     let shard_seconds_ratio = ratio(predictive.shard_seconds, reactive.shard_seconds);
@@ -313,7 +344,11 @@ pub fn run(o: &SimOptions) -> PlacementFigure {
         naive_mae,
         last_value_mae,
         mean_mae,
+        lead_mae,
+        lead_naive_mae: lead_last.min(lead_mean),
+        oracle_mae,
         lead_steps: lead,
+        plan_steps: plan,
         p99_ratio,
         shard_seconds_ratio,
         mae_ratio,

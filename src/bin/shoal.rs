@@ -436,6 +436,7 @@ fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDrive
         scale_out_threshold: (p.target_utilization + 0.1).min(1.0),
         step: p.step,
         startup: p.step,
+        plan_ahead: p.plan_ahead,
         initial_mean_session: Duration::from_secs(60),
     };
     shoal::pool::driver::PoolDriver::start(cluster, pool, scaler, cfg.shards.groups)
@@ -757,14 +758,24 @@ async fn bench_placement(a: &BenchArgs) -> Result<()> {
             );
         }
         println!(
-            "{:<8} predictive/reactive: p99 {:.2}x, shard-seconds {:.2}x; predictor MAE {:.3} vs naive {:.3} ({:.2}x); goal {}",
+            "{:<8} predictive/reactive: p99 {:.2}x, shard-seconds {:.2}x; goal {}",
             f.trace.name(),
             f.p99_ratio,
             f.shard_seconds_ratio,
+            if f.goal_met { "met" } else { "MISSED" }
+        );
+        println!(
+            "{:<8} predictor MAE at {} s: {:.3} vs naive {:.3} ({:.2}x); at the {} s lead: {:.3} vs {:.3} ({:.2}x); noise floor {:.3}",
+            f.trace.name(),
+            f.plan_steps,
             f.mae,
             f.naive_mae,
             f.mae_ratio,
-            if f.goal_met { "met" } else { "MISSED" }
+            f.lead_steps,
+            f.lead_mae,
+            f.lead_naive_mae,
+            f.lead_mae / f.lead_naive_mae.max(1e-9),
+            f.oracle_mae
         );
     }
     if a.json {

@@ -21,7 +21,7 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::ids::TokenId;
 use crate::shard::{unix_us, Shard, ShardSet};
 use crate::synthetic::SyntheticSpec;
-use crate::token::{Claims, TokenKeys};
+use crate::token::{Claims, Priority, TokenKeys};
 use crate::wire::{
     write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject, ShardAddr,
     StreamRequest,
@@ -332,6 +332,8 @@ async fn handle_request(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(_))) => return Err(ErrorCode::ProtocolViolation),
     };
+    // What the profiles say of the client, before this request is recorded.
+    let assessed = assess(state, &req);
     let msg = ProfileMsg::Request {
         client: req.client_id.clone(),
         stream: req.stream.clone(),
@@ -344,7 +346,7 @@ async fn handle_request(
             .profiles_dropped
             .fetch_add(1, Ordering::Relaxed);
     }
-    let mut placed = grant(state, &req);
+    let mut placed = grant(state, &req, assessed);
     // With a pool driver, no room means "start a shard": wait for it (bounded) rather than
     // refuse. Shards start in milliseconds; the driver acts at once on the demand.
     let mut tries = 0;
@@ -354,7 +356,7 @@ async fn handle_request(
     {
         state.arrivals.ask_for_capacity();
         tokio::time::sleep(CAPACITY_WAIT).await;
-        placed = grant(state, &req);
+        placed = grant(state, &req, assessed);
         tries += 1;
     }
     let reply = match placed {
@@ -388,7 +390,62 @@ async fn handle_request(
     Ok(())
 }
 
-fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, String)> {
+/// The hub's prediction for one request: the client's priority and the bitrate it is expected
+/// to pull.
+#[derive(Debug, Clone, Copy, Default)]
+struct Assessed {
+    priority: Priority,
+    expect_kbps: u32,
+}
+
+/// Reads the client's profile (without waiting: when the profiler is busy flushing, the
+/// request is placed on its hints alone) and decides:
+/// - priority: publishers and returning clients (a profile with past requests) high, a client
+///   over its request rate low, everyone else normal;
+/// - expected bitrate: the client's delivered mean, else its (valid) bitrate hint, else unknown.
+fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
+    let features = state.profiler.try_lock().ok().map(|p| {
+        let cap = f64::from(p.config().max_requests_per_minute);
+        (
+            p.features(&req.client_id, &req.hints, unix_us() / 1000),
+            cap,
+        )
+    });
+    let hinted = req
+        .hints
+        .bitrate_kbps
+        .filter(|_| req.hints.validate().is_ok());
+    let Some((f, cap)) = features else {
+        return Assessed {
+            priority: Priority::Normal,
+            expect_kbps: hinted.unwrap_or(0),
+        };
+    };
+    let priority = if req.role == crate::wire::Role::Publish {
+        Priority::High
+    } else if f.requests_per_minute >= cap {
+        Priority::Low
+    } else if f.known_client {
+        Priority::High
+    } else {
+        Priority::Normal
+    };
+    let expect = f
+        .mean_bitrate_kbps
+        .or(f.declared_bitrate_kbps)
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map_or(0, |v| v.min(f64::from(u32::MAX)) as u32);
+    Assessed {
+        priority,
+        expect_kbps: expect,
+    }
+}
+
+fn grant(
+    state: &HubState,
+    req: &StreamRequest,
+    assessed: Assessed,
+) -> Result<Grant, (ErrorCode, String)> {
     req.hints
         .validate()
         .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
@@ -403,6 +460,8 @@ fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, Str
         stream: &req.stream,
         role: req.role,
         hints: &req.hints,
+        priority: assessed.priority,
+        expect_kbps: assessed.expect_kbps,
     };
     let decision = state
         .placer
@@ -425,6 +484,8 @@ fn grant(state: &HubState, req: &StreamRequest) -> Result<Grant, (ErrorCode, Str
         secret: state.tokens.random_bytes().map_err(internal)?,
         issued_at_ms: now_ms,
         expires_at_ms: now_ms + state.token_ttl.as_millis() as u64,
+        priority: assessed.priority,
+        expect_kbps: assessed.expect_kbps,
     };
     let token = state.tokens.seal(&claims, now_ms).map_err(internal)?;
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");

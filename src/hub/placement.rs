@@ -1,15 +1,24 @@
 //! Placement: which shard group serves a request, and in which order its shards are tried.
 //!
 //! Sans-IO. The hub driver passes a snapshot of the shards ([`ShardView`]) and the request; the
-//! [`Placer`] returns a [`Decision`]. The default [`HeadroomPlacer`]:
-//! - synthetic streams (`synth/…`) go to the group with the most headroom (free session slots
-//!   over its live shards); its shards are ranked least-loaded first, ties broken by a hash of
-//!   the client id so that simultaneous arrivals spread;
+//! [`Placer`] returns a [`Decision`]. The request carries what the hub predicted for the client:
+//! its [`Priority`] and the bitrate it is expected to pull (`expect_kbps`, from its profile or
+//! its hint). A shard's headroom for a request is its admission limit for that priority
+//! ([`crate::shard::admit_limit`]: the top tenth of a quota is kept for high-priority clients)
+//! minus its open sessions. The default [`HeadroomPlacer`]:
+//! - synthetic streams (`synth/…`) go to the group with the most headroom. Within it:
+//!   - a *predicted-heavy* client (`expect_kbps >= heavy_kbps`) goes where the bandwidth
+//!     headroom is: shards ranked by the expected bitrate already committed to them (the sum of
+//!     their sessions' `expect_kbps`), least first;
+//!   - any other client gets the *power of two choices*: two distinct shards drawn by a hash of
+//!     the client id and a per-placer counter, the less loaded (sessions, then committed
+//!     bitrate) first, then the rest least loaded first. Simultaneous arrivals that see the same
+//!     snapshot so spread over the group instead of herding onto its least loaded shard;
 //! - live streams must meet their publisher: group and shard order come from rendezvous hashing
 //!   of the stream name over live shards with headroom, so publisher and subscribers rank the
 //!   same shard first and fail over to the same next one.
 //!
-//! A load predictor plugs in by implementing [`Placer`].
+//! Another policy plugs in by implementing [`Placer`].
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,6 +26,8 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::ids::{ClientId, GroupId, ShardId, StreamName};
+use crate::shard::admit_limit;
+use crate::token::Priority;
 use crate::wire::{ErrorCode, Hints, Role};
 
 /// What placement knows about one shard.
@@ -28,12 +39,15 @@ pub struct ShardView {
     pub alive: bool,
     pub sessions: u64,
     pub capacity: u64,
+    /// Sum of the expected bitrates of the open sessions.
+    pub committed_kbps: u64,
 }
 
 impl ShardView {
-    fn headroom(&self) -> u64 {
+    /// Sessions this shard still admits for a client of `priority`.
+    pub fn headroom(&self, priority: Priority) -> u64 {
         if self.alive {
-            self.capacity.saturating_sub(self.sessions)
+            admit_limit(self.capacity, priority).saturating_sub(self.sessions)
         } else {
             0
         }
@@ -47,6 +61,10 @@ pub struct PlacementRequest<'a> {
     pub stream: &'a StreamName,
     pub role: Role,
     pub hints: &'a Hints,
+    /// The hub's priority for the client.
+    pub priority: Priority,
+    /// The bitrate the client is expected to pull; 0 unknown.
+    pub expect_kbps: u32,
 }
 
 /// The chosen group and its shards, best first (at most the requested number).
@@ -91,9 +109,27 @@ fn score(parts: &[&[u8]]) -> u64 {
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("32-byte digest"))
 }
 
-/// The default placement: most headroom for synthetic streams, rendezvous for live ones.
-#[derive(Debug, Default, Clone)]
-pub struct HeadroomPlacer;
+/// The default placement (see the module docs).
+#[derive(Debug, Clone)]
+pub struct HeadroomPlacer {
+    /// Clients expected to pull at least this many kbit/s are placed by bandwidth headroom.
+    pub heavy_kbps: u32,
+    /// Draws of the power-of-two choices (mixed into the hash so that one client's repeated
+    /// requests spread too).
+    draws: u64,
+}
+
+/// Default [`HeadroomPlacer::heavy_kbps`]: 4 Mbit/s (an HD video stream).
+pub const HEAVY_KBPS: u32 = 4_000;
+
+impl Default for HeadroomPlacer {
+    fn default() -> Self {
+        HeadroomPlacer {
+            heavy_kbps: HEAVY_KBPS,
+            draws: 0,
+        }
+    }
+}
 
 impl Placer for HeadroomPlacer {
     fn place(
@@ -103,6 +139,7 @@ impl Placer for HeadroomPlacer {
         want: usize,
         _now: Instant,
     ) -> Result<Decision, PlacementError> {
+        let prio = req.priority;
         let mut groups: Vec<GroupId> = shards.iter().map(|s| s.group).collect();
         groups.sort();
         groups.dedup();
@@ -110,7 +147,7 @@ impl Placer for HeadroomPlacer {
             shards
                 .iter()
                 .filter(|s| s.group == g)
-                .map(ShardView::headroom)
+                .map(|s| s.headroom(prio))
                 .sum()
         };
         let stream = req.stream.as_str().as_bytes();
@@ -123,13 +160,29 @@ impl Placer for HeadroomPlacer {
         .ok_or(PlacementError::NoCapacity)?;
         let mut ranked: Vec<&ShardView> = shards
             .iter()
-            .filter(|s| s.group == group && s.headroom() > 0)
+            .filter(|s| s.group == group && s.headroom(prio) > 0)
             .collect();
-        if req.stream.is_synthetic() {
-            let client = req.client.as_str().as_bytes();
-            ranked.sort_by_key(|s| (s.sessions, score(&[client, &s.id.0.to_be_bytes()])));
-        } else {
+        if !req.stream.is_synthetic() {
             ranked.sort_by_key(|s| std::cmp::Reverse(score(&[stream, &s.id.0.to_be_bytes()])));
+        } else if req.expect_kbps >= self.heavy_kbps {
+            ranked.sort_by_key(|s| (s.committed_kbps, s.sessions, s.id));
+        } else {
+            // Ties are broken by a per-draw hash, so equally loaded shards are equally likely.
+            self.draws = self.draws.wrapping_add(1);
+            let (client, draw) = (req.client.as_str().as_bytes(), self.draws.to_be_bytes());
+            ranked.sort_by_cached_key(|s| {
+                let tie = score(&[client, &draw, &s.id.0.to_be_bytes()]);
+                (s.sessions, s.committed_kbps, tie)
+            });
+            if ranked.len() > 2 {
+                let h = score(&[client, &draw]);
+                let n = ranked.len() as u64;
+                let a = (h % n) as usize;
+                let b = ((a as u64 + 1 + (h >> 32) % (n - 1)) % n) as usize;
+                // `ranked` is sorted least loaded first: the lower index is the better one.
+                let chosen = ranked.remove(a.min(b));
+                ranked.insert(0, chosen);
+            }
         }
         ranked.truncate(want.max(1));
         Ok(Decision {
@@ -151,10 +204,18 @@ mod tests {
             alive,
             sessions,
             capacity: 10,
+            committed_kbps: 0,
         }
     }
 
-    fn place(stream: &str, client: &str, shards: &[ShardView]) -> Result<Decision, PlacementError> {
+    fn place_with(
+        placer: &mut HeadroomPlacer,
+        stream: &str,
+        client: &str,
+        priority: Priority,
+        expect_kbps: u32,
+        shards: &[ShardView],
+    ) -> Result<Decision, PlacementError> {
         let (c, s, h) = (
             ClientId::new(client).unwrap(),
             StreamName::new(stream).unwrap(),
@@ -165,8 +226,128 @@ mod tests {
             stream: &s,
             role: Role::Subscribe,
             hints: &h,
+            priority,
+            expect_kbps,
         };
-        HeadroomPlacer.place(&req, shards, 2, Instant::now())
+        placer.place(&req, shards, 2, Instant::now())
+    }
+
+    fn place(stream: &str, client: &str, shards: &[ShardView]) -> Result<Decision, PlacementError> {
+        let mut p = HeadroomPlacer::default();
+        place_with(&mut p, stream, client, Priority::Normal, 0, shards)
+    }
+
+    #[test]
+    fn simultaneous_arrivals_spread_by_power_of_two_choices() {
+        // Eight equally loaded shards, 400 arrivals that all see the same snapshot.
+        let shards: Vec<ShardView> = (0..8).map(|i| view(i, 0, 4, true)).collect();
+        let mut p = HeadroomPlacer::default();
+        let mut firsts = [0u32; 8];
+        for i in 0..400 {
+            let d = place_with(
+                &mut p,
+                "synth/a",
+                &format!("c{i}"),
+                Priority::Normal,
+                0,
+                &shards,
+            )
+            .unwrap();
+            firsts[d.shards[0].id.0 as usize] += 1;
+            assert_eq!(d.shards.len(), 2);
+            assert_ne!(d.shards[0].id, d.shards[1].id);
+        }
+        // Least-loaded-first alone would put all 400 on one shard.
+        assert!(firsts.iter().all(|&n| n > 0), "{firsts:?}");
+        assert!(firsts.iter().all(|&n| n < 400 / 4), "{firsts:?}");
+        // With unequal load the most loaded shard never wins a pair, the least loaded most often.
+        let mut shards = shards;
+        for (i, s) in shards.iter_mut().enumerate() {
+            s.sessions = i as u64;
+        }
+        let mut firsts = [0u32; 8];
+        for i in 0..400 {
+            let d = place_with(
+                &mut p,
+                "synth/a",
+                &format!("c{i}"),
+                Priority::Normal,
+                0,
+                &shards,
+            )
+            .unwrap();
+            firsts[d.shards[0].id.0 as usize] += 1;
+        }
+        // Expected shares (rank i of 8 wins with probability (7 - i) / 28): 100, 86, … 14, 0.
+        assert_eq!(firsts[7], 0, "{firsts:?}");
+        assert_eq!(firsts.iter().max(), Some(&firsts[0]), "{firsts:?}");
+        assert!(firsts[..4].iter().sum::<u32>() > 3 * firsts[4..].iter().sum::<u32>());
+    }
+
+    #[test]
+    fn predicted_heavy_clients_go_where_the_bandwidth_is() {
+        let mut shards: Vec<ShardView> = (0..4).map(|i| view(i, 0, 2, true)).collect();
+        shards[0].committed_kbps = 20_000;
+        shards[1].committed_kbps = 12_000;
+        shards[2].committed_kbps = 1_000;
+        shards[2].sessions = 6;
+        shards[3].committed_kbps = 9_000;
+        let mut p = HeadroomPlacer::default();
+        for i in 0..20 {
+            let d = place_with(
+                &mut p,
+                "synth/a",
+                &format!("h{i}"),
+                Priority::Normal,
+                8_000,
+                &shards,
+            )
+            .unwrap();
+            assert_eq!(
+                d.shards.iter().map(|s| s.id.0).collect::<Vec<_>>(),
+                [2, 3],
+                "heavy: least committed bitrate first, despite more sessions"
+            );
+        }
+        // A light client is placed by sessions: shard 2 (6 sessions) never comes first.
+        for i in 0..50 {
+            let d = place_with(
+                &mut p,
+                "synth/a",
+                &format!("l{i}"),
+                Priority::Normal,
+                500,
+                &shards,
+            )
+            .unwrap();
+            assert_ne!(d.shards[0].id.0, 2);
+        }
+    }
+
+    #[test]
+    fn the_reserve_near_quota_is_kept_for_prioritized_clients() {
+        // Capacity 10: normal clients are admitted to 9, high to 10, low to 8.
+        let shards = [view(0, 0, 9, true)];
+        let mut p = HeadroomPlacer::default();
+        let mut try_with = |prio, shards: &[ShardView]| {
+            place_with(&mut p, "synth/a", "c", prio, 0, shards).map(|d| d.shards[0].id)
+        };
+        assert_eq!(
+            try_with(Priority::Normal, &shards),
+            Err(PlacementError::NoCapacity)
+        );
+        assert_eq!(try_with(Priority::High, &shards), Ok(ShardId(0)));
+        let shards = [view(0, 0, 8, true)];
+        assert_eq!(
+            try_with(Priority::Low, &shards),
+            Err(PlacementError::NoCapacity)
+        );
+        assert_eq!(try_with(Priority::Normal, &shards), Ok(ShardId(0)));
+        let full = [view(0, 0, 10, true)];
+        assert_eq!(
+            try_with(Priority::High, &full),
+            Err(PlacementError::NoCapacity)
+        );
     }
 
     #[test]
@@ -187,7 +368,7 @@ mod tests {
 
     #[test]
     fn dead_and_full_shards_are_skipped() {
-        let shards = [view(0, 0, 10, true), view(1, 0, 0, false)];
+        let shards = [view(0, 0, 9, true), view(1, 0, 0, false)];
         assert_eq!(
             place("synth/a", "c", &shards),
             Err(PlacementError::NoCapacity)

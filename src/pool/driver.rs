@@ -27,7 +27,7 @@ pub struct GroupStatus {
     pub sessions: u64,
     /// Grants in the last step.
     pub arrivals: u64,
-    /// Arrivals the predictor expects over the next lead time (predictive policy).
+    /// Sessions the predictive policy expects one lead time ahead.
     pub forecast: f64,
     /// CPU of the group's shards over the last step (1.0 = one core).
     pub cpu: f64,

@@ -4,9 +4,11 @@
 //! - `Static`: a fixed size.
 //! - `Reactive` (HPA-like): every `sync_period`, when utilization is over `scale_out_threshold`
 //!   or under half the target, resize to the current sessions at `target_utilization`.
-//! - `Predictive`: every step, resize to the sessions expected one shard start-up (the lead)
-//!   ahead — current sessions, minus those expected to end (Little's law), plus the arrivals
-//!   the demand predictor forecasts — never below the current need.
+//! - `Predictive`: every step, resize to the most sessions expected at any point from one shard
+//!   start-up (the lead) to `plan_ahead` ahead — current sessions, minus those expected to end
+//!   (exponential sessions with the mean from Little's law), plus the arrivals the demand
+//!   predictor forecasts — never below the current need. Looking past the lead is what makes it
+//!   scale in conservatively: capacity the forecast needs within `plan_ahead` is kept.
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +37,10 @@ pub struct ScalerConfig {
     pub scale_out_threshold: f64,
     /// Length of one observation step (arrivals are counted per step).
     pub step: Duration,
-    /// A shard's start-up time: how far ahead the predictive policy looks.
+    /// A shard's start-up time: the least the predictive policy looks ahead.
     pub startup: Duration,
+    /// How far ahead the predictive policy keeps capacity for (at least the start-up).
+    pub plan_ahead: Duration,
     /// Mean session length before Little's law has measured one.
     pub initial_mean_session: Duration,
 }
@@ -68,7 +72,13 @@ impl Scaler {
         (steps.ceil() as u32).max(1)
     }
 
-    /// Arrivals expected over the next lead time (predictive policy; 0 otherwise).
+    /// The planning horizon in whole steps (at least [`Scaler::lead_steps`]).
+    pub fn plan_steps(cfg: &ScalerConfig) -> u32 {
+        let steps = cfg.plan_ahead.as_secs_f64() / cfg.step.as_secs_f64().max(1e-3);
+        (steps.ceil().min(3600.0) as u32).max(Self::lead_steps(cfg))
+    }
+
+    /// Sessions expected one lead time ahead (predictive policy; 0 otherwise).
     pub fn forecast(&self) -> f64 {
         self.last_forecast
     }
@@ -100,13 +110,21 @@ impl Scaler {
             }
             Policy::Predictive => {
                 self.predictor.observe(arrivals);
-                let lead = Self::lead_steps(&c);
-                let arriving: f64 = (1..=lead).map(|h| self.predictor.forecast(h)).sum();
-                self.last_forecast = arriving;
-                let lead_s = f64::from(lead) * c.step.as_secs_f64();
-                let leaving = sessions * (lead_s / self.mean_session_s).min(1.0);
-                let expected = (sessions - leaving + arriving).max(sessions);
-                pool.set_desired(pool.shards_for(expected, c.target_utilization));
+                let (lead, plan) = (Self::lead_steps(&c), Self::plan_steps(&c));
+                // Sessions present h steps ahead: today's survivors plus the forecast arrivals
+                // that are still there (exponential session lengths).
+                let keep = (-c.step.as_secs_f64() / self.mean_session_s).exp();
+                let (mut present, mut peak) = (sessions, sessions);
+                for h in 1..=plan {
+                    present = present * keep + self.predictor.forecast(h);
+                    if h == lead {
+                        self.last_forecast = present;
+                    }
+                    if h >= lead {
+                        peak = peak.max(present);
+                    }
+                }
+                pool.set_desired(pool.shards_for(peak, c.target_utilization));
             }
         }
     }

@@ -127,6 +127,8 @@ mod tests {
             secret,
             issued_at_ms: NOW,
             expires_at_ms: NOW + 10_000,
+            priority: crate::token::Priority::Normal,
+            expect_kbps: 0,
         };
         let token = keys.seal(&claims, NOW).unwrap();
         (keys, token, secret)

@@ -48,6 +48,8 @@ pub struct ShardCounters {
     pub gaps_sent: AtomicU64,
     /// Nanoseconds of CPU time the shard's tasks used (see [`cpu`]).
     pub cpu_ns: Arc<AtomicU64>,
+    /// Sum of the expected bitrates (token `expect_kbps`) of the sessions open now.
+    pub committed_kbps: AtomicU64,
     rejections: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -236,6 +238,7 @@ impl Shard {
             alive: self.is_alive(),
             sessions: self.state.counters.sessions.load(Ordering::Relaxed),
             capacity: self.capacity(),
+            committed_kbps: self.state.counters.committed_kbps.load(Ordering::Relaxed),
         }
     }
 
@@ -339,10 +342,25 @@ fn refuse(state: &ShardState, conn: &quinn::Connection, code: ErrorCode) {
 }
 
 /// Decrements the open-session gauge when a session ends, however it ends.
-struct SessionGuard(Arc<ShardCounters>);
+struct SessionGuard(Arc<ShardCounters>, u64);
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.committed_kbps.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// Sessions a shard of `capacity` admits for a client of `priority`: the top tenth of the
+/// quota (rounded down, so none on shards under 10 sessions) is kept for high-priority clients,
+/// and low-priority ones stop a tenth earlier still. A shard near its quota so admits the
+/// clients the hub prioritized first; the hub's placement uses the same limits.
+pub fn admit_limit(capacity: u64, priority: crate::token::Priority) -> u64 {
+    use crate::token::Priority;
+    let reserve = capacity / 10;
+    match priority {
+        Priority::High => capacity,
+        Priority::Normal => capacity - reserve,
+        Priority::Low => capacity - 2 * reserve,
     }
 }
 
@@ -401,12 +419,15 @@ async fn serve(
         return Ok(());
     }
     let c = &state.counters;
-    if c.sessions.fetch_add(1, Ordering::Relaxed) >= state.max_sessions {
+    let limit = admit_limit(state.max_sessions, claims.priority);
+    if c.sessions.fetch_add(1, Ordering::Relaxed) >= limit {
         c.sessions.fetch_sub(1, Ordering::Relaxed);
         refuse(&state, &conn, ErrorCode::OverQuota);
         return Ok(());
     }
-    let _guard = SessionGuard(c.clone());
+    let kbps = u64::from(claims.expect_kbps);
+    c.committed_kbps.fetch_add(kbps, Ordering::Relaxed);
+    let _guard = SessionGuard(c.clone(), kbps);
     c.allocations.fetch_add(1, Ordering::Relaxed);
     if zero_rtt {
         c.zero_rtt_attaches.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,8 @@ async fn forged_tokens_are_refused_without_allocation() {
         secret: [2; 32],
         issued_at_ms: now_ms(),
         expires_at_ms: now_ms() + 60_000,
+        priority: shoal::token::Priority::Normal,
+        expect_kbps: 0,
     };
     let token = other.seal(&claims, now_ms()).unwrap();
     let code = raw.attach(shard.addr(), &token, &[2; 32], shard.id()).await;

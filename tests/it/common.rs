@@ -14,7 +14,7 @@ use shoal::config::Config;
 use shoal::ids::{ClientId, GroupId, ShardId, TokenId};
 use shoal::keys::{ClusterSecret, KeySchedule};
 use shoal::shard::Shard;
-use shoal::token::{Claims, TokenKeys};
+use shoal::token::{Claims, Priority, TokenKeys};
 use shoal::wire::{encode_control, Attach, ErrorCode, Frame, FrameReader, Message};
 
 pub const SECRET: [u8; 32] = [0x5a; 32];
@@ -107,6 +107,18 @@ impl TestCluster {
         sealed_at_ms: u64,
         expires_at_ms: u64,
     ) -> Vec<u8> {
+        self.mint_with(group, secret, sealed_at_ms, expires_at_ms, Priority::Normal)
+    }
+
+    /// [`Self::mint`] with a priority.
+    pub fn mint_with(
+        &self,
+        group: GroupId,
+        secret: [u8; 32],
+        sealed_at_ms: u64,
+        expires_at_ms: u64,
+        priority: Priority,
+    ) -> Vec<u8> {
         let claims = Claims {
             id: TokenId(rand16()),
             group,
@@ -114,6 +126,8 @@ impl TestCluster {
             secret,
             issued_at_ms: sealed_at_ms,
             expires_at_ms,
+            priority,
+            expect_kbps: 0,
         };
         self.tokens().seal(&claims, sealed_at_ms).unwrap()
     }

@@ -9,4 +9,5 @@ mod core_path;
 mod mirror;
 mod mirror_faults;
 mod pool;
+mod priority;
 mod profiles;

@@ -44,6 +44,7 @@
 //! non-predictive fallback (the last value), counting and logging each; nothing here panics on
 //! data.
 
+mod kalman;
 mod rls;
 pub mod traces;
 
@@ -55,6 +56,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
+use kalman::{BankState, KalmanBank};
 use rls::Rls;
 
 /// Forecasts one group's demand per step (e.g. arrivals per second) from its history.
@@ -151,38 +153,33 @@ impl Default for RegressionConfig {
     }
 }
 
-/// The smoothers whose forecasts are features: Holt's linear trend `(α, β, φ)` — level
-/// smoothing, trend smoothing, trend damping — from slow and straight to fast and damped.
-const SMOOTHERS: [(f64, f64, f64); 3] = [(0.1, 0.2, 1.0), (0.3, 0.2, 0.95), (0.5, 0.1, 0.9)];
-/// The smoother the untrained model follows (its prior weight is 1).
-const PRIOR_SMOOTHER: usize = 1;
-/// EWMA factor of the slow level (also the feature scale).
+/// EWMA factor of the slow level.
 const SLOW_ALPHA: f64 = 0.03;
-/// `1`, `y[t]`, `y[t-1]`, one forecast per smoother, the slow level.
-const DIM: usize = 3 + SMOOTHERS.len() + 1;
+/// `1`, `y[t]`, `y[t-1]`, one forecast per Kalman filter, the slow level.
+const DIM: usize = 3 + kalman::FILTERS + 1;
 /// Forecasts never exceed this multiple of the largest value seen.
 const CLAMP_FACTOR: f64 = 10.0;
+/// Forgetting of the squared errors that weigh the correction against the prior.
+const ERR_DECAY: f64 = 0.98;
 
 /// What the features of one step are computed from.
 #[derive(Debug, Clone, Copy, Default)]
 struct Snapshot {
     y: f64,
     prev: f64,
-    /// `(level, trend)` per smoother.
-    holt: [(f64, f64); SMOOTHERS.len()],
+    bank: BankState,
     slow: f64,
 }
 
 impl Snapshot {
-    /// Features and targets are relative to the prior smoother's level.
+    /// Features and targets are relative to the bank's level.
     fn scale(&self) -> f64 {
-        self.holt[PRIOR_SMOOTHER].0.max(1.0)
+        self.bank.level().max(1.0)
     }
 
-    /// The prior forecast `h` steps ahead: the [`PRIOR_SMOOTHER`]'s.
+    /// The prior forecast `h` steps ahead: the Kalman bank's.
     fn prior(&self, h: u32) -> f64 {
-        let (l, t) = self.holt[PRIOR_SMOOTHER];
-        l + damped_steps(SMOOTHERS[PRIOR_SMOOTHER].2, h) * t
+        self.bank.forecast(h)
     }
 
     /// Features for correcting the prior `h` steps ahead: each signal minus the prior, divided
@@ -193,20 +190,41 @@ impl Snapshot {
         x[0] = 1.0;
         x[1] = (self.y - p) / s;
         x[2] = (self.prev - p) / s;
-        for (i, (&(l, t), &(_, _, phi))) in self.holt.iter().zip(&SMOOTHERS).enumerate() {
-            x[3 + i] = (l + damped_steps(phi, h) * t - p) / s;
+        for (i, f) in self.bank.each(h).into_iter().enumerate() {
+            x[3 + i] = (f - p) / s;
         }
         x[DIM - 1] = (self.slow - p) / s;
         x
     }
 }
 
-/// `φ + φ² + … + φ^h`.
-fn damped_steps(phi: f64, h: u32) -> f64 {
-    if phi >= 1.0 {
-        f64::from(h)
-    } else {
-        phi * (1.0 - phi.powi(h.min(10_000) as i32)) / (1.0 - phi)
+/// Per horizon: how well the prior alone and the corrected forecast did lately (EWMA of squared
+/// scaled errors), to weigh the correction.
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    prior: f64,
+    corrected: f64,
+}
+
+impl Default for Track {
+    fn default() -> Self {
+        // Until errors are seen, trust the prior fully.
+        Track {
+            prior: 1e-6,
+            corrected: 1.0,
+        }
+    }
+}
+
+impl Track {
+    /// Weight of the correction: inverse-MSE combination of the two forecasts.
+    fn weight(&self) -> f64 {
+        let w = self.prior / (self.prior + self.corrected);
+        if w.is_finite() {
+            w.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
     }
 }
 
@@ -218,6 +236,8 @@ pub struct OnlineRegression {
     /// Sorted, deduplicated, >= 1; `models[i]` predicts `horizons[i]` steps ahead.
     horizons: Vec<u32>,
     models: Vec<Rls>,
+    tracks: Vec<Track>,
+    bank: KalmanBank,
     now: Snapshot,
     /// Snapshots of the last `max horizon` steps, newest last.
     pending: VecDeque<Snapshot>,
@@ -260,7 +280,7 @@ impl OnlineRegression {
         } else {
             defaults.delta
         };
-        let models = horizons
+        let models: Vec<Rls> = horizons
             .iter()
             .map(|_| Rls::new(vec![0.0; DIM], forgetting, delta))
             .collect();
@@ -271,7 +291,9 @@ impl OnlineRegression {
                 delta,
             },
             horizons,
+            tracks: vec![Track::default(); models.len()],
             models,
+            bank: KalmanBank::default(),
             now: Snapshot::default(),
             pending: VecDeque::new(),
             observed: 0,
@@ -303,23 +325,26 @@ impl OnlineRegression {
             // Too few samples for this horizon yet: the prior alone.
             return prior;
         }
-        prior + model.predict(&self.now.features(h)) * self.now.scale()
+        let w = self.tracks[i].weight();
+        let corrected = prior + w * model.predict(&self.now.features(h)) * self.now.scale();
+        // Trust region: never outside what the bank's filters forecast themselves.
+        let each = self.now.bank.each(h);
+        let lo = each.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = each.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if corrected.is_finite() && lo <= hi {
+            corrected.clamp(lo, hi)
+        } else {
+            prior
+        }
     }
 
     fn advance(&mut self, y: f64) {
         let first = self.observed == 0;
+        self.bank.observe(y);
         let s = &mut self.now;
         s.prev = if first { y } else { s.y };
         s.y = y;
-        for ((l, t), &(a, b, phi)) in s.holt.iter_mut().zip(&SMOOTHERS) {
-            if first {
-                (*l, *t) = (y, 0.0);
-            } else {
-                let prev = *l;
-                *l = a * y + (1.0 - a) * (*l + phi * *t);
-                *t = b * (*l - prev) + (1.0 - b) * phi * *t;
-            }
-        }
+        s.bank = self.bank.state();
         s.slow = if first {
             y
         } else {
@@ -346,10 +371,24 @@ impl DemandPredictor for OnlineRegression {
         };
         // Teach each horizon with the features it had `h` steps ago.
         let len = self.pending.len();
-        for (&h, model) in self.horizons.iter().zip(&mut self.models) {
+        for ((&h, model), track) in self
+            .horizons
+            .iter()
+            .zip(&mut self.models)
+            .zip(&mut self.tracks)
+        {
             if let Some(snap) = len.checked_sub(h as usize).map(|i| &self.pending[i]) {
                 let target = (y - snap.prior(h)) / snap.scale();
-                model.update(&snap.features(h), target);
+                let x = snap.features(h);
+                if model.updates() >= DIM as u64 {
+                    let miss = target - model.predict(&x);
+                    if target.is_finite() && miss.is_finite() {
+                        track.prior = ERR_DECAY * track.prior + (1.0 - ERR_DECAY) * target * target;
+                        track.corrected =
+                            ERR_DECAY * track.corrected + (1.0 - ERR_DECAY) * miss * miss;
+                    }
+                }
+                model.update(&x, target);
             }
         }
         self.advance(y);

@@ -54,22 +54,36 @@ impl SplitMix64 {
     }
 }
 
-fn noisy(shape: impl Fn(f64) -> f64, n: usize, rng: &mut SplitMix64) -> Vec<f64> {
-    (0..n).map(|t| rng.poisson(shape(t as f64))).collect()
+/// A trace's expected arrivals per step (its shape) and the Poisson counts drawn from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub rate: Vec<f64>,
+    pub counts: Vec<f64>,
 }
 
-/// A slow exponential climb (from about 30 to about 5 000 arrivals per step between 10 % and
-/// 90 % of the series, i.e. +0.5 % per step), then a plateau.
+fn noisy(shape: impl Fn(f64) -> f64, n: usize, rng: &mut SplitMix64) -> Series {
+    let rate: Vec<f64> = (0..n).map(|t| shape(t as f64)).collect();
+    let counts = rate.iter().map(|&r| rng.poisson(r)).collect();
+    Series { rate, counts }
+}
+
+/// An event start: about 150–250 arrivals per step until 55 % of the series, then an
+/// exponential climb to 15–25× that over 100–160 steps (+2–3 % per step, the pace of an audience
+/// arriving for a live event), then a plateau.
 pub fn ramp(n: usize, seed: u64) -> Vec<f64> {
+    ramp_series(n, seed).counts
+}
+
+/// [`ramp`] with its expected arrivals per step.
+pub fn ramp_series(n: usize, seed: u64) -> Series {
     let mut rng = SplitMix64::new(seed);
-    let (start, end) = (0.1 * n as f64, 0.9 * n as f64);
-    let (lo, hi) = (
-        25.0 + 10.0 * rng.uniform(),
-        4_500.0 + 1_000.0 * rng.uniform(),
-    );
+    let lo = 150.0 + 100.0 * rng.uniform();
+    let growth = 15.0 + 10.0 * rng.uniform();
+    let span = 100.0 + 60.0 * rng.uniform();
+    let start = 0.55 * n as f64;
     let shape = |t: f64| {
-        let f = ((t - start) / (end - start)).clamp(0.0, 1.0);
-        lo * (hi / lo).powf(f)
+        let f = ((t - start) / span).clamp(0.0, 1.0);
+        lo * growth.powf(f)
     };
     noisy(shape, n, &mut rng)
 }
@@ -77,6 +91,11 @@ pub fn ramp(n: usize, seed: u64) -> Vec<f64> {
 /// A daily cycle: a sinusoid with period `n / 2` (mean about 1 500, swing ±1 200) with a weaker
 /// second harmonic, plus noise.
 pub fn diurnal(n: usize, seed: u64) -> Vec<f64> {
+    diurnal_series(n, seed).counts
+}
+
+/// [`diurnal`] with its expected arrivals per step.
+pub fn diurnal_series(n: usize, seed: u64) -> Series {
     let mut rng = SplitMix64::new(seed);
     let period = (n as f64 / 2.0).max(2.0);
     let phase = std::f64::consts::TAU * rng.uniform();
@@ -95,6 +114,11 @@ pub fn diurnal(n: usize, seed: u64) -> Vec<f64> {
 /// series). Each is a gamma-shaped pulse: it grows over 20–60 steps to 8–10× the baseline, then
 /// decays over a few times its rise time.
 pub fn flash(n: usize, seed: u64) -> Vec<f64> {
+    flash_series(n, seed).counts
+}
+
+/// [`flash`] with its expected arrivals per step.
+pub fn flash_series(n: usize, seed: u64) -> Series {
     let mut rng = SplitMix64::new(seed);
     let base = 250.0 + 100.0 * rng.uniform();
     let events: Vec<(f64, f64, f64)> = [0.2, 0.6]
