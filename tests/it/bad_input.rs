@@ -44,7 +44,7 @@ async fn forged_tokens_are_refused_without_allocation() {
         .await;
     assert_eq!(code, Some(ErrorCode::TokenMalformed));
     // Well-formed header, current epoch, forged ciphertext.
-    let mut forged = vec![1u8];
+    let mut forged = vec![shoal::token::TOKEN_VERSION];
     forged.extend(tc.tokens().epoch_at(now_ms()).to_be_bytes());
     forged.extend(rand16().repeat(7));
     let code = raw
