@@ -242,21 +242,19 @@ mod tests {
         // Eight equally loaded shards, 400 arrivals that all see the same snapshot.
         let shards: Vec<ShardView> = (0..8).map(|i| view(i, 0, 4, true)).collect();
         let mut p = HeadroomPlacer::default();
-        let mut firsts = [0u32; 8];
-        for i in 0..400 {
-            let d = place_with(
-                &mut p,
-                "synth/a",
-                &format!("c{i}"),
-                Priority::Normal,
-                0,
-                &shards,
-            )
-            .unwrap();
-            firsts[d.shards[0].id.0 as usize] += 1;
-            assert_eq!(d.shards.len(), 2);
-            assert_ne!(d.shards[0].id, d.shards[1].id);
-        }
+        // How often each shard comes first over 400 arrivals.
+        let mut firsts_over = |shards: &[ShardView]| {
+            let mut firsts = [0u32; 8];
+            for i in 0..400 {
+                let c = format!("c{i}");
+                let d = place_with(&mut p, "synth/a", &c, Priority::Normal, 0, shards).unwrap();
+                firsts[d.shards[0].id.0 as usize] += 1;
+                assert_eq!(d.shards.len(), 2);
+                assert_ne!(d.shards[0].id, d.shards[1].id);
+            }
+            firsts
+        };
+        let firsts = firsts_over(&shards);
         // Least-loaded-first alone would put all 400 on one shard.
         assert!(firsts.iter().all(|&n| n > 0), "{firsts:?}");
         assert!(firsts.iter().all(|&n| n < 400 / 4), "{firsts:?}");
@@ -265,19 +263,7 @@ mod tests {
         for (i, s) in shards.iter_mut().enumerate() {
             s.sessions = i as u64;
         }
-        let mut firsts = [0u32; 8];
-        for i in 0..400 {
-            let d = place_with(
-                &mut p,
-                "synth/a",
-                &format!("c{i}"),
-                Priority::Normal,
-                0,
-                &shards,
-            )
-            .unwrap();
-            firsts[d.shards[0].id.0 as usize] += 1;
-        }
+        let firsts = firsts_over(&shards);
         // Expected shares (rank i of 8 wins with probability (7 - i) / 28): 100, 86, … 14, 0.
         assert_eq!(firsts[7], 0, "{firsts:?}");
         assert_eq!(firsts.iter().max(), Some(&firsts[0]), "{firsts:?}");

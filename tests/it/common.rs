@@ -181,11 +181,7 @@ impl RawClient {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         let _ = send.write_all(bytes).await;
         let mut reader = FrameReader::new(recv);
-        let frame = tokio::time::timeout(Duration::from_secs(3), reader.next())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
+        let frame = first_frame(&mut reader).await;
         let code = if frame.is_none() {
             tokio::time::timeout(Duration::from_secs(3), conn.closed())
                 .await
@@ -217,6 +213,15 @@ impl RawClient {
             _ => Some(code.expect("a refused attach closes with a shoal code")),
         }
     }
+}
+
+/// The next frame on `reader` within 3 s, if any.
+pub async fn first_frame(reader: &mut FrameReader<quinn::RecvStream>) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(3), reader.next())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
 }
 
 pub fn attach_msg(token: &[u8], secret: &[u8], shard: ShardId, nonce: [u8; 16]) -> Message {

@@ -26,11 +26,7 @@ async fn attach(tc: &TestCluster, raw: &RawClient, priority: Priority) -> Result
     let (mut send, recv) = conn.open_bi().await.unwrap();
     send.write_all(&encode_control(&msg)).await.unwrap();
     let mut reader = FrameReader::new(recv);
-    let frame = tokio::time::timeout(Duration::from_secs(3), reader.next())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten();
+    let frame = first_frame(&mut reader).await;
     if let Some(Frame::Control(Message::Attached(_))) = frame {
         return Ok((conn, send, reader));
     }
