@@ -92,11 +92,10 @@ impl BankState {
 
     /// The weighted forecast `h` steps ahead (not clamped).
     pub(super) fn forecast(&self, h: u32) -> f64 {
-        let k = Self::damped(h);
-        self.states
+        self.each(h)
             .iter()
             .zip(&self.weights)
-            .map(|(&(l, t), w)| w * (l + k * t))
+            .map(|(f, w)| w * f)
             .sum()
     }
 
