@@ -411,14 +411,11 @@ fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
             cap,
         )
     });
-    let hinted = req
-        .hints
-        .bitrate_kbps
-        .filter(|_| req.hints.validate().is_ok());
+    // Invalid hints never reach a token: `grant` rejects them first.
     let Some((f, cap)) = features else {
         return Assessed {
             priority: Priority::Normal,
-            expect_kbps: hinted.unwrap_or(0),
+            expect_kbps: req.hints.bitrate_kbps.unwrap_or(0),
         };
     };
     let priority = if req.role == crate::wire::Role::Publish {
