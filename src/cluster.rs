@@ -17,7 +17,7 @@ use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
 use crate::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
 use crate::shard::streams::StreamSettings;
-use crate::shard::{Admission, Shard, ShardParams, ShardSet};
+use crate::shard::{Admission, SessionReports, Shard, ShardParams, ShardSet};
 use crate::tickets::SessionStore;
 use crate::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
 use crate::token::TokenKeys;
@@ -134,6 +134,8 @@ struct FactoryInner {
     streams: StreamSettings,
     shards: crate::config::ShardsConfig,
     heartbeat: Duration,
+    /// Connected to the hub's profiler once the hub runs.
+    reports: SessionReports,
 }
 
 impl ShardFactory {
@@ -154,6 +156,7 @@ impl ShardFactory {
             heartbeat_interval: f.heartbeat,
             attach_timeout: s.attach_timeout,
             max_sessions: u64::from(s.max_sessions),
+            reports: f.reports.clone(),
         })
         .map_err(|source| ClusterError::Bind {
             what: format!("shard {}", id.0),
@@ -221,6 +224,7 @@ impl Cluster {
                 streams,
                 shards: s.clone(),
                 heartbeat: cfg.transport.heartbeat_interval,
+                reports: SessionReports::default(),
             }),
         };
         let mut shards = Vec::with_capacity(s.count as usize);
@@ -260,6 +264,7 @@ impl Cluster {
             addr: cfg.hub.listen,
             source,
         })?;
+        factory.inner.reports.connect(hub.session_sink());
         Ok(Cluster {
             hub,
             factory,
@@ -280,10 +285,11 @@ impl Cluster {
         self.hub.shard_set().snapshot()
     }
 
-    /// Graceful shutdown: stop granting, go-away and drain every shard within the grace period.
+    /// Graceful shutdown: stop granting, go-away and drain every shard within the grace period,
+    /// then write the client profiles (with the sessions the drain ended) one last time.
     pub async fn shutdown(&self) {
         info!(grace = ?self.grace, "shutting down");
-        self.hub.close().await;
+        self.hub.stop_granting().await;
         let grace = self.grace;
         let mut all = self.live_shards();
         for s in &self.shards {
@@ -298,6 +304,7 @@ impl Cluster {
         for d in drains {
             let _ = d.await;
         }
+        self.hub.close().await;
         info!("shutdown complete");
     }
 }

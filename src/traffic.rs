@@ -80,6 +80,8 @@ pub struct Second {
     pub desired: u32,
     pub forecast: f64,
     pub cpu: f64,
+    /// Bytes the group's streams hold.
+    pub buffer_bytes: u64,
 }
 
 /// The run's figures.
@@ -101,6 +103,10 @@ pub struct TrafficReport {
     /// their peak.
     pub pool_peak_at_s: u32,
     pub load_peak_at_s: u32,
+    /// Ended sessions the shards reported to the hub's profiler, and how many of them the
+    /// request models learned from.
+    pub sessions_reported: u64,
+    pub sessions_learned: u64,
     pub seconds: Vec<Second>,
 }
 
@@ -248,10 +254,11 @@ pub async fn run(
                 desired: g.desired,
                 forecast: g.forecast,
                 cpu: g.cpu,
+                buffer_bytes: g.buffer_bytes,
             };
             progress(&format!(
-                "t={:>3}s arrivals {:>3} sessions {:>4} shards {:>2} (desired {:>2}) forecast {:>5.1} cpu {:.2}",
-                s.t, s.arrivals, s.sessions, s.shards, s.desired, s.forecast, s.cpu
+                "t={:>3}s arrivals {:>3} sessions {:>4} shards {:>2} (desired {:>2}) forecast {:>5.1} cpu {:.2} buffers {:>5} KiB",
+                s.t, s.arrivals, s.sessions, s.shards, s.desired, s.forecast, s.cpu, s.buffer_bytes / 1024
             ));
             seconds.push(s);
         }
@@ -261,6 +268,7 @@ pub async fn run(
     }
     driver.stop().await;
     cluster.shutdown().await;
+    let sessions_learned = cluster.hub.sessions_learned();
     let peak_sessions = seconds.iter().map(|s| s.sessions).max().unwrap_or(0);
     let peak_shards = seconds.iter().map(|s| s.shards).max().unwrap_or(0);
     let pool_peak_at_s = seconds
@@ -286,6 +294,8 @@ pub async fn run(
         peak_shards,
         pool_peak_at_s,
         load_peak_at_s,
+        sessions_reported: l(&cluster.hub.counters().sessions_reported),
+        sessions_learned,
         seconds,
     })
 }

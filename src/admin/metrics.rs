@@ -254,6 +254,24 @@ pub const HUB: &[Metric<HubCounters>] = &[
         "Requests that arrived in 0-RTT data.",
         |h| load(&h.zero_rtt_requests),
     ),
+    (
+        "shoal_hub_sessions_reported_total",
+        "counter",
+        "Ended sessions the shards reported to the hub's profiler.",
+        |h| load(&h.sessions_reported),
+    ),
+    (
+        "shoal_hub_sessions_dropped_total",
+        "counter",
+        "Session reports dropped because the profiler was behind.",
+        |h| load(&h.sessions_dropped),
+    ),
+    (
+        "shoal_hub_model_expectations_total",
+        "counter",
+        "Grants whose expected bitrate came from the learned request model.",
+        |h| load(&h.model_expectations),
+    ),
 ];
 
 pub const SHARD: &[Metric<Shard>] = &[
@@ -262,6 +280,12 @@ pub const SHARD: &[Metric<Shard>] = &[
         "gauge",
         "Sessions open on the shard.",
         |s| load(&s.counters().sessions),
+    ),
+    (
+        "shoal_shard_buffer_bytes",
+        "gauge",
+        "Payload bytes the shard's streams hold.",
+        |s| s.usage().buffer_bytes as f64,
     ),
     (
         "shoal_shard_alive",

@@ -482,6 +482,10 @@ async fn run_traffic(a: &DemoArgs, shape: TrafficArg) -> Result<()> {
         "peak sessions {} (90 % reached at {} s), peak pool {} shards (reached at {} s)",
         r.peak_sessions, r.load_peak_at_s, r.peak_shards, r.pool_peak_at_s
     );
+    println!(
+        "ended sessions reported to the hub's profiler {}, learned from by its request models {}",
+        r.sessions_reported, r.sessions_learned
+    );
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     }

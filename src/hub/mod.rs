@@ -38,6 +38,12 @@ pub struct HubCounters {
     pub zero_rtt_requests: AtomicU64,
     /// Requests not recorded in the profiles because the profiler was behind.
     pub profiles_dropped: AtomicU64,
+    /// Ended sessions the shards reported (each recorded in its client's profile).
+    pub sessions_reported: AtomicU64,
+    /// Session reports dropped because the profiler was behind or closed.
+    pub sessions_dropped: AtomicU64,
+    /// Grants whose expected bitrate came from the learned request model.
+    pub model_expectations: AtomicU64,
 }
 
 /// Everything a hub needs to start.
@@ -70,6 +76,8 @@ struct HubState {
     counters: Arc<HubCounters>,
     profiler: Arc<Mutex<profiler::Profiler>>,
     profile_tx: std::sync::mpsc::SyncSender<ProfileMsg>,
+    /// Learned from ended sessions by the profiler thread; read by `assess`.
+    models: Arc<Mutex<predictor::RequestModels>>,
 }
 
 /// Grants per group since the last [`ArrivalsHandle::take`].
@@ -144,14 +152,15 @@ impl Hub {
             counters: Arc::new(HubCounters::default()),
             profiler: p.profiler,
             profile_tx,
+            models: Arc::default(),
         });
         let task = tokio::spawn(
             accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
         );
-        let profiler = state.profiler.clone();
+        let (profiler, models) = (state.profiler.clone(), state.models.clone());
         std::thread::Builder::new()
             .name("shoal-profiler".into())
-            .spawn(move || profiler_thread(profiler, profile_rx))?;
+            .spawn(move || profiler_thread(profiler, models, profile_rx))?;
         info!(%addr, shards = state.shards.len(), "hub listening");
         Ok(Hub {
             endpoint,
@@ -176,6 +185,25 @@ impl Hub {
         &self.state.profiler
     }
 
+    /// Where shards report their ended sessions: each is recorded in its client's profile and
+    /// teaches the request models (subscriptions only). Never blocks; a report the profiler
+    /// cannot take is dropped and counted in `sessions_dropped`.
+    pub fn session_sink(&self) -> impl Fn(crate::shard::SessionOutcome) + Send + Sync + 'static {
+        let (tx, counters) = (self.state.profile_tx.clone(), self.state.counters.clone());
+        move |outcome| {
+            let c = match tx.try_send(ProfileMsg::Session(outcome)) {
+                Ok(()) => &counters.sessions_reported,
+                Err(_) => &counters.sessions_dropped,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions the request models learned from.
+    pub fn sessions_learned(&self) -> u64 {
+        lock(&self.state.models).learned()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -189,13 +217,18 @@ impl Hub {
         self.state.counters.clone()
     }
 
-    /// Stops accepting, closes every hub connection with `GoingAway`, and writes the
-    /// profiles one last time.
-    pub async fn close(&self) {
+    /// Stops accepting and closes every hub connection with `GoingAway`; session reports are
+    /// still recorded until [`Hub::close`].
+    pub async fn stop_granting(&self) {
         self.task.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// [`Hub::stop_granting`], then writes the profiles one last time and ends the profiler.
+    pub async fn close(&self) {
+        self.stop_granting().await;
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
         if self
             .state
@@ -226,6 +259,7 @@ enum ProfileMsg {
         hints: crate::wire::Hints,
         now_ms: u64,
     },
+    Session(crate::shard::SessionOutcome),
     /// Flush, answer, and end the thread (shutdown: the database is released).
     Close(std::sync::mpsc::SyncSender<()>),
 }
@@ -238,6 +272,7 @@ const PROFILE_QUEUE: usize = 8192;
 /// disk never stalls a request.
 fn profiler_thread(
     profiler: Arc<Mutex<profiler::Profiler>>,
+    models: Arc<Mutex<predictor::RequestModels>>,
     rx: std::sync::mpsc::Receiver<ProfileMsg>,
 ) {
     let every = lock(&profiler)
@@ -256,6 +291,7 @@ fn profiler_thread(
             }) => {
                 let _ = lock(&profiler).record_request(&client, &stream, &hints, now_ms);
             }
+            Ok(ProfileMsg::Session(o)) => record_outcome(&profiler, &models, o),
             Ok(ProfileMsg::Close(ack)) => {
                 flush(&profiler);
                 let _ = ack.send(());
@@ -270,6 +306,36 @@ fn profiler_thread(
                 return;
             }
         }
+    }
+}
+
+/// Records an ended session in its client's profile; a subscription also teaches the request
+/// models what its request's features (as the profile knew them before) turned into.
+fn record_outcome(
+    profiler: &Mutex<profiler::Profiler>,
+    models: &Mutex<predictor::RequestModels>,
+    o: crate::shard::SessionOutcome,
+) {
+    let now_ms = unix_us() / 1000;
+    let mut p = lock(profiler);
+    let before = p.features(&o.client, &crate::wire::Hints::default(), now_ms);
+    let record = profiler::SessionRecord::new(o.stream, o.started_ms, o.duration_ms, o.bytes);
+    p.record_session(&o.client, record, now_ms);
+    drop(p);
+    if o.role == crate::wire::Role::Subscribe {
+        lock(models).learn(&model_features(&before), o.duration_ms, o.bytes);
+    }
+}
+
+/// The profile's view of a request, as the request models take it.
+fn model_features(f: &profiler::RequestFeatures) -> predictor::RequestFeatures {
+    predictor::RequestFeatures {
+        declared_bitrate_kbps: f.declared_bitrate_kbps,
+        history_bitrate_kbps: f.mean_bitrate_kbps,
+        history_duration_s: f.mean_duration_s,
+        sessions_seen: f.sessions,
+        device_bucket: f.device_bucket,
+        region_bucket: f.region_bucket,
     }
 }
 
@@ -402,7 +468,9 @@ struct Assessed {
 /// request is placed on its hints alone) and decides:
 /// - priority: publishers and returning clients (a profile with past requests) high, a client
 ///   over its request rate low, everyone else normal;
-/// - expected bitrate: the client's delivered mean, else its (valid) bitrate hint, else unknown.
+/// - expected bitrate of a subscription: the learned request model's, once it has learned from
+///   enough ended sessions; before that (and for publishers) the client's delivered mean, else
+///   its (valid) bitrate hint, else unknown.
 fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
     let features = state.profiler.try_lock().ok().map(|p| {
         let cap = f64::from(p.config().max_requests_per_minute);
@@ -427,8 +495,15 @@ fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
     } else {
         Priority::Normal
     };
-    let expect = f
-        .mean_bitrate_kbps
+    let learned = (req.role == crate::wire::Role::Subscribe)
+        .then(|| lock(&state.models).bitrate_kbps(&model_features(&f)))
+        .flatten();
+    if learned.is_some() {
+        let c = &state.counters.model_expectations;
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    let expect = learned
+        .or(f.mean_bitrate_kbps)
         .or(f.declared_bitrate_kbps)
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map_or(0, |v| v.min(f64::from(u32::MAX)) as u32);

@@ -32,6 +32,8 @@ pub struct GroupStatus {
     /// CPU of the group's shards over the last step (1.0 = one core).
     pub cpu: f64,
     pub send_bps: f64,
+    /// Bytes the group's streams hold now.
+    pub buffer_bytes: u64,
 }
 
 /// Shard ids each group's pool may use before the next group's range.
@@ -199,7 +201,7 @@ async fn run(
         let mut out = Vec::with_capacity(groups.len());
         for g in &mut groups {
             let group = g.pool.group();
-            let (mut cpu, mut send_bps) = (0.0, 0.0);
+            let (mut cpu, mut send_bps, mut buffer_bytes) = (0.0, 0.0, 0);
             for s in shards.iter().filter(|s| s.group() == group) {
                 let u = s.usage();
                 let prev = last.insert(s.id(), u).unwrap_or(u);
@@ -208,11 +210,12 @@ async fn run(
                     streams: u.streams,
                     send_bps: ((u.bytes_sent - prev.bytes_sent.min(u.bytes_sent)) as f64 / span)
                         as u64,
-                    buffer_bytes: 0,
+                    buffer_bytes: u.buffer_bytes,
                     cpu: u.cpu_ns.saturating_sub(prev.cpu_ns) as f64 / 1e9 / span,
                 };
                 cpu += report.cpu;
                 send_bps += report.send_bps as f64;
+                buffer_bytes += report.buffer_bytes;
                 let _ = g.pool.handle_load(s.id(), report, now);
             }
             let arrived = counts.get(&group).copied().unwrap_or(0);
@@ -232,6 +235,7 @@ async fn run(
                 forecast: g.scaler.forecast(),
                 cpu,
                 send_bps,
+                buffer_bytes,
             });
         }
         last.retain(|id, _| shards.iter().any(|s| s.id() == *id));

@@ -16,14 +16,14 @@ pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::ids::{GroupId, ShardId, StreamName};
+use crate::ids::{ClientId, GroupId, ShardId, StreamName};
 use crate::wire::{
     write_chunk, write_control, Attach, Attached, Bound, ErrorCode, Frame, FrameReader, GoAway,
     Heartbeat, Message, WireError,
@@ -76,13 +76,52 @@ impl ShardCounters {
     }
 }
 
-/// Cumulative usage counters of a shard (see [`Shard::usage`]).
+/// Usage of a shard (see [`Shard::usage`]): gauges now and cumulative counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub sessions: u64,
     pub streams: u64,
+    /// Bytes the shard's streams hold now (see [`streams::StreamRegistry::buffered_bytes`]).
+    pub buffer_bytes: u64,
     pub bytes_sent: u64,
     pub cpu_ns: u64,
+}
+
+/// One ended session, as a shard reports it: the hub's profiler records it and its load model
+/// learns from it. Carries no payload and no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOutcome {
+    pub client: ClientId,
+    /// The stream the session subscribed or published to.
+    pub stream: StreamName,
+    pub role: crate::wire::Role,
+    /// When the shard admitted it (ms since the Unix epoch).
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// Payload bytes delivered to a subscriber, or accepted from a publisher.
+    pub bytes: u64,
+}
+
+type Reporter = Box<dyn Fn(SessionOutcome) + Send + Sync>;
+
+/// Where shards report their ended sessions. Shards get it when they start; the cluster
+/// connects it to its hub once the hub runs. Until connected, and for sessions that never
+/// named a stream, nothing is reported.
+#[derive(Clone, Default)]
+pub struct SessionReports(Arc<OnceLock<Reporter>>);
+
+impl SessionReports {
+    /// Sends every later report to `to`. Only the first connection counts; returns whether
+    /// this was it.
+    pub fn connect(&self, to: impl Fn(SessionOutcome) + Send + Sync + 'static) -> bool {
+        self.0.set(Box::new(to)).is_ok()
+    }
+
+    fn report(&self, outcome: SessionOutcome) {
+        if let Some(to) = self.0.get() {
+            to(outcome);
+        }
+    }
 }
 
 /// The shards a hub places on. The pool driver adds and removes shards while the hub runs;
@@ -135,6 +174,7 @@ pub struct ShardParams {
     pub heartbeat_interval: Duration,
     pub attach_timeout: Duration,
     pub max_sessions: u64,
+    pub reports: SessionReports,
 }
 
 struct ShardState {
@@ -148,6 +188,7 @@ struct ShardState {
     max_sessions: u64,
     go_away: watch::Sender<Option<GoAway>>,
     alive: AtomicBool,
+    reports: SessionReports,
 }
 
 /// A running shard. Cheap to clone.
@@ -189,6 +230,7 @@ impl Shard {
             max_sessions: p.max_sessions,
             go_away: watch::channel(None).0,
             alive: AtomicBool::new(true),
+            reports: p.reports,
         });
         let span = info_span!("shard", id = p.id.0, group = p.group.0, %addr);
         let cpu = state.counters.cpu_ns.clone();
@@ -259,6 +301,7 @@ impl Shard {
         Usage {
             sessions: c.sessions.load(Ordering::Relaxed),
             streams: self.state.registry.len() as u64,
+            buffer_bytes: self.state.registry.buffered_bytes(),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             cpu_ns: c.cpu_ns.load(Ordering::Relaxed),
         }
@@ -433,7 +476,8 @@ async fn serve(
         c.zero_rtt_attaches.fetch_add(1, Ordering::Relaxed);
     }
     debug!(token = ?claims.id, client = %claims.client, zero_rtt, "admitted");
-    let session = Session {
+    let started = Instant::now();
+    let mut session = Session {
         state: state.clone(),
         conn: conn.clone(),
         send,
@@ -442,12 +486,25 @@ async fn serve(
         bound: false,
         publishing: None,
         last_sent: Instant::now(),
+        stream: None,
+        bytes: 0,
     };
     let code = session.run(reader, zero_rtt).await;
     if code != ErrorCode::NoError {
         state.counters.reject(code);
     }
     conn.close(code.varint(), code.reason().as_bytes());
+    if let Some((stream, role)) = session.stream {
+        let duration_ms = started.elapsed().as_millis() as u64;
+        state.reports.report(SessionOutcome {
+            client: claims.client,
+            stream,
+            role,
+            started_ms: now_ms,
+            duration_ms,
+            bytes: session.bytes,
+        });
+    }
     Ok(())
 }
 
@@ -460,13 +517,17 @@ struct Session {
     bound: bool,
     publishing: Option<Arc<streams::StreamState>>,
     last_sent: Instant,
+    /// The stream the session named (subscribe or publish), for its outcome report.
+    stream: Option<(StreamName, crate::wire::Role)>,
+    /// Payload bytes delivered (subscriber) or accepted (publisher).
+    bytes: u64,
 }
 
 impl Session {
     /// Serves the session until it ends; returns the code to close with. When the session
     /// ends in an error, what was already written (the `attached`, say) gets a moment to
     /// reach the client before the connection closes.
-    async fn run(mut self, reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
+    async fn run(&mut self, reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
         let code = self.serve_frames(reader, zero_rtt).await;
         if code != ErrorCode::NoError && self.send.finish().is_ok() {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.send.stopped()).await;
@@ -564,6 +625,7 @@ impl Session {
         match item {
             Item::Chunk(chunk) => {
                 write_chunk(&mut self.send, &chunk).await?;
+                self.bytes += chunk.payload.len() as u64;
                 c.chunks_sent.fetch_add(1, Ordering::Relaxed);
                 c.bytes_sent
                     .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
@@ -591,6 +653,7 @@ impl Session {
                         .registry
                         .subscribe(&s.stream, s.from_seq, unix_us()),
                 );
+                self.stream = Some((s.stream, crate::wire::Role::Subscribe));
             }
             Frame::Control(Message::Bind(b)) => {
                 if self.bound {
@@ -618,8 +681,10 @@ impl Session {
                     return Err(ErrorCode::UnknownStream);
                 }
                 self.publishing = Some(self.state.registry.stream(&p.stream, unix_us()));
+                self.stream = Some((p.stream, crate::wire::Role::Publish));
             }
             Frame::Chunk(chunk) => {
+                let len = chunk.payload.len() as u64;
                 let Some(stream) = &self.publishing else {
                     return Err(if self.bound {
                         ErrorCode::ProtocolViolation
@@ -631,6 +696,7 @@ impl Session {
                     .publish(chunk)
                     .map_err(|_| ErrorCode::UnknownStream)?
                 {
+                    self.bytes += len;
                     self.state
                         .counters
                         .chunks_published

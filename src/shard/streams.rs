@@ -36,6 +36,11 @@ struct Inner {
     last: Option<Seq>,
     /// First chunk ever produced (live streams), for cursors that joined before it.
     first: Option<Seq>,
+    /// Payload bytes this stream holds: a live stream's buffer, or the synthetic chunks its
+    /// channel keeps for cursors.
+    held_bytes: u64,
+    /// Synthetic chunks produced (the channel keeps the last `channel_slots` of them).
+    produced: u64,
 }
 
 /// One stream on one shard.
@@ -73,7 +78,7 @@ impl StreamState {
                 None,
             )
         };
-        let (tx, _) = broadcast::channel(settings.buffer_chunks.max(16));
+        let (tx, _) = broadcast::channel(channel_slots(&settings));
         Self {
             name,
             settings,
@@ -81,6 +86,8 @@ impl StreamState {
                 kind,
                 last,
                 first: None,
+                held_bytes: 0,
+                produced: 0,
             }),
             tx,
             keep_until_us: AtomicU64::new(0),
@@ -103,6 +110,13 @@ impl StreamState {
         self.tx.receiver_count()
     }
 
+    /// Payload bytes the stream holds now. A live stream's channel shares its chunks with the
+    /// buffer (reference-counted), so only the buffer counts; a synthetic stream's chunks live
+    /// only in the channel, which keeps the last `channel_slots` it was sent.
+    pub fn held_bytes(&self) -> u64 {
+        self.lock().held_bytes
+    }
+
     /// Synthetic streams: produce every chunk due by `now_us` (at most a few per call; cursors
     /// regenerate anything older). Returns the number produced.
     fn produce_due(&self, now_us: u64) -> usize {
@@ -121,6 +135,9 @@ impl StreamState {
             return 0;
         }
         inner.last = Some(live);
+        inner.produced = inner.produced.saturating_add(live - from + 1);
+        let kept = inner.produced.min(channel_slots(&self.settings) as u64);
+        inner.held_bytes = kept.saturating_mul(u64::from(spec.chunk_bytes));
         drop(inner);
         for seq in from..=live {
             // No receivers is fine: the chunk is simply not wanted right now.
@@ -136,12 +153,18 @@ impl StreamState {
         if inner.last.is_some_and(|l| chunk.seq <= l) {
             return Ok(false);
         }
-        match &mut inner.kind {
+        let Inner {
+            kind, held_bytes, ..
+        } = &mut *inner;
+        match kind {
             Kind::Synthetic { .. } => return Err(PublishError::Synthetic),
             Kind::Live { buffer } => {
                 if buffer.len() >= self.settings.buffer_chunks {
-                    buffer.pop_front();
+                    if let Some(old) = buffer.pop_front() {
+                        *held_bytes -= old.payload.len() as u64;
+                    }
                 }
+                *held_bytes += chunk.payload.len() as u64;
                 buffer.push_back(chunk.clone());
             }
         }
@@ -275,6 +298,11 @@ impl Cursor {
     }
 }
 
+/// Slots of a stream's broadcast channel (tokio rounds up to a power of two).
+fn channel_slots(settings: &StreamSettings) -> usize {
+    settings.buffer_chunks.max(16).next_power_of_two()
+}
+
 /// All streams of a shard.
 pub struct StreamRegistry {
     settings: StreamSettings,
@@ -321,6 +349,12 @@ impl StreamRegistry {
 
     pub fn len(&self) -> usize {
         self.map().len()
+    }
+
+    /// Payload bytes all streams hold now (the shard's buffer memory in its load report).
+    pub fn buffered_bytes(&self) -> u64 {
+        let streams: Vec<_> = self.map().values().cloned().collect();
+        streams.iter().map(|s| s.held_bytes()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -390,6 +424,43 @@ mod tests {
             }
         }
         assert_eq!(got, ((live - 5)..=(live + 3)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn buffered_bytes_follow_what_streams_hold() {
+        let reg = StreamRegistry::new(settings());
+        let live = reg.stream(&StreamName::new("live/b").unwrap(), NOW);
+        let chunk = |seq, len| Chunk {
+            seq,
+            timestamp_us: seq,
+            payload: bytes::Bytes::from(vec![0; len]),
+        };
+        // Sizes 1..=12 into a buffer of 8: the last 8 (5..=12) stay.
+        for seq in 1..=12u64 {
+            live.publish(chunk(seq, seq as usize)).unwrap();
+        }
+        assert_eq!(live.held_bytes(), (5..=12).sum::<u64>());
+        assert!(!live.publish(chunk(3, 1000)).unwrap());
+        assert_eq!(
+            live.held_bytes(),
+            (5..=12).sum::<u64>(),
+            "a replay adds nothing"
+        );
+        // A synthetic stream holds what its channel keeps: at most 16 slots of 16 bytes.
+        let name = StreamName::new("synth/b").unwrap();
+        let _cursor = reg.subscribe(&name, None, NOW);
+        let period = settings().synthetic.period_us();
+        reg.tick(NOW + period);
+        let one_tick = reg.buffered_bytes() - live.held_bytes();
+        assert!(one_tick > 0 && one_tick <= 8 * 16, "{one_tick}");
+        for i in 2..100 {
+            reg.tick(NOW + i * period);
+        }
+        assert_eq!(reg.buffered_bytes() - live.held_bytes(), 16 * 16);
+        // A dropped stream holds nothing.
+        drop(live);
+        reg.tick(NOW + 100 * period);
+        assert_eq!(reg.buffered_bytes(), 16 * 16);
     }
 
     #[tokio::test]

@@ -179,3 +179,51 @@ impl RequestLoadPredictor for OnlineLoadRegression {
         "online-load-rls"
     }
 }
+
+/// The hub's request models, trained online on ended sessions (see [`RequestModels::learn`]):
+/// one predicts a request's load (kilobits, bitrate × duration), one its delivered bitrate,
+/// which placement uses. Neither answers before it has learned from `DIM` sessions.
+#[derive(Debug, Clone, Default)]
+pub struct RequestModels {
+    load: OnlineLoadRegression,
+    bitrate: OnlineLoadRegression,
+    learned: u64,
+}
+
+/// Sessions shorter than this teach the bitrate model nothing (their bitrate is mostly noise).
+const MIN_BITRATE_SESSION_MS: u64 = 1_000;
+
+impl RequestModels {
+    /// Learns from one ended session of a request with features `f`: `bytes` delivered over
+    /// `duration_ms`.
+    pub fn learn(&mut self, f: &RequestFeatures, duration_ms: u64, bytes: u64) {
+        let kilobits = bytes as f64 * 8.0 / 1000.0;
+        self.load.learn(f, kilobits);
+        if duration_ms >= MIN_BITRATE_SESSION_MS {
+            self.bitrate
+                .learn(f, kilobits * 1000.0 / duration_ms as f64);
+        }
+        self.learned += 1;
+    }
+
+    /// Sessions learned from.
+    pub fn learned(&self) -> u64 {
+        self.learned
+    }
+
+    /// The expected delivered bitrate (kbit/s) of a request, once the model is trained.
+    pub fn bitrate_kbps(&self, f: &RequestFeatures) -> Option<f64> {
+        trained(&self.bitrate, f)
+    }
+
+    /// The expected load (kilobits) of a request, once the model is trained.
+    pub fn load_kilobits(&self, f: &RequestFeatures) -> Option<f64> {
+        trained(&self.load, f)
+    }
+}
+
+fn trained(m: &OnlineLoadRegression, f: &RequestFeatures) -> Option<f64> {
+    (m.model.updates() >= DIM as u64)
+        .then(|| m.predict(f))
+        .filter(|v| usable(*v))
+}

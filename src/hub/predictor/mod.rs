@@ -534,6 +534,8 @@ pub fn demand_mae(
     }
 }
 
-pub use load::{MeanLoad, OnlineLoadRegression, RequestFeatures, RequestLoadPredictor};
+pub use load::{
+    MeanLoad, OnlineLoadRegression, RequestFeatures, RequestLoadPredictor, RequestModels,
+};
 
 mod load;

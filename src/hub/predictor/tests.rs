@@ -211,3 +211,34 @@ fn request_load_never_goes_nan_or_negative() {
     m.learn(&f, f64::NAN);
     assert_eq!((m.predict(&f), m.rejected()), (0.0, 1));
 }
+
+#[test]
+fn request_models_answer_once_trained_and_learn_bitrate_from_long_sessions_only() {
+    let mut m = RequestModels::default();
+    let declared = |kbps| RequestFeatures {
+        declared_bitrate_kbps: Some(kbps),
+        ..RequestFeatures::default()
+    };
+    // Clients declaring 4000 kbit/s pull 1000 over 10 s; those declaring 500 pull 500.
+    for i in 0..40 {
+        // The bitrate model answers from its 24th (feature dimension) long session on.
+        let answer = m.bitrate_kbps(&declared(4000.0));
+        assert_eq!(answer.is_some(), i >= 24, "session {i}: {answer:?}");
+        let (kbps, s) = if i % 2 == 0 { (1000, 10) } else { (500, 10) };
+        let f = declared(if i % 2 == 0 { 4000.0 } else { 500.0 });
+        m.learn(&f, s * 1000, kbps * 1000 / 8 * s);
+        // Sub-second sessions teach the load model, never the bitrate model.
+        m.learn(&f, 10, 10_000_000);
+    }
+    assert_eq!(m.learned(), 80);
+    let heavy = m
+        .bitrate_kbps(&declared(4000.0))
+        .expect("trained on 40 sessions");
+    let light = m.bitrate_kbps(&declared(500.0)).expect("trained");
+    assert!((heavy - 1000.0).abs() < 50.0, "{heavy}");
+    assert!((light - 500.0).abs() < 25.0, "{light}");
+    let load = m
+        .load_kilobits(&declared(4000.0))
+        .expect("trained on 80 sessions");
+    assert!(load.is_finite() && load > 0.0, "{load}");
+}
