@@ -23,7 +23,7 @@
 //!    for a memory-only profiler). Every stored profile is loaded.
 //! 2. Per stream request, after [`Hints::validate`]: [`Profiler::features`] for the predictor,
 //!    then [`Profiler::record_request`].
-//! 3. Per ended session: [`Profiler::record_session`].
+//! 3. Per ended session (the shards report them to the hub): [`Profiler::record_session`].
 //! 4. Every [`ProfilerConfig::flush_interval`], and once on shutdown: [`Profiler::flush`]. It
 //!    purges expired profiles, then deletes gone profiles and writes changed ones in one write
 //!    transaction. A failed flush keeps everything pending for the next one.
