@@ -3,23 +3,35 @@
 //! Each filter tracks a level and a damped trend, `l' = l + t`, `t' = φ t`, observed as
 //! `y = l + v` with counting noise, `Var v = κ · max(l, 1)`: κ = 1 for Poisson arrivals; the
 //! bank learns κ online from its innovations, so overdispersed traffic or values in other units
-//! (load, scaled counts) are smoothed as much as their noise calls for. The filters
+//! (load, scaled counts) are smoothed as much as their noise calls for. The trend filters
 //! differ only in how fast they believe the level and trend drift (process noise relative to the
-//! level², from 10⁻⁶ — nearly a constant — to 10⁻²: a flash crowd). Each filter's one-step
+//! level², from 10⁻⁶ — nearly a constant — to 10⁻²: a flash crowd); three local-level filters
+//! (no trend) settle on a new level after a surge without carrying its slope on. Each filter's one-step
 //! predictive log-likelihood is tracked with exponential forgetting, and the bank forecasts with
 //! the filters weighted by it (Bayesian model averaging over the noise level): on flat traffic the
 //! slow filters smooth the counting noise away, on a surge the fast ones take over within a few
 //! steps. Nothing here can go non-finite on finite input: a non-finite state resets the filter.
 
-/// Process noise (per step, relative to the level²) of each filter.
-const Q: [f64; 5] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2];
-pub(super) const FILTERS: usize = Q.len();
-/// Trend damping per step.
+/// Each filter: process noise (per step, relative to the level²) and trend damping per step.
+/// Damping 0 makes a local-level filter (no trend): after a surge it settles on the new level
+/// without carrying the surge's slope on.
+const SPECS: [(f64, f64); 8] = [
+    (1e-6, PHI),
+    (1e-5, PHI),
+    (1e-4, PHI),
+    (1e-3, PHI),
+    (1e-2, PHI),
+    (1e-5, 0.0),
+    (1e-4, 0.0),
+    (1e-3, 0.0),
+];
+pub(super) const FILTERS: usize = SPECS.len();
+/// Trend damping per step of the trend filters.
 const PHI: f64 = 0.98;
 /// Trend process noise relative to the level's.
 const TREND_Q: f64 = 0.1;
-/// Forgetting of the log-likelihood scores (they remember about 30 steps).
-const SCORE_DECAY: f64 = 0.97;
+/// Forgetting of the log-likelihood scores (they remember about 20 steps).
+const SCORE_DECAY: f64 = 0.95;
 /// Forgetting of the dispersion estimate (about 200 steps).
 const DISPERSION_DECAY: f64 = 0.995;
 /// Bounds of the dispersion κ.
@@ -35,27 +47,29 @@ struct Filter {
 }
 
 impl Filter {
-    fn start(y: f64) -> Filter {
+    fn start(y: f64, phi: f64) -> Filter {
         let v = y.max(1.0);
+        let tv = if phi > 0.0 { v } else { 0.0 };
         Filter {
             level: y,
             trend: 0.0,
-            p: [[v, 0.0], [0.0, v]],
+            p: [[v, 0.0], [0.0, tv]],
             score: 0.0,
         }
     }
 
     /// One observation; returns the innovation and its predicted variance without the noise.
-    fn step(&mut self, y: f64, q: f64, dispersion: f64) -> (f64, f64, f64) {
+    fn step(&mut self, y: f64, (q, phi): (f64, f64), dispersion: f64) -> (f64, f64, f64) {
         let scale = self.level.max(1.0);
-        let (q1, q2) = (q * scale * scale, q * TREND_Q * scale * scale);
+        let q2 = if phi > 0.0 { q * TREND_Q } else { 0.0 };
+        let (q1, q2) = (q * scale * scale, q2 * scale * scale);
         let p = self.p;
         // Predict: F = [[1, 1], [0, φ]], P = F P Fᵀ + Q.
         let level = self.level + self.trend;
-        let trend = PHI * self.trend;
+        let trend = phi * self.trend;
         let a = p[0][0] + p[0][1] + p[1][0] + p[1][1] + q1;
-        let b = PHI * (p[0][1] + p[1][1]);
-        let d = PHI * PHI * p[1][1] + q2;
+        let b = phi * (p[0][1] + p[1][1]);
+        let d = phi * phi * p[1][1] + q2;
         // Update with the count: Var v = κ max(level, 1).
         let s = a + dispersion * level.max(1.0);
         let innovation = y - level;
@@ -69,7 +83,7 @@ impl Filter {
             && self.score.is_finite()
             && self.p.iter().flatten().all(|v| v.is_finite());
         if !ok {
-            *self = Filter::start(y);
+            *self = Filter::start(y, phi);
         }
         (innovation, a, level.max(1.0))
     }
@@ -86,8 +100,14 @@ pub(super) struct BankState {
 
 impl BankState {
     /// `φ + φ² + … + φ^h`.
-    fn damped(h: u32) -> f64 {
-        PHI * (1.0 - PHI.powi(h.min(10_000) as i32)) / (1.0 - PHI)
+    fn damped(phi: f64, h: u32) -> f64 {
+        if phi <= 0.0 {
+            return 0.0;
+        }
+        if phi >= 1.0 {
+            return f64::from(h.min(10_000));
+        }
+        phi * (1.0 - phi.powi(h.min(10_000) as i32)) / (1.0 - phi)
     }
 
     /// The weighted forecast `h` steps ahead (not clamped).
@@ -101,8 +121,11 @@ impl BankState {
 
     /// Each filter's forecast `h` steps ahead.
     pub(super) fn each(&self, h: u32) -> [f64; FILTERS] {
-        let k = Self::damped(h);
-        self.states.map(|(l, t)| l + k * t)
+        let mut out = [0.0; FILTERS];
+        for ((o, (l, t)), (_, phi)) in out.iter_mut().zip(self.states).zip(SPECS) {
+            *o = l + Self::damped(phi, h) * t;
+        }
+        out
     }
 
     /// The weighted level (the scale of the traffic).
@@ -128,7 +151,7 @@ impl KalmanBank {
     /// Feeds one finite, non-negative observation.
     pub(super) fn observe(&mut self, y: f64) {
         if !self.started {
-            self.filters = [Filter::start(y); FILTERS];
+            self.filters = SPECS.map(|(_, phi)| Filter::start(y, phi));
             self.started = true;
             self.dispersion = 1.0;
             return;
@@ -137,8 +160,8 @@ impl KalmanBank {
             .max_by(|&a, &b| self.filters[a].score.total_cmp(&self.filters[b].score))
             .unwrap_or(0);
         let mut sample = None;
-        for (i, (f, q)) in self.filters.iter_mut().zip(Q).enumerate() {
-            let (e, a, level) = f.step(y, q, self.dispersion);
+        for (i, (f, spec)) in self.filters.iter_mut().zip(SPECS).enumerate() {
+            let (e, a, level) = f.step(y, spec, self.dispersion);
             if i == best {
                 sample = Some((e * e - a) / level);
             }

@@ -14,14 +14,16 @@
 //! Naive baselines: [`LastValue`] and [`PopulationMean`] for demand, [`MeanLoad`] for requests.
 //! The learned models are recursive least squares with forgetting (`rls.rs`), trained online:
 //! - [`OnlineRegression`] (demand) learns one *direct* model per configured horizon `h`. Its
-//!   prior is a damped Holt linear-trend forecast; the RLS learns a correction to it,
-//!   `y[t+h] − prior_h[t] ≈ θ_hᵀ x[t]`, over `x = [1, y[t], y[t-1], three Holt forecasts
-//!   (slow/straight to fast/damped) for h steps, a slow EWMA level]`, each taken minus the prior
-//!   and divided by the prior's level so one model fits any traffic scale. The sample for
-//!   horizon `h` is learned when its target arrives `h` steps later. Other horizons interpolate
-//!   between the two nearest trained ones. Known weakness: around the peak of a flash crowd the
-//!   learned trend overshoots (see the tests' flash numbers), so callers should keep it behind
-//!   [`Guarded`] and cap what they provision on it.
+//!   prior is a bank of Kalman filters (`kalman.rs`: damped local linear trends and local
+//!   levels, weighted by their recent likelihood); the RLS learns a correction to it,
+//!   `y[t+h] − prior_h[t] ≈ θ_hᵀ x[t]`, over `x = [1, y[t], y[t-1], each filter's forecast for
+//!   h steps, a slow EWMA level]`, each taken minus the prior and divided by the prior's level so
+//!   one model fits any traffic scale. The sample for horizon `h` is learned when its target
+//!   arrives `h` steps later. The correction is weighed against the prior by their recent
+//!   squared errors and kept inside the filters' range. Other horizons interpolate between the
+//!   two nearest trained ones. Known weakness: right after a surge ends, the trend it learned
+//!   overshoots for a while, so callers should keep it behind [`Guarded`] and cap what they
+//!   provision on it.
 //! - [`OnlineLoadRegression`] (requests) regresses `ln(1 + load)` on log-features (declared and
 //!   historical bitrate, historical duration, sessions seen, with presence flags) and one-hot
 //!   device and region buckets; `exp` of a log-space fit estimates the conditional median, which
@@ -159,8 +161,9 @@ const SLOW_ALPHA: f64 = 0.03;
 const DIM: usize = 3 + kalman::FILTERS + 1;
 /// Forecasts never exceed this multiple of the largest value seen.
 const CLAMP_FACTOR: f64 = 10.0;
-/// Forgetting of the squared errors that weigh the correction against the prior.
-const ERR_DECAY: f64 = 0.98;
+/// Forgetting of the squared errors that weigh the correction against the prior (about 20
+/// steps).
+const ERR_DECAY: f64 = 0.95;
 
 /// What the features of one step are computed from.
 #[derive(Debug, Clone, Copy, Default)]
