@@ -263,13 +263,13 @@ pub const HUB: &[Metric<HubCounters>] = &[
     (
         "shoal_hub_sessions_dropped_total",
         "counter",
-        "Session reports dropped because the profiler was behind.",
+        "Session reports dropped because the profiler was behind or closed.",
         |h| load(&h.sessions_dropped),
     ),
     (
         "shoal_hub_model_expectations_total",
         "counter",
-        "Grants whose expected bitrate came from the learned request model.",
+        "Requests whose expected bitrate came from the learned request model.",
         |h| load(&h.model_expectations),
     ),
 ];

@@ -42,7 +42,8 @@ pub struct HubCounters {
     pub sessions_reported: AtomicU64,
     /// Session reports dropped because the profiler was behind or closed.
     pub sessions_dropped: AtomicU64,
-    /// Grants whose expected bitrate came from the learned request model.
+    /// Requests whose expected bitrate came from the learned request model (assessed before
+    /// placement, so refused ones count too).
     pub model_expectations: AtomicU64,
 }
 
@@ -283,20 +284,21 @@ fn profiler_thread(
     loop {
         let wait = next_flush.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(ProfileMsg::Request {
-                client,
-                stream,
-                hints,
-                now_ms,
-            }) => {
-                let _ = lock(&profiler).record_request(&client, &stream, &hints, now_ms);
-            }
-            Ok(ProfileMsg::Session(o)) => record_outcome(&profiler, &models, o),
             Ok(ProfileMsg::Close(ack)) => {
-                flush(&profiler);
+                // What is already queued is recorded before the last flush.
+                while let Ok(msg) = rx.try_recv() {
+                    apply(&profiler, &models, msg);
+                }
+                // Hub tasks that are still winding down may hold the profiler; the database
+                // must not wait for them (unless the flush failed: then it keeps what is
+                // unwritten for a later try).
+                if flush(&profiler) {
+                    drop(lock(&profiler).release_store());
+                }
                 let _ = ack.send(());
                 return;
             }
+            Ok(msg) => apply(&profiler, &models, msg),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 flush(&profiler);
                 next_flush = Instant::now() + every;
@@ -306,6 +308,26 @@ fn profiler_thread(
                 return;
             }
         }
+    }
+}
+
+/// Records a request or an ended session (a `Close` here is already being handled).
+fn apply(
+    profiler: &Mutex<profiler::Profiler>,
+    models: &Mutex<predictor::RequestModels>,
+    msg: ProfileMsg,
+) {
+    match msg {
+        ProfileMsg::Request {
+            client,
+            stream,
+            hints,
+            now_ms,
+        } => {
+            let _ = lock(profiler).record_request(&client, &stream, &hints, now_ms);
+        }
+        ProfileMsg::Session(o) => record_outcome(profiler, models, o),
+        ProfileMsg::Close(_) => {}
     }
 }
 
@@ -339,11 +361,18 @@ fn model_features(f: &profiler::RequestFeatures) -> predictor::RequestFeatures {
     }
 }
 
-fn flush(profiler: &Mutex<profiler::Profiler>) {
+/// Writes the changed profiles; whether that worked.
+fn flush(profiler: &Mutex<profiler::Profiler>) -> bool {
     match lock(profiler).flush(unix_us() / 1000) {
-        Ok(stats) => debug!(?stats, "profiles flushed"),
+        Ok(stats) => {
+            debug!(?stats, "profiles flushed");
+            true
+        }
         // Nothing is lost: dirty profiles stay dirty for the next flush.
-        Err(e) => tracing::warn!(error = %e, "flushing profiles failed; will retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, "flushing profiles failed; will retry");
+            false
+        }
     }
 }
 

@@ -486,24 +486,30 @@ async fn serve(
         bound: false,
         publishing: None,
         last_sent: Instant::now(),
-        stream: None,
-        bytes: 0,
+        subscribed: None,
+        published: None,
     };
     let code = session.run(reader, zero_rtt).await;
     if code != ErrorCode::NoError {
         state.counters.reject(code);
     }
     conn.close(code.varint(), code.reason().as_bytes());
-    if let Some((stream, role)) = session.stream {
-        let duration_ms = started.elapsed().as_millis() as u64;
-        state.reports.report(SessionOutcome {
-            client: claims.client,
-            stream,
-            role,
-            started_ms: now_ms,
-            duration_ms,
-            bytes: session.bytes,
-        });
+    // One report per role the session took (a session may both publish and subscribe).
+    let duration_ms = started.elapsed().as_millis() as u64;
+    for (role, named) in [
+        (crate::wire::Role::Subscribe, session.subscribed),
+        (crate::wire::Role::Publish, session.published),
+    ] {
+        if let Some((stream, bytes)) = named {
+            state.reports.report(SessionOutcome {
+                client: claims.client.clone(),
+                stream,
+                role,
+                started_ms: now_ms,
+                duration_ms,
+                bytes,
+            });
+        }
     }
     Ok(())
 }
@@ -517,10 +523,11 @@ struct Session {
     bound: bool,
     publishing: Option<Arc<streams::StreamState>>,
     last_sent: Instant,
-    /// The stream the session named (subscribe or publish), for its outcome report.
-    stream: Option<(StreamName, crate::wire::Role)>,
-    /// Payload bytes delivered (subscriber) or accepted (publisher).
-    bytes: u64,
+    /// The stream the session subscribed to and the payload bytes delivered on it, for its
+    /// outcome report.
+    subscribed: Option<(StreamName, u64)>,
+    /// The stream the session published to and the payload bytes accepted on it.
+    published: Option<(StreamName, u64)>,
 }
 
 impl Session {
@@ -625,7 +632,9 @@ impl Session {
         match item {
             Item::Chunk(chunk) => {
                 write_chunk(&mut self.send, &chunk).await?;
-                self.bytes += chunk.payload.len() as u64;
+                if let Some((_, bytes)) = &mut self.subscribed {
+                    *bytes += chunk.payload.len() as u64;
+                }
                 c.chunks_sent.fetch_add(1, Ordering::Relaxed);
                 c.bytes_sent
                     .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
@@ -653,7 +662,7 @@ impl Session {
                         .registry
                         .subscribe(&s.stream, s.from_seq, unix_us()),
                 );
-                self.stream = Some((s.stream, crate::wire::Role::Subscribe));
+                self.subscribed = Some((s.stream, 0));
             }
             Frame::Control(Message::Bind(b)) => {
                 if self.bound {
@@ -681,7 +690,7 @@ impl Session {
                     return Err(ErrorCode::UnknownStream);
                 }
                 self.publishing = Some(self.state.registry.stream(&p.stream, unix_us()));
-                self.stream = Some((p.stream, crate::wire::Role::Publish));
+                self.published = Some((p.stream, 0));
             }
             Frame::Chunk(chunk) => {
                 let len = chunk.payload.len() as u64;
@@ -696,7 +705,9 @@ impl Session {
                     .publish(chunk)
                     .map_err(|_| ErrorCode::UnknownStream)?
                 {
-                    self.bytes += len;
+                    if let Some((_, bytes)) = &mut self.published {
+                        *bytes += len;
+                    }
                     self.state
                         .counters
                         .chunks_published

@@ -36,11 +36,8 @@ struct Inner {
     last: Option<Seq>,
     /// First chunk ever produced (live streams), for cursors that joined before it.
     first: Option<Seq>,
-    /// Payload bytes this stream holds: a live stream's buffer, or the synthetic chunks its
-    /// channel keeps for cursors.
+    /// Payload bytes a live stream's buffer holds.
     held_bytes: u64,
-    /// Synthetic chunks produced (the channel keeps the last `channel_slots` of them).
-    produced: u64,
 }
 
 /// One stream on one shard.
@@ -78,7 +75,7 @@ impl StreamState {
                 None,
             )
         };
-        let (tx, _) = broadcast::channel(channel_slots(&settings));
+        let (tx, _) = broadcast::channel(settings.buffer_chunks.max(16));
         Self {
             name,
             settings,
@@ -87,7 +84,6 @@ impl StreamState {
                 last,
                 first: None,
                 held_bytes: 0,
-                produced: 0,
             }),
             tx,
             keep_until_us: AtomicU64::new(0),
@@ -110,9 +106,11 @@ impl StreamState {
         self.tx.receiver_count()
     }
 
-    /// Payload bytes the stream holds now. A live stream's channel shares its chunks with the
-    /// buffer (reference-counted), so only the buffer counts; a synthetic stream's chunks live
-    /// only in the channel, which keeps the last `channel_slots` it was sent.
+    /// Payload bytes the stream's buffer holds now: a live stream's replay buffer. A lower
+    /// bound of its memory: the channel shares the buffer's chunks (reference-counted) and
+    /// drops each once every cursor read it, so only chunks a lagging cursor still holds past
+    /// the buffer are missing. A synthetic stream buffers nothing (cursors regenerate what
+    /// they missed) and counts 0.
     pub fn held_bytes(&self) -> u64 {
         self.lock().held_bytes
     }
@@ -135,9 +133,6 @@ impl StreamState {
             return 0;
         }
         inner.last = Some(live);
-        inner.produced = inner.produced.saturating_add(live - from + 1);
-        let kept = inner.produced.min(channel_slots(&self.settings) as u64);
-        inner.held_bytes = kept.saturating_mul(u64::from(spec.chunk_bytes));
         drop(inner);
         for seq in from..=live {
             // No receivers is fine: the chunk is simply not wanted right now.
@@ -298,11 +293,6 @@ impl Cursor {
     }
 }
 
-/// Slots of a stream's broadcast channel (tokio rounds up to a power of two).
-fn channel_slots(settings: &StreamSettings) -> usize {
-    settings.buffer_chunks.max(16).next_power_of_two()
-}
-
 /// All streams of a shard.
 pub struct StreamRegistry {
     settings: StreamSettings,
@@ -446,21 +436,18 @@ mod tests {
             (5..=12).sum::<u64>(),
             "a replay adds nothing"
         );
-        // A synthetic stream holds what its channel keeps: at most 16 slots of 16 bytes.
+        // A synthetic stream buffers nothing; the registry sums the live ones.
         let name = StreamName::new("synth/b").unwrap();
         let _cursor = reg.subscribe(&name, None, NOW);
         let period = settings().synthetic.period_us();
-        reg.tick(NOW + period);
-        let one_tick = reg.buffered_bytes() - live.held_bytes();
-        assert!(one_tick > 0 && one_tick <= 8 * 16, "{one_tick}");
-        for i in 2..100 {
+        for i in 1..100 {
             reg.tick(NOW + i * period);
         }
-        assert_eq!(reg.buffered_bytes() - live.held_bytes(), 16 * 16);
+        assert_eq!(reg.buffered_bytes(), (5..=12).sum::<u64>());
         // A dropped stream holds nothing.
         drop(live);
         reg.tick(NOW + 100 * period);
-        assert_eq!(reg.buffered_bytes(), 16 * 16);
+        assert_eq!(reg.buffered_bytes(), 0);
     }
 
     #[tokio::test]

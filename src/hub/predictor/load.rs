@@ -222,8 +222,11 @@ impl RequestModels {
     }
 }
 
+/// Below this a prediction is no answer (0 would read as "unknown" downstream).
+const MIN_ANSWER: f64 = 1.0;
+
 fn trained(m: &OnlineLoadRegression, f: &RequestFeatures) -> Option<f64> {
     (m.model.updates() >= DIM as u64)
         .then(|| m.predict(f))
-        .filter(|v| usable(*v))
+        .filter(|v| usable(*v) && *v >= MIN_ANSWER)
 }

@@ -394,6 +394,14 @@ impl Profiler {
         self.clients.is_empty()
     }
 
+    /// Closes the database (after a last [`Profiler::flush`]): the file is free for the next
+    /// profiler even while something still holds this one, which goes on in memory only.
+    pub fn release_store(&mut self) -> Option<ProfileStore> {
+        self.dirty.clear();
+        self.gone.clear();
+        self.store.take()
+    }
+
     pub fn store(&self) -> Option<&ProfileStore> {
         self.store.as_ref()
     }
