@@ -5,18 +5,14 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn cfg() -> PoolConfig {
+    // The defaults' timings (the tests below rely on them), a small pool of small shards.
     PoolConfig {
-        startup: Duration::from_millis(500),
-        min_lifespan: Duration::from_secs(60),
-        idle_stop_after: Duration::from_secs(30),
-        scale_in_step: Duration::from_secs(10),
-        drain_grace: Duration::from_secs(2),
-        min_shards: 1,
         max_shards: 4,
         quota: Quota {
             sessions: 2,
             ..Quota::default()
         },
+        ..PoolConfig::default()
     }
 }
 

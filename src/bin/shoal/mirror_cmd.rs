@@ -185,7 +185,7 @@ enum MirrorCmd {
     /// Add an endpoint to a running mirror.
     Add(AddArgs),
     /// Remove an endpoint from a running mirror (an active one is drained first).
-    Remove(RemoveArgs),
+    Remove(EndpointArgs),
     /// Show every mirror, or one in full.
     Status(StatusArgs),
     /// Stop a mirror gracefully.
@@ -213,8 +213,9 @@ struct StartArgs {
     revert_after: Option<String>,
 }
 
+/// One endpoint of one mirrored stream.
 #[derive(Args)]
-struct AddArgs {
+struct EndpointArgs {
     #[command(flatten)]
     admin: AdminArg,
     /// The mirrored stream, e.g. synth/x or live/demo.
@@ -223,21 +224,15 @@ struct AddArgs {
     /// The endpoint's address, IP:PORT.
     #[arg(long, value_name = "ADDR")]
     addr: String,
-    /// Position in the ranking (0 is best; last when left out).
-    #[arg(long)]
-    rank: Option<usize>,
 }
 
 #[derive(Args)]
-struct RemoveArgs {
+struct AddArgs {
     #[command(flatten)]
-    admin: AdminArg,
-    /// The mirrored stream, e.g. synth/x or live/demo.
+    endpoint: EndpointArgs,
+    /// Position in the ranking (0 is best; last when left out).
     #[arg(long)]
-    stream: String,
-    /// The endpoint's address, IP:PORT.
-    #[arg(long, value_name = "ADDR")]
-    addr: String,
+    rank: Option<usize>,
 }
 
 #[derive(Args)]
@@ -281,8 +276,8 @@ pub async fn mirror(a: MirrorArgs) -> Result<()> {
             let body = json!({ "stream": s.stream, "endpoints": s.endpoints, "config": config });
             (s.admin.admin, "POST", "/mirrors".to_string(), Some(body))
         }
-        MirrorCmd::Add(s) => {
-            let body = json!({ "addr": s.addr, "rank": s.rank });
+        MirrorCmd::Add(AddArgs { endpoint: s, rank }) => {
+            let body = json!({ "addr": s.addr, "rank": rank });
             let path = format!("{}/endpoints", mirror_path(&s.stream)?);
             (s.admin.admin, "POST", path, Some(body))
         }
