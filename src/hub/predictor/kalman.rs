@@ -2,8 +2,9 @@
 //!
 //! Each filter tracks a level and a damped trend, `l' = l + t`, `t' = φ t`, observed as
 //! `y = l + v` with counting noise, `Var v = κ · max(l, 1)`: κ = 1 for Poisson arrivals; the
-//! bank learns κ online from its innovations, so overdispersed traffic or values in other units
-//! (load, scaled counts) are smoothed as much as their noise calls for. The trend filters
+//! bank learns κ online from the data's second differences (no filter's assumptions enter it),
+//! so overdispersed traffic or values in other units (load, scaled counts) are smoothed as much
+//! as their noise calls for. The trend filters
 //! differ only in how fast they believe the level and trend drift (process noise relative to the
 //! level², from 10⁻⁶ — nearly a constant — to 10⁻²: a flash crowd); three local-level filters
 //! (no trend) settle on a new level after a surge without carrying its slope on. Each filter's one-step
@@ -128,6 +129,19 @@ impl BankState {
         out
     }
 
+    /// The lowest and highest forecast `h` steps ahead among the filters the bank currently
+    /// believes: those holding at least `min_weight` of its weight (the heaviest always counts).
+    pub(super) fn believed_range(&self, h: u32, min_weight: f64) -> (f64, f64) {
+        let heaviest = self.weights.iter().copied().fold(0.0, f64::max);
+        self.each(h)
+            .into_iter()
+            .zip(self.weights)
+            .filter(|&(_, w)| w >= min_weight.min(heaviest))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (f, _)| {
+                (lo.min(f), hi.max(f))
+            })
+    }
+
     /// The weighted level (the scale of the traffic).
     pub(super) fn level(&self) -> f64 {
         self.states
@@ -145,6 +159,13 @@ pub(super) struct KalmanBank {
     started: bool,
     /// κ, the noise variance per unit of level (0 until started).
     dispersion: f64,
+    /// The noise estimator's state: the two observations before the last one's, and the
+    /// smoothed `|Δ²y| / √level` with the number of samples it has seen.
+    previous: [f64; 2],
+    abs_d2: f64,
+    d2_samples: u64,
+    /// Observations before the first second difference (up to 2).
+    history: u8,
 }
 
 impl KalmanBank {
@@ -154,21 +175,45 @@ impl KalmanBank {
             self.filters = SPECS.map(|(_, phi)| Filter::start(y, phi));
             self.started = true;
             self.dispersion = 1.0;
+            self.previous = [y, y];
+            self.history = 1;
             return;
         }
-        let best = (0..FILTERS)
-            .max_by(|&a, &b| self.filters[a].score.total_cmp(&self.filters[b].score))
-            .unwrap_or(0);
-        let mut sample = None;
-        for (i, (f, spec)) in self.filters.iter_mut().zip(SPECS).enumerate() {
-            let (e, a, level) = f.step(y, spec, self.dispersion);
-            if i == best {
-                sample = Some((e * e - a) / level);
-            }
+        for (f, spec) in self.filters.iter_mut().zip(SPECS) {
+            f.step(y, spec, self.dispersion);
         }
-        if let Some(k) = sample.filter(|k| k.is_finite()) {
-            let d = DISPERSION_DECAY * self.dispersion + (1.0 - DISPERSION_DECAY) * k;
-            self.dispersion = d.clamp(DISPERSION.0, DISPERSION.1);
+        self.learn_dispersion(y);
+    }
+
+    /// Learns κ from second differences, which no filter's assumptions enter: for counts
+    /// around a locally linear level, `Δ²y = y − 2y₋₁ + y₋₂` has variance `6 κ level`, so
+    /// `E|Δ²y| / √level = √(12 κ / π)` (half-normal). Estimating it from a filter's own
+    /// innovations instead lets that filter's process noise masquerade as counting noise: a
+    /// fast filter over-explains the noise, κ shrinks, and the bank ends up chasing every count.
+    /// Samples are clipped at 4× the running value so a surge's kink cannot inflate it.
+    fn learn_dispersion(&mut self, y: f64) {
+        let [y1, y2] = self.previous;
+        self.previous = [y, y1];
+        if self.history < 2 {
+            // Not three observations yet.
+            self.history += 1;
+            return;
+        }
+        let level = ((y + y1 + y2) / 3.0).max(1.0);
+        let mut sample = (y - 2.0 * y1 + y2).abs() / level.sqrt();
+        if !sample.is_finite() {
+            return;
+        }
+        if self.d2_samples >= 10 {
+            sample = sample.min(4.0 * self.abs_d2);
+        }
+        self.d2_samples += 1;
+        // A plain mean until the window is full, then exponential forgetting.
+        let w = (1.0 / self.d2_samples as f64).max(1.0 - DISPERSION_DECAY);
+        self.abs_d2 += w * (sample - self.abs_d2);
+        let k = self.abs_d2 * self.abs_d2 * std::f64::consts::PI / 12.0;
+        if k.is_finite() {
+            self.dispersion = k.clamp(DISPERSION.0, DISPERSION.1);
         }
     }
 
@@ -220,6 +265,56 @@ mod tests {
         }
         // Counts of mean 400 divided by 100: variance 0.04 at level 4, κ = 0.01.
         assert!((0.004..0.025).contains(&b.dispersion), "{}", b.dispersion);
+    }
+
+    #[test]
+    fn the_dispersion_survives_a_flash_crowd() {
+        // Poisson counts around 300, a crowd ten times that, then flat again: κ must stay near
+        // 1 throughout. (Learned from the best filter's innovations it used to collapse to
+        // about 0.01 after the crowd, and the bank then followed every count.)
+        let mut rng = super::super::traces::SplitMix64::new(5);
+        let mut b = KalmanBank::default();
+        let mut seen = Vec::new();
+        for t in 0..1500 {
+            let u = (f64::from(t) - 500.0) / 30.0;
+            let rate = if u > 0.0 {
+                300.0 * (1.0 + 9.0 * u * u * (2.0 * (1.0 - u)).exp())
+            } else {
+                300.0
+            };
+            b.observe(rng.poisson(rate));
+            if t % 100 == 99 {
+                seen.push(b.dispersion);
+            }
+        }
+        assert!(seen[3..].iter().all(|k| (0.5..2.0).contains(k)), "{seen:?}");
+        // And the bank smooths the flat tail instead of chasing it: its weight is on filters
+        // whose forecasts agree.
+        let s = b.state();
+        let (lo, hi) = s.believed_range(10, 0.05);
+        assert!(hi - lo < 30.0, "{lo}..{hi}: {s:?}");
+    }
+
+    #[test]
+    fn the_believed_range_leaves_out_filters_without_weight() {
+        let s = BankState {
+            states: [(10.0, 0.0); FILTERS],
+            weights: [0.0; FILTERS],
+        };
+        let mut s = s;
+        s.states[0] = (5.0, 0.0);
+        s.states[1] = (20.0, 1.0);
+        s.states[2] = (100.0, 0.0);
+        s.weights[0] = 0.5;
+        s.weights[1] = 0.49;
+        s.weights[2] = 0.01;
+        // Filter 1 is a trend (damped) filter: 20 + φ(1 − φ³)/(1 − φ) at h = 3.
+        let (lo, hi) = s.believed_range(3, 0.05);
+        assert_eq!(lo, 5.0);
+        assert!((22.0..23.0).contains(&hi), "{hi}");
+        // Everything counts at weight 0; the heaviest alone when no filter reaches the bar.
+        assert_eq!(s.believed_range(3, 0.0), (5.0, 100.0));
+        assert_eq!(s.believed_range(3, 0.9), (5.0, 5.0));
     }
 
     #[test]

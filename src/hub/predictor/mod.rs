@@ -20,10 +20,13 @@
 //!   h steps, a slow EWMA level]`, each taken minus the prior and divided by the prior's level so
 //!   one model fits any traffic scale. The sample for horizon `h` is learned when its target
 //!   arrives `h` steps later. The correction is weighed against the prior by their recent
-//!   squared errors and kept inside the filters' range. Other horizons interpolate between the
-//!   two nearest trained ones. Known weakness: right after a surge ends, the trend it learned
-//!   overshoots for a while, so callers should keep it behind [`Guarded`] and cap what they
-//!   provision on it.
+//!   squared errors and kept inside the range of the filters the bank currently believes (5 %
+//!   of its weight or more): the correction's own track record arrives `h` steps late, and
+//!   the range of *all* filters would let a correction learned on a surge ride the stale trend
+//!   filters on after the surge ends. Other horizons interpolate between the two nearest
+//!   trained ones. Known weakness: right after a surge ends, the trend filters still overshoot
+//!   for a few steps, so callers should keep it behind [`Guarded`] and cap what they provision
+//!   on it.
 //! - [`OnlineLoadRegression`] (requests) regresses `ln(1 + load)` on log-features (declared and
 //!   historical bitrate, historical duration, sessions seen, with presence flags) and one-hot
 //!   device and region buckets; `exp` of a log-space fit estimates the conditional median, which
@@ -164,6 +167,9 @@ const CLAMP_FACTOR: f64 = 10.0;
 /// Forgetting of the squared errors that weigh the correction against the prior (about 20
 /// steps).
 const ERR_DECAY: f64 = 0.95;
+
+/// Filters with less of the bank's weight than this do not widen the correction's trust region.
+const TRUST_WEIGHT: f64 = 0.05;
 
 /// What the features of one step are computed from.
 #[derive(Debug, Clone, Copy, Default)]
@@ -330,10 +336,10 @@ impl OnlineRegression {
         }
         let w = self.tracks[i].weight();
         let corrected = prior + w * model.predict(&self.now.features(h)) * self.now.scale();
-        // Trust region: never outside what the bank's filters forecast themselves.
-        let each = self.now.bank.each(h);
-        let lo = each.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = each.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // Trust region: never outside what the filters the bank believes forecast themselves.
+        // (The range of all filters is too wide: right after a surge the correction it learned
+        // there would ride the stale trend filters on.)
+        let (lo, hi) = self.now.bank.believed_range(h, TRUST_WEIGHT);
         if corrected.is_finite() && lo <= hi {
             corrected.clamp(lo, hi)
         } else {
