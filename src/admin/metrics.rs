@@ -272,6 +272,12 @@ pub const HUB: &[Metric<HubCounters>] = &[
         "Requests whose expected bitrate came from the learned request model.",
         |h| load(&h.model_expectations),
     ),
+    (
+        "shoal_hub_grants_forgotten_total",
+        "counter",
+        "Ended subscriptions learned against the profile at session end because their grant's features were no longer remembered.",
+        |h| load(&h.grants_forgotten),
+    ),
 ];
 
 pub const SHARD: &[Metric<Shard>] = &[

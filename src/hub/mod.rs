@@ -45,6 +45,10 @@ pub struct HubCounters {
     /// Requests whose expected bitrate came from the learned request model (assessed before
     /// placement, so refused ones count too).
     pub model_expectations: AtomicU64,
+    /// Ended subscriptions the request models learned from against the client's profile at
+    /// session end, because the features their grant was decided on were no longer
+    /// remembered (see [`predictor::GRANT_MEMORY`]).
+    pub grants_forgotten: AtomicU64,
 }
 
 /// Everything a hub needs to start.
@@ -158,10 +162,14 @@ impl Hub {
         let task = tokio::spawn(
             accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
         );
-        let (profiler, models) = (state.profiler.clone(), state.models.clone());
+        let side = ProfilerSide {
+            profiler: state.profiler.clone(),
+            models: state.models.clone(),
+            counters: state.counters.clone(),
+        };
         std::thread::Builder::new()
             .name("shoal-profiler".into())
-            .spawn(move || profiler_thread(profiler, models, profile_rx))?;
+            .spawn(move || profiler_thread(side, profile_rx))?;
         info!(%addr, shards = state.shards.len(), "hub listening");
         Ok(Hub {
             endpoint,
@@ -268,15 +276,20 @@ enum ProfileMsg {
 /// Requests waiting for the profiler thread; beyond this they are dropped and counted.
 const PROFILE_QUEUE: usize = 8192;
 
+/// What the profiler thread works on (not the hub state: its channel must close when the hub
+/// goes).
+struct ProfilerSide {
+    profiler: Arc<Mutex<profiler::Profiler>>,
+    models: Arc<Mutex<predictor::RequestModels>>,
+    counters: Arc<HubCounters>,
+}
+
 /// The profiler's own thread: applies requests and writes dirty profiles every
 /// `flush_interval` (redb is synchronous). The hub only ever `try_send`s to it, so a slow
 /// disk never stalls a request.
-fn profiler_thread(
-    profiler: Arc<Mutex<profiler::Profiler>>,
-    models: Arc<Mutex<predictor::RequestModels>>,
-    rx: std::sync::mpsc::Receiver<ProfileMsg>,
-) {
-    let every = lock(&profiler)
+fn profiler_thread(side: ProfilerSide, rx: std::sync::mpsc::Receiver<ProfileMsg>) {
+    let profiler = &side.profiler;
+    let every = lock(profiler)
         .config()
         .flush_interval
         .max(Duration::from_secs(1));
@@ -287,24 +300,24 @@ fn profiler_thread(
             Ok(ProfileMsg::Close(ack)) => {
                 // What is already queued is recorded before the last flush.
                 while let Ok(msg) = rx.try_recv() {
-                    apply(&profiler, &models, msg);
+                    apply(&side, msg);
                 }
                 // Hub tasks that are still winding down may hold the profiler; the database
                 // must not wait for them (unless the flush failed: then it keeps what is
                 // unwritten for a later try).
-                if flush(&profiler) {
-                    drop(lock(&profiler).release_store());
+                if flush(profiler) {
+                    drop(lock(profiler).release_store());
                 }
                 let _ = ack.send(());
                 return;
             }
-            Ok(msg) => apply(&profiler, &models, msg),
+            Ok(msg) => apply(&side, msg),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                flush(&profiler);
+                flush(profiler);
                 next_flush = Instant::now() + every;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                flush(&profiler);
+                flush(profiler);
                 return;
             }
         }
@@ -312,11 +325,7 @@ fn profiler_thread(
 }
 
 /// Records a request or an ended session (a `Close` here is already being handled).
-fn apply(
-    profiler: &Mutex<profiler::Profiler>,
-    models: &Mutex<predictor::RequestModels>,
-    msg: ProfileMsg,
-) {
+fn apply(side: &ProfilerSide, msg: ProfileMsg) {
     match msg {
         ProfileMsg::Request {
             client,
@@ -324,28 +333,30 @@ fn apply(
             hints,
             now_ms,
         } => {
-            let _ = lock(profiler).record_request(&client, &stream, &hints, now_ms);
+            let _ = lock(&side.profiler).record_request(&client, &stream, &hints, now_ms);
         }
-        ProfileMsg::Session(o) => record_outcome(profiler, models, o),
+        ProfileMsg::Session(o) => record_outcome(side, o),
         ProfileMsg::Close(_) => {}
     }
 }
 
 /// Records an ended session in its client's profile; a subscription also teaches the request
-/// models what its request's features (as the profile knew them before) turned into.
-fn record_outcome(
-    profiler: &Mutex<profiler::Profiler>,
-    models: &Mutex<predictor::RequestModels>,
-    o: crate::shard::SessionOutcome,
-) {
+/// models what the features its grant was decided on turned into (if that grant is no longer
+/// remembered: the profile as it was before this session, counted).
+fn record_outcome(side: &ProfilerSide, o: crate::shard::SessionOutcome) {
     let now_ms = unix_us() / 1000;
-    let mut p = lock(profiler);
+    let mut p = lock(&side.profiler);
     let before = p.features(&o.client, &crate::wire::Hints::default(), now_ms);
     let record = profiler::SessionRecord::new(o.stream, o.started_ms, o.duration_ms, o.bytes);
     p.record_session(&o.client, record, now_ms);
     drop(p);
     if o.role == crate::wire::Role::Subscribe {
-        lock(models).learn(&model_features(&before), o.duration_ms, o.bytes);
+        let fallback = model_features(&before);
+        if !lock(&side.models).learn_grant(o.grant.0, &fallback, o.duration_ms, o.bytes) {
+            side.counters
+                .grants_forgotten
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -491,17 +502,20 @@ async fn handle_request(
 struct Assessed {
     priority: Priority,
     expect_kbps: u32,
+    /// What the request models were asked (subscriptions): remembered with the grant so the
+    /// models later learn from the session against exactly this.
+    features: Option<predictor::RequestFeatures>,
 }
 
 /// Reads the client's profile (without waiting: when the profiler is busy flushing, the
-/// request is placed on its hints alone) and decides:
+/// request is judged on its hints alone, the request models included) and decides:
 /// - priority: publishers and returning clients (a profile with past requests) high, a client
 ///   over its request rate low, everyone else normal;
 /// - expected bitrate of a subscription: the learned request model's, once it has learned from
 ///   enough ended sessions; before that (and for publishers) the client's delivered mean, else
 ///   its (valid) bitrate hint, else unknown.
 fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
-    let features = state.profiler.try_lock().ok().map(|p| {
+    let read = state.profiler.try_lock().ok().map(|p| {
         let cap = f64::from(p.config().max_requests_per_minute);
         (
             p.features(&req.client_id, &req.hints, unix_us() / 1000),
@@ -509,24 +523,16 @@ fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
         )
     });
     // Invalid hints never reach a token: `grant` rejects them first.
-    let Some((f, cap)) = features else {
-        return Assessed {
-            priority: Priority::Normal,
-            expect_kbps: req.hints.bitrate_kbps.unwrap_or(0),
-        };
+    let priority = match &read {
+        _ if req.role == crate::wire::Role::Publish => Priority::High,
+        None => Priority::Normal,
+        Some((f, cap)) if f.requests_per_minute >= *cap => Priority::Low,
+        Some((f, _)) if f.known_client => Priority::High,
+        Some(_) => Priority::Normal,
     };
-    let priority = if req.role == crate::wire::Role::Publish {
-        Priority::High
-    } else if f.requests_per_minute >= cap {
-        Priority::Low
-    } else if f.known_client {
-        Priority::High
-    } else {
-        Priority::Normal
-    };
-    let learned = (req.role == crate::wire::Role::Subscribe)
-        .then(|| lock(&state.models).bitrate_kbps(&model_features(&f)))
-        .flatten();
+    let f = read.map_or_else(|| profiler::Profiler::hint_features(&req.hints), |(f, _)| f);
+    let features = (req.role == crate::wire::Role::Subscribe).then(|| model_features(&f));
+    let learned = features.and_then(|m| lock(&state.models).bitrate_kbps(&m));
     if learned.is_some() {
         let c = &state.counters.model_expectations;
         c.fetch_add(1, Ordering::Relaxed);
@@ -539,6 +545,7 @@ fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
     Assessed {
         priority,
         expect_kbps: expect,
+        features,
     }
 }
 
@@ -589,6 +596,9 @@ fn grant(
         expect_kbps: assessed.expect_kbps,
     };
     let token = state.tokens.seal(&claims, now_ms).map_err(internal)?;
+    if let Some(f) = assessed.features {
+        lock(&state.models).remember(claims.id.0, f);
+    }
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
     Ok(Grant {
         group: decision.group,

@@ -92,6 +92,8 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOutcome {
     pub client: ClientId,
+    /// The grant (token id) the session was admitted on.
+    pub grant: crate::ids::TokenId,
     /// The stream the session subscribed or published to.
     pub stream: StreamName,
     pub role: crate::wire::Role,
@@ -503,6 +505,7 @@ async fn serve(
         if let Some((stream, bytes)) = named {
             state.reports.report(SessionOutcome {
                 client: claims.client.clone(),
+                grant: claims.id,
                 stream,
                 role,
                 started_ms: now_ms,

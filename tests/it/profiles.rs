@@ -167,6 +167,9 @@ async fn ended_sessions_reach_the_profile_teach_the_request_model_and_survive_a_
     );
     let reported = hub.counters().sessions_reported.load(Ordering::Relaxed);
     assert_eq!(reported, VIEWERS as u64 + 1);
+    // Each was learned against the features its grant was decided on.
+    let forgotten = hub.counters().grants_forgotten.load(Ordering::Relaxed);
+    assert_eq!(forgotten, 0);
     for (i, got) in received.iter().enumerate() {
         let s = sessions_of(&tc, &format!("viewer-{i}"));
         assert_eq!(s.len(), 1, "viewer-{i}: {s:?}");

@@ -183,12 +183,25 @@ impl RequestLoadPredictor for OnlineLoadRegression {
 /// The hub's request models, trained online on ended sessions (see [`RequestModels::learn`]):
 /// one predicts a request's load (kilobits, bitrate × duration), one its delivered bitrate,
 /// which placement uses. Neither answers before it has learned from `DIM` sessions.
+///
+/// So that they learn from what they will be asked, the features a grant was decided on are
+/// remembered under the grant's id ([`RequestModels::remember`]) and the session that grant
+/// led to is learned against them ([`RequestModels::learn_grant`]). The memory is bounded
+/// ([`GRANT_MEMORY`] grants, oldest forgotten first); a session whose grant was forgotten is
+/// learned against the caller's fallback features.
 #[derive(Debug, Clone, Default)]
 pub struct RequestModels {
     load: OnlineLoadRegression,
     bitrate: OnlineLoadRegression,
     learned: u64,
+    grants: std::collections::HashMap<[u8; 16], RequestFeatures>,
+    /// Insertion order of `grants` (the same ids: an id is only ever removed by forgetting).
+    order: std::collections::VecDeque<[u8; 16]>,
 }
+
+/// Grants whose features [`RequestModels`] remembers at most (about 100 bytes each). At 100
+/// grants a second that covers sessions of up to about 10 minutes.
+pub const GRANT_MEMORY: usize = 65_536;
 
 /// Sessions shorter than this teach the bitrate model nothing (their bitrate is mostly noise).
 const MIN_BITRATE_SESSION_MS: u64 = 1_000;
@@ -206,9 +219,48 @@ impl RequestModels {
         self.learned += 1;
     }
 
+    /// Remembers the features grant `id` was decided on, for [`RequestModels::learn_grant`].
+    pub fn remember(&mut self, id: [u8; 16], f: RequestFeatures) {
+        if self.grants.insert(id, f).is_none() {
+            self.order.push_back(id);
+        }
+        while self.grants.len() > GRANT_MEMORY {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.grants.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Learns from a session that grant `id` led to, against the features the grant was
+    /// decided on, else (forgotten, or never remembered) against `fallback`; returns whether
+    /// the grant was remembered. It stays remembered: one grant may lead to several sessions
+    /// (a resume after failover).
+    pub fn learn_grant(
+        &mut self,
+        id: [u8; 16],
+        fallback: &RequestFeatures,
+        duration_ms: u64,
+        bytes: u64,
+    ) -> bool {
+        let (f, remembered) = match self.grants.get(&id) {
+            Some(f) => (*f, true),
+            None => (*fallback, false),
+        };
+        self.learn(&f, duration_ms, bytes);
+        remembered
+    }
+
     /// Sessions learned from.
     pub fn learned(&self) -> u64 {
         self.learned
+    }
+
+    /// Grants remembered now.
+    pub fn remembered_grants(&self) -> usize {
+        self.grants.len()
     }
 
     /// The expected delivered bitrate (kbit/s) of a request, once the model is trained.

@@ -545,6 +545,7 @@ pub fn demand_mae(
 
 pub use load::{
     MeanLoad, OnlineLoadRegression, RequestFeatures, RequestLoadPredictor, RequestModels,
+    GRANT_MEMORY,
 };
 
 mod load;

@@ -242,3 +242,44 @@ fn request_models_answer_once_trained_and_learn_bitrate_from_long_sessions_only(
         .expect("trained on 80 sessions");
     assert!(load.is_finite() && load > 0.0, "{load}");
 }
+
+#[test]
+fn sessions_are_learned_against_their_grants_features_and_the_memory_is_bounded() {
+    let declared = |kbps: f64| RequestFeatures {
+        declared_bitrate_kbps: Some(kbps),
+        ..RequestFeatures::default()
+    };
+    let id = |i: usize| {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        id
+    };
+    // Granted as "declares 5000", the profile says "declares 400" by the time the sessions
+    // end: the model must learn that 5000-declarers pull 800.
+    let mut m = RequestModels::default();
+    for i in 0..40 {
+        m.remember(id(i), declared(5_000.0));
+    }
+    for i in 0..40 {
+        // 800 kbit/s for 10 s.
+        assert!(m.learn_grant(id(i), &declared(400.0), 10_000, 1_000_000));
+    }
+    let kbps = m
+        .bitrate_kbps(&declared(5_000.0))
+        .expect("trained on 40 sessions");
+    assert!((600.0..1_000.0).contains(&kbps), "{kbps}");
+    // A grant may lead to several sessions (a resume): it stays remembered.
+    assert!(m.learn_grant(id(0), &declared(400.0), 10_000, 1_000_000));
+    // An unknown grant falls back to the caller's features.
+    assert!(!m.learn_grant(id(1 << 40), &declared(400.0), 10_000, 1_000_000));
+    // Bounded: the oldest grants are forgotten first.
+    for i in 40..GRANT_MEMORY + 50 {
+        m.remember(id(i), declared(1_000.0));
+    }
+    assert_eq!(m.remembered_grants(), GRANT_MEMORY);
+    assert!(!m.learn_grant(id(0), &declared(1.0), 10_000, 1_000));
+    assert!(m.learn_grant(id(GRANT_MEMORY + 49), &declared(1.0), 10_000, 1_000));
+    // Remembering an id twice keeps one entry.
+    m.remember(id(GRANT_MEMORY + 49), declared(2_000.0));
+    assert_eq!(m.remembered_grants(), GRANT_MEMORY);
+}

@@ -510,6 +510,16 @@ impl Profiler {
         }
     }
 
+    /// What the request's hints alone say (no profile read): for when the profiler is busy.
+    pub fn hint_features(hints: &Hints) -> RequestFeatures {
+        RequestFeatures {
+            declared_bitrate_kbps: valid_bitrate(hints.bitrate_kbps).map(f64::from),
+            region_bucket: valid_hint(&hints.region).map_or(0, bucket),
+            device_bucket: valid_hint(&hints.device_class).map_or(0, bucket),
+            ..RequestFeatures::default()
+        }
+    }
+
     /// Drops every profile not seen for longer than `retention`; returns how many.
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
         let cutoff = now_ms.saturating_sub(self.cfg.retention_ms());

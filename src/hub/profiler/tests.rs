@@ -261,6 +261,23 @@ fn out_of_range_hints_are_ignored_and_counted() {
 }
 
 #[test]
+fn hint_features_read_the_valid_hints_and_nothing_else() {
+    let f = Profiler::hint_features(&hints("eu", "tv", 2_500));
+    assert_eq!(f.declared_bitrate_kbps, Some(2_500.0));
+    assert_eq!(
+        (f.region_bucket, f.device_bucket),
+        (bucket("eu"), bucket("tv"))
+    );
+    assert!(!f.known_client && f.mean_bitrate_kbps.is_none() && f.sessions == 0.0);
+    let bad = Hints {
+        region: Some("x".repeat(MAX_HINT_LEN + 1)),
+        device_class: Some(String::new()),
+        bitrate_kbps: Some(0),
+    };
+    assert_eq!(Profiler::hint_features(&bad), RequestFeatures::default());
+}
+
+#[test]
 fn features_are_always_finite() {
     let mut p = Profiler::new(cfg());
     let unknown = p.features(&id("nobody"), &Hints::default(), T0);
