@@ -59,8 +59,8 @@ impl Filter {
         }
     }
 
-    /// One observation; returns the innovation and its predicted variance without the noise.
-    fn step(&mut self, y: f64, (q, phi): (f64, f64), dispersion: f64) -> (f64, f64, f64) {
+    /// One observation, with counting noise `dispersion` per unit of level.
+    fn step(&mut self, y: f64, (q, phi): (f64, f64), dispersion: f64) {
         let scale = self.level.max(1.0);
         let q2 = if phi > 0.0 { q * TREND_Q } else { 0.0 };
         let (q1, q2) = (q * scale * scale, q2 * scale * scale);
@@ -86,7 +86,6 @@ impl Filter {
         if !ok {
             *self = Filter::start(y, phi);
         }
-        (innovation, a, level.max(1.0))
     }
 }
 
@@ -159,8 +158,8 @@ pub(super) struct KalmanBank {
     started: bool,
     /// κ, the noise variance per unit of level (0 until started).
     dispersion: f64,
-    /// The noise estimator's state: the two observations before the last one's, and the
-    /// smoothed `|Δ²y| / √level` with the number of samples it has seen.
+    /// The noise estimator's state: the last two observations, and the smoothed
+    /// `|Δ²y| / √level` with the number of samples it has seen.
     previous: [f64; 2],
     abs_d2: f64,
     d2_samples: u64,
@@ -190,13 +189,19 @@ impl KalmanBank {
     /// `E|Δ²y| / √level = √(12 κ / π)` (half-normal). Estimating it from a filter's own
     /// innovations instead lets that filter's process noise masquerade as counting noise: a
     /// fast filter over-explains the noise, κ shrinks, and the bank ends up chasing every count.
-    /// Samples are clipped at 4× the running value so a surge's kink cannot inflate it.
+    /// Samples are clipped at 4× the running value so a surge's kink cannot inflate it; the
+    /// running value stays within what the bounds of κ allow, so neither a quiet start nor an
+    /// absurd value can pin it; three zeros in a row (an idle group) say nothing about the noise
+    /// per unit of level and are skipped.
     fn learn_dispersion(&mut self, y: f64) {
         let [y1, y2] = self.previous;
         self.previous = [y, y1];
         if self.history < 2 {
             // Not three observations yet.
             self.history += 1;
+            return;
+        }
+        if y == 0.0 && y1 == 0.0 && y2 == 0.0 {
             return;
         }
         let level = ((y + y1 + y2) / 3.0).max(1.0);
@@ -210,11 +215,11 @@ impl KalmanBank {
         self.d2_samples += 1;
         // A plain mean until the window is full, then exponential forgetting.
         let w = (1.0 / self.d2_samples as f64).max(1.0 - DISPERSION_DECAY);
-        self.abs_d2 += w * (sample - self.abs_d2);
-        let k = self.abs_d2 * self.abs_d2 * std::f64::consts::PI / 12.0;
-        if k.is_finite() {
-            self.dispersion = k.clamp(DISPERSION.0, DISPERSION.1);
-        }
+        // κ = m² π / 12, so its bounds bound m.
+        let bound = |k: f64| (12.0 * k / std::f64::consts::PI).sqrt();
+        self.abs_d2 = (self.abs_d2 + w * (sample - self.abs_d2))
+            .clamp(bound(DISPERSION.0), bound(DISPERSION.1));
+        self.dispersion = self.abs_d2 * self.abs_d2 * std::f64::consts::PI / 12.0;
     }
 
     pub(super) fn state(&self) -> BankState {
@@ -293,6 +298,38 @@ mod tests {
         let s = b.state();
         let (lo, hi) = s.believed_range(10, 0.05);
         assert!(hi - lo < 30.0, "{lo}..{hi}: {s:?}");
+    }
+
+    #[test]
+    fn the_dispersion_is_learned_after_an_idle_start_and_after_garbage() {
+        let mut rng = super::super::traces::SplitMix64::new(9);
+        // An idle group, then traffic.
+        let mut b = KalmanBank::default();
+        for _ in 0..30 {
+            b.observe(0.0);
+        }
+        for _ in 0..500 {
+            b.observe(rng.poisson(300.0));
+        }
+        assert!((0.5..2.0).contains(&b.dispersion), "{}", b.dispersion);
+        // A constant start, then traffic.
+        let mut b = KalmanBank::default();
+        for _ in 0..30 {
+            b.observe(7.0);
+        }
+        for _ in 0..1500 {
+            b.observe(rng.poisson(300.0));
+        }
+        assert!((0.5..2.0).contains(&b.dispersion), "{}", b.dispersion);
+        // Absurd values, then traffic.
+        let mut b = KalmanBank::default();
+        for y in [0.0, 1e300, 0.0, 1e300, 5.0] {
+            b.observe(y);
+        }
+        for _ in 0..1500 {
+            b.observe(rng.poisson(300.0));
+        }
+        assert!((0.5..2.0).contains(&b.dispersion), "{}", b.dispersion);
     }
 
     #[test]

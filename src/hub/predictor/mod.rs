@@ -339,7 +339,9 @@ impl OnlineRegression {
         // Trust region: never outside what the filters the bank believes forecast themselves.
         // (The range of all filters is too wide: right after a surge the correction it learned
         // there would ride the stale trend filters on.)
+        // The prior itself always counts (filters under the bar may pull it outside).
         let (lo, hi) = self.now.bank.believed_range(h, TRUST_WEIGHT);
+        let (lo, hi) = (lo.min(prior), hi.max(prior));
         if corrected.is_finite() && lo <= hi {
             corrected.clamp(lo, hi)
         } else {
