@@ -303,33 +303,24 @@ mod tests {
     #[test]
     fn the_dispersion_is_learned_after_an_idle_start_and_after_garbage() {
         let mut rng = super::super::traces::SplitMix64::new(9);
-        // An idle group, then traffic.
-        let mut b = KalmanBank::default();
-        for _ in 0..30 {
-            b.observe(0.0);
+        // An idle group, a constant start, absurd values: each then Poisson traffic.
+        let starts: [(&[f64], usize); 3] = [
+            (&[0.0; 30], 500),
+            (&[7.0; 30], 1500),
+            (&[0.0, 1e300, 0.0, 1e300, 5.0], 1500),
+        ];
+        for (start, steps) in starts {
+            let mut b = KalmanBank::default();
+            start.iter().for_each(|&y| b.observe(y));
+            for _ in 0..steps {
+                b.observe(rng.poisson(300.0));
+            }
+            assert!(
+                (0.5..2.0).contains(&b.dispersion),
+                "{start:?}: {}",
+                b.dispersion
+            );
         }
-        for _ in 0..500 {
-            b.observe(rng.poisson(300.0));
-        }
-        assert!((0.5..2.0).contains(&b.dispersion), "{}", b.dispersion);
-        // A constant start, then traffic.
-        let mut b = KalmanBank::default();
-        for _ in 0..30 {
-            b.observe(7.0);
-        }
-        for _ in 0..1500 {
-            b.observe(rng.poisson(300.0));
-        }
-        assert!((0.5..2.0).contains(&b.dispersion), "{}", b.dispersion);
-        // Absurd values, then traffic.
-        let mut b = KalmanBank::default();
-        for y in [0.0, 1e300, 0.0, 1e300, 5.0] {
-            b.observe(y);
-        }
-        for _ in 0..1500 {
-            b.observe(rng.poisson(300.0));
-        }
-        assert!((0.5..2.0).contains(&b.dispersion), "{}", b.dispersion);
     }
 
     #[test]
