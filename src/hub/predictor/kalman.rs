@@ -155,33 +155,42 @@ impl BankState {
 #[derive(Debug, Clone, Default)]
 pub(super) struct KalmanBank {
     filters: [Filter; FILTERS],
-    started: bool,
-    /// κ, the noise variance per unit of level (0 until started).
-    dispersion: f64,
+    /// Observations fed so far.
+    observed: u64,
     /// The noise estimator's state: the last two observations, and the smoothed
-    /// `|Δ²y| / √level` with the number of samples it has seen.
+    /// `|Δ²y| / √level` (κ follows from it, see [`KalmanBank::dispersion`]) with the number of
+    /// samples it has seen.
     previous: [f64; 2],
     abs_d2: f64,
     d2_samples: u64,
-    /// Observations before the first second difference (up to 2).
-    history: u8,
+}
+
+/// The `|Δ²y| / √level` that goes with a noise κ: `√(12 κ / π)`.
+fn abs_d2_of(k: f64) -> f64 {
+    (12.0 * k / std::f64::consts::PI).sqrt()
 }
 
 impl KalmanBank {
     /// Feeds one finite, non-negative observation.
     pub(super) fn observe(&mut self, y: f64) {
-        if !self.started {
+        self.observed += 1;
+        if self.observed == 1 {
             self.filters = SPECS.map(|(_, phi)| Filter::start(y, phi));
-            self.started = true;
-            self.dispersion = 1.0;
+            // Poisson until the data says otherwise.
+            self.abs_d2 = abs_d2_of(1.0);
             self.previous = [y, y];
-            self.history = 1;
             return;
         }
+        let dispersion = self.dispersion();
         for (f, spec) in self.filters.iter_mut().zip(SPECS) {
-            f.step(y, spec, self.dispersion);
+            f.step(y, spec, dispersion);
         }
         self.learn_dispersion(y);
+    }
+
+    /// κ, the noise variance per unit of level.
+    fn dispersion(&self) -> f64 {
+        self.abs_d2 * self.abs_d2 * std::f64::consts::PI / 12.0
     }
 
     /// Learns κ from second differences, which no filter's assumptions enter: for counts
@@ -196,12 +205,7 @@ impl KalmanBank {
     fn learn_dispersion(&mut self, y: f64) {
         let [y1, y2] = self.previous;
         self.previous = [y, y1];
-        if self.history < 2 {
-            // Not three observations yet.
-            self.history += 1;
-            return;
-        }
-        if y == 0.0 && y1 == 0.0 && y2 == 0.0 {
+        if self.observed < 3 || y == 0.0 && y1 == 0.0 && y2 == 0.0 {
             return;
         }
         let level = ((y + y1 + y2) / 3.0).max(1.0);
@@ -215,11 +219,9 @@ impl KalmanBank {
         self.d2_samples += 1;
         // A plain mean until the window is full, then exponential forgetting.
         let w = (1.0 / self.d2_samples as f64).max(1.0 - DISPERSION_DECAY);
-        // κ = m² π / 12, so its bounds bound m.
-        let bound = |k: f64| (12.0 * k / std::f64::consts::PI).sqrt();
+        // The bounds of κ bound it.
         self.abs_d2 = (self.abs_d2 + w * (sample - self.abs_d2))
-            .clamp(bound(DISPERSION.0), bound(DISPERSION.1));
-        self.dispersion = self.abs_d2 * self.abs_d2 * std::f64::consts::PI / 12.0;
+            .clamp(abs_d2_of(DISPERSION.0), abs_d2_of(DISPERSION.1));
     }
 
     pub(super) fn state(&self) -> BankState {
@@ -269,7 +271,11 @@ mod tests {
             b.observe(rng.poisson(400.0) / 100.0);
         }
         // Counts of mean 400 divided by 100: variance 0.04 at level 4, κ = 0.01.
-        assert!((0.004..0.025).contains(&b.dispersion), "{}", b.dispersion);
+        assert!(
+            (0.004..0.025).contains(&b.dispersion()),
+            "{}",
+            b.dispersion()
+        );
     }
 
     #[test]
@@ -289,7 +295,7 @@ mod tests {
             };
             b.observe(rng.poisson(rate));
             if t % 100 == 99 {
-                seen.push(b.dispersion);
+                seen.push(b.dispersion());
             }
         }
         assert!(seen[3..].iter().all(|k| (0.5..2.0).contains(k)), "{seen:?}");
@@ -316,9 +322,9 @@ mod tests {
                 b.observe(rng.poisson(300.0));
             }
             assert!(
-                (0.5..2.0).contains(&b.dispersion),
+                (0.5..2.0).contains(&b.dispersion()),
                 "{start:?}: {}",
-                b.dispersion
+                b.dispersion()
             );
         }
     }

@@ -199,8 +199,8 @@ pub struct RequestModels {
     order: std::collections::VecDeque<[u8; 16]>,
 }
 
-/// Grants whose features [`RequestModels`] remembers at most (about 100 bytes each). At 100
-/// grants a second that covers sessions of up to about 10 minutes.
+/// Grants whose features [`RequestModels`] remembers at most (about 180 bytes each with the
+/// map's overhead). At 100 grants a second that covers sessions of up to about 11 minutes.
 pub const GRANT_MEMORY: usize = 65_536;
 
 /// Sessions shorter than this teach the bitrate model nothing (their bitrate is mostly noise).
@@ -225,12 +225,10 @@ impl RequestModels {
             self.order.push_back(id);
         }
         while self.grants.len() > GRANT_MEMORY {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.grants.remove(&old);
-                }
-                None => break,
-            }
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.grants.remove(&old);
         }
     }
 

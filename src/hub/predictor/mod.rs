@@ -336,10 +336,10 @@ impl OnlineRegression {
         }
         let w = self.tracks[i].weight();
         let corrected = prior + w * model.predict(&self.now.features(h)) * self.now.scale();
-        // Trust region: never outside what the filters the bank believes forecast themselves.
-        // (The range of all filters is too wide: right after a surge the correction it learned
-        // there would ride the stale trend filters on.)
-        // The prior itself always counts (filters under the bar may pull it outside).
+        // Trust region: never outside what the filters the bank believes forecast themselves,
+        // or the prior (filters under the bar may pull it outside). The range of all filters
+        // is too wide: right after a surge the correction learned there would ride the stale
+        // trend filters on.
         let (lo, hi) = self.now.bank.believed_range(h, TRUST_WEIGHT);
         let (lo, hi) = (lo.min(prior), hi.max(prior));
         if corrected.is_finite() && lo <= hi {
