@@ -4,20 +4,25 @@
 //! shard → bind the hub. Shutdown: the hub stops granting, shards send go-away and drain within
 //! the grace period, then everything closes.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::info;
 
 use crate::config::Config;
+use crate::hub::directory::Directory;
+use crate::hub::links::Links;
 use crate::hub::placement::{HeadroomPlacer, Placer};
 use crate::hub::profiler::Profiler;
 use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
 use crate::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
+use crate::pool::launcher::{LaunchError, Launcher};
 use crate::shard::streams::StreamSettings;
-use crate::shard::{Admission, SessionReports, Shard, ShardParams, ShardSet};
+use crate::shard::{Admission, Shard, ShardParams};
+use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
 use crate::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
 use crate::token::TokenKeys;
@@ -33,6 +38,8 @@ pub enum ClusterError {
     Certs(#[from] crate::certs::CertError),
     #[error("client profiles: {0}")]
     Profiles(#[from] crate::hub::profiler::ProfilerError),
+    #[error(transparent)]
+    Launch(LaunchError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -120,59 +127,154 @@ impl Material {
     }
 }
 
-/// Starts shards with the cluster's keys, certificates and settings; the pool driver uses it
-/// to add shards while the cluster runs.
+/// The embedded launcher: starts shards inside this process, each with its own UDP socket, its
+/// own session store and its own in-process link to the hub. Ports come from
+/// `shards.base_port` upwards (the lowest free one; see [`EmbeddedLauncher::port_range`]), or
+/// are ephemeral when it is 0.
 #[derive(Clone)]
-pub struct ShardFactory {
-    inner: Arc<FactoryInner>,
+pub struct EmbeddedLauncher {
+    inner: Arc<LauncherInner>,
 }
 
-struct FactoryInner {
-    server_config: quinn::ServerConfig,
+struct LauncherInner {
+    crypto: Arc<rustls::ServerConfig>,
+    transport: Arc<quinn::TransportConfig>,
+    token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     endpoint_config: quinn::EndpointConfig,
     tokens: Arc<TokenKeys>,
     streams: StreamSettings,
     shards: crate::config::ShardsConfig,
     heartbeat: Duration,
-    /// Connected to the hub's profiler once the hub runs.
-    reports: SessionReports,
+    store_entries: usize,
+    store_ttl: Duration,
+    links: Links,
+    /// How many ports from `base_port` the shards may use.
+    port_span: u32,
+    running: Mutex<BTreeMap<ShardId, Running>>,
 }
 
-impl ShardFactory {
-    /// Binds and starts shard `id` of `group` on `port` (0: any free port).
-    pub fn start(&self, id: ShardId, group: GroupId, port: u16) -> Result<Shard, ClusterError> {
+struct Running {
+    shard: Shard,
+    port: u16,
+}
+
+impl EmbeddedLauncher {
+    /// Ports the shards may bind: `base_port .. base_port + span` (none fixed when
+    /// `base_port` is 0).
+    pub fn port_range(&self) -> std::ops::Range<u32> {
+        let first = u32::from(self.inner.shards.base_port);
+        first..first + self.inner.port_span
+    }
+
+    fn free_port(&self, running: &BTreeMap<ShardId, Running>) -> Result<u16, LaunchError> {
+        let base = self.inner.shards.base_port;
+        if base == 0 {
+            return Ok(0);
+        }
+        let range = self.port_range();
+        range
+            .clone()
+            .filter_map(|p| u16::try_from(p).ok())
+            .find(|p| !running.values().any(|r| r.port == *p))
+            .ok_or(LaunchError::NoPort {
+                first: base,
+                end: range.end,
+            })
+    }
+
+    /// Binds and starts shard `id` of `group`, links it to the hub (registered when this
+    /// returns) and starts its link agent.
+    pub fn start(&self, id: ShardId, group: GroupId) -> Result<Shard, LaunchError> {
         let f = &self.inner;
+        let mut running = lock(&f.running);
+        let port = self.free_port(&running)?;
+        let bind = std::net::SocketAddr::new(f.shards.listen_ip, port);
+        let store = Arc::new(SessionStore::new(f.store_entries, f.store_ttl));
+        let configs = ConnConfigs::new(
+            f.crypto.clone(),
+            f.transport.clone(),
+            f.token_key.clone(),
+            store,
+        );
+        let (hub_end, shard_end) = crate::link::channel::pair();
         let s = &f.shards;
-        let bind = std::net::SocketAddr::new(s.listen_ip, port);
-        Shard::start(ShardParams {
+        let shard = Shard::start(ShardParams {
             id,
             group,
             bind,
             socket_buffer: s.socket_buffer_bytes,
-            server_config: f.server_config.clone(),
+            configs,
             endpoint_config: f.endpoint_config.clone(),
             admission: Admission::new(id, group, f.tokens.clone(), s.replay_cache),
             streams: f.streams,
             heartbeat_interval: f.heartbeat,
             attach_timeout: s.attach_timeout,
             max_sessions: u64::from(s.max_sessions),
-            reports: f.reports.clone(),
+            uplink: shard_end.up.clone(),
         })
-        .map_err(|source| ClusterError::Bind {
-            what: format!("shard {}", id.0),
-            addr: bind,
-            source,
-        })
+        .map_err(|source| LaunchError::Start {
+            shard: id,
+            source: Box::new(ClusterError::Bind {
+                what: format!("shard {}", id.0),
+                addr: bind,
+                source,
+            }),
+        })?;
+        // The registration goes first on the fresh link, so the hub places on the shard as
+        // soon as it takes the link.
+        shard_end
+            .up
+            .report(crate::shard::agent::registration(&shard));
+        f.links.accept(hub_end);
+        crate::shard::agent::spawn(shard.clone(), shard_end, true);
+        let port = shard.addr().port();
+        running.insert(
+            id,
+            Running {
+                shard: shard.clone(),
+                port,
+            },
+        );
+        Ok(shard)
     }
+
+    /// The embedded shard `id`, while it runs (or until reaped).
+    pub fn shard(&self, id: ShardId) -> Option<Shard> {
+        lock(&self.inner.running).get(&id).map(|r| r.shard.clone())
+    }
+
+    /// Every embedded shard not yet reaped, by id.
+    pub fn shards(&self) -> Vec<Shard> {
+        lock(&self.inner.running)
+            .values()
+            .map(|r| r.shard.clone())
+            .collect()
+    }
+}
+
+impl Launcher for EmbeddedLauncher {
+    fn launch(&self, id: ShardId, group: GroupId) -> Result<(), LaunchError> {
+        self.start(id, group).map(|_| ())
+    }
+
+    fn reap(&self, id: ShardId) {
+        if let Some(r) = lock(&self.inner.running).remove(&id) {
+            if r.shard.is_alive() {
+                r.shard.kill();
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running hub with its embedded shards.
 pub struct Cluster {
     pub hub: Hub,
-    /// Starts more shards like the ones the cluster began with.
-    pub factory: ShardFactory,
-    pub shards: Vec<Shard>,
-    pub store: Arc<SessionStore>,
+    /// Starts (and reaps) the embedded shards; the pool uses it to add more.
+    pub launcher: EmbeddedLauncher,
     pub ca: Vec<CertificateDer<'static>>,
     pub cluster: String,
     grace: Duration,
@@ -194,48 +296,28 @@ impl Cluster {
             schedule.clone(),
             cfg.keys.epoch_interval.as_secs(),
         ));
-        let store = Arc::new(SessionStore::new(
-            cfg.streams.session_store_entries,
-            cfg.streams.session_ttl,
-        ));
+        let st = &cfg.streams;
         let transport = transport_config(cfg.transport.idle_timeout);
         let reset_key = Arc::new(schedule.stateless_reset_key());
-        let token_key = Arc::new(schedule.new_token_key());
-        let server = |tickets: usize| -> Result<quinn::ServerConfig, ClusterError> {
-            let crypto = server_crypto(m.chain.clone(), m.key.clone_key(), store.clone(), tickets)?;
-            let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
-                .map_err(|e| TlsError::Quic(e.to_string()))?;
-            let mut sc = quinn::ServerConfig::new(Arc::new(quic), token_key.clone());
-            sc.transport_config(transport.clone());
-            Ok(sc)
+        let token_key: Arc<dyn quinn::crypto::HandshakeTokenKey> =
+            Arc::new(schedule.new_token_key());
+        let crypto = |tickets: usize| -> Result<Arc<rustls::ServerConfig>, ClusterError> {
+            // The store is replaced per endpoint and per connection (see `ConnConfigs`).
+            let placeholder = Arc::new(SessionStore::new(1, st.session_ttl));
+            Ok(server_crypto(
+                m.chain.clone(),
+                m.key.clone_key(),
+                placeholder,
+                tickets,
+            )?)
         };
         let endpoint_config = quinn::EndpointConfig::new(reset_key);
         let streams = StreamSettings {
             synthetic: cfg.synthetic(),
-            buffer_chunks: cfg.streams.buffer_chunks,
-            replay_window: cfg.streams.replay_window_chunks,
+            buffer_chunks: st.buffer_chunks,
+            replay_window: st.replay_window_chunks,
         };
         let s = &cfg.shards;
-        let factory = ShardFactory {
-            inner: Arc::new(FactoryInner {
-                server_config: server(s.tickets_per_handshake)?,
-                endpoint_config: endpoint_config.clone(),
-                tokens: tokens.clone(),
-                streams,
-                shards: s.clone(),
-                heartbeat: cfg.transport.heartbeat_interval,
-                reports: SessionReports::default(),
-            }),
-        };
-        let mut shards = Vec::with_capacity(s.count as usize);
-        for i in 0..s.count {
-            let port = if s.base_port == 0 {
-                0
-            } else {
-                s.base_port.saturating_add(i as u16)
-            };
-            shards.push(factory.start(ShardId(i), GroupId(i % s.groups), port)?);
-        }
         let limits = cfg.profiles.limits.clone();
         let profiler = match &cfg.profiles.path {
             Some(path) => {
@@ -245,13 +327,20 @@ impl Cluster {
             }
             None => Profiler::new(limits),
         };
+        let hub_store = Arc::new(SessionStore::new(st.session_store_entries, st.session_ttl));
         let hub = Hub::start(HubParams {
             bind: cfg.hub.listen,
             socket_buffer: s.socket_buffer_bytes,
-            server_config: server(cfg.hub.tickets_per_handshake)?,
-            endpoint_config,
-            tokens,
-            shards: ShardSet::new(shards.clone()),
+            configs: ConnConfigs::new(
+                crypto(cfg.hub.tickets_per_handshake)?,
+                transport.clone(),
+                token_key.clone(),
+                hub_store,
+            ),
+            endpoint_config: endpoint_config.clone(),
+            tokens: tokens.clone(),
+            shard_silence: SHARD_SILENCE,
+            book_clients: crate::tickets::book::MAX_CLIENTS,
             placer,
             grant_shards: cfg.hub.grant_shards,
             token_ttl: cfg.hub.token_ttl,
@@ -264,47 +353,83 @@ impl Cluster {
             addr: cfg.hub.listen,
             source,
         })?;
-        factory.inner.reports.connect(hub.session_sink());
+        let port_span = if cfg.pool.enabled {
+            s.count.max(s.groups.saturating_mul(cfg.pool.max_shards))
+        } else {
+            s.count
+        };
+        let launcher = EmbeddedLauncher {
+            inner: Arc::new(LauncherInner {
+                crypto: crypto(s.tickets_per_handshake)?,
+                transport,
+                token_key,
+                endpoint_config,
+                tokens,
+                streams,
+                shards: s.clone(),
+                heartbeat: cfg.transport.heartbeat_interval,
+                store_entries: st.session_store_entries,
+                store_ttl: st.session_ttl,
+                links: hub.links().clone(),
+                port_span,
+                running: Mutex::default(),
+            }),
+        };
+        for i in 0..s.count {
+            launcher
+                .start(ShardId(i), GroupId(i % s.groups))
+                .map_err(ClusterError::Launch)?;
+        }
         Ok(Cluster {
             hub,
-            factory,
-            shards,
-            store,
+            launcher,
             ca: m.ca,
             cluster: cfg.cluster.clone(),
             grace: cfg.shutdown.grace,
         })
     }
 
-    pub fn shard(&self, id: ShardId) -> Option<&Shard> {
-        self.shards.iter().find(|s| s.id() == id)
+    /// The embedded shard `id` (tests and tools reach into it; the hub never does).
+    pub fn shard(&self, id: ShardId) -> Option<Shard> {
+        self.launcher.shard(id)
     }
 
-    /// Every shard the hub places on now (the pool may have added or removed some).
-    pub fn live_shards(&self) -> Vec<Shard> {
-        self.hub.shard_set().snapshot()
+    /// Every embedded shard not yet reaped, by id.
+    pub fn shards(&self) -> Vec<Shard> {
+        self.launcher.shards()
     }
 
-    /// Graceful shutdown: stop granting, go-away and drain every shard within the grace period,
-    /// then write the client profiles (with the sessions the drain ended) one last time.
+    /// The hub's directory of shards.
+    pub fn directory(&self) -> &Arc<Mutex<Directory>> {
+        self.hub.directory()
+    }
+
+    /// Graceful shutdown: stop granting, tell every shard in the directory to drain (go-away,
+    /// then the grace period), wait for them to report drained, then write the client profiles
+    /// (with the sessions the drain ended) one last time.
     pub async fn shutdown(&self) {
         info!(grace = ?self.grace, "shutting down");
         self.hub.stop_granting().await;
-        let grace = self.grace;
-        let mut all = self.live_shards();
-        for s in &self.shards {
-            if !all.iter().any(|x| x.id() == s.id()) {
-                all.push(s.clone());
+        let ids: Vec<ShardId> = lock(self.directory()).records().map(|r| r.id).collect();
+        for id in &ids {
+            let cmd = lock(self.directory()).begin_drain(*id, self.grace);
+            if let Ok(cmd) = cmd {
+                let _ = self.hub.links().command(*id, cmd).await;
             }
         }
-        let drains: Vec<_> = all
-            .into_iter()
-            .map(|s| tokio::spawn(async move { s.drain(grace).await }))
-            .collect();
-        for d in drains {
-            let _ = d.await;
+        // Bounded: each drain takes at most the grace period, then a moment to close.
+        let deadline = crate::clock::now() + self.grace + Duration::from_secs(2);
+        while !lock(self.directory()).is_empty() && crate::clock::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for s in self.launcher.shards() {
+            self.launcher.reap(s.id());
         }
         self.hub.close().await;
         info!("shutdown complete");
     }
 }
+
+/// A shard silent this long leaves placement (it reports at least every
+/// [`crate::shard::agent::REPORT_INTERVAL`]).
+pub const SHARD_SILENCE: Duration = Duration::from_secs(2);

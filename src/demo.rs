@@ -135,7 +135,7 @@ pub async fn run(
     let hub = cluster.hub.addr();
     progress(&format!(
         "cluster up: hub {hub}, {} shards in {} groups",
-        cluster.shards.len(),
+        cluster.shards().len(),
         cfg.shards.groups
     ));
     let started = Instant::now();
@@ -155,7 +155,7 @@ pub async fn run(
     if opts.kill {
         tokio::time::sleep(opts.duration / 2).await;
         if let Some(victim) = cluster
-            .shards
+            .shards()
             .iter()
             .max_by_key(|s| s.counters().sessions.load(Ordering::Relaxed))
         {
@@ -170,7 +170,7 @@ pub async fn run(
     }
     let mut report = DemoReport {
         clients: opts.clients,
-        shards: cluster.shards.len(),
+        shards: cluster.shards().len(),
         killed_shard: killed,
         ..Default::default()
     };
@@ -207,7 +207,7 @@ pub async fn run(
     report.ttfb_p99_us = ttfb.value_at_quantile(0.99);
     report.ttfb_max_us = ttfb.max();
     report.shard_rejections = cluster
-        .shards
+        .shards()
         .iter()
         .map(|s| s.counters().total_rejections())
         .sum();

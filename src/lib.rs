@@ -6,12 +6,17 @@
 //! that first flight before it allocates anything, and serves a sequenced stream that the client
 //! resumes on another shard of the group if the first one dies.
 //!
-//! Features: `client` (the [`client`] module) and `server` (hub, shards, key schedule, session
-//! store, certificates). Both are on by default; an application that only consumes streams can
-//! depend on `shoal` with `default-features = false, features = ["client"]`.
+//! Features: `client` (the [`client`] module), `server` (hub, shards, key schedule, session
+//! store, certificates, admin API) and `tools` (the demo, traffic shapes, load generator and
+//! benchmarks, and the `shoal` binary; implies both others). All are on by default; an
+//! application that only consumes streams can depend on `shoal` with
+//! `default-features = false, features = ["client"]`, one that embeds a cluster with
+//! `features = ["client", "server"]`, which builds none of the tools' dependencies (clap,
+//! indicatif, plotters, …).
 //!
 //! The protocol is specified in `PROTOCOL.md` at the root of the repository.
 
+pub mod clock;
 pub mod ids;
 pub mod proof;
 pub mod synthetic;
@@ -25,7 +30,7 @@ pub mod mirror;
 
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod admin;
-#[cfg(all(feature = "server", feature = "client"))]
+#[cfg(feature = "tools")]
 pub mod bench;
 #[cfg(feature = "server")]
 pub mod certs;
@@ -33,13 +38,15 @@ pub mod certs;
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
-#[cfg(feature = "server")]
+#[cfg(feature = "tools")]
 pub mod demo;
 #[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]
 pub mod keys;
-#[cfg(all(feature = "server", feature = "client"))]
+#[cfg(feature = "server")]
+pub mod link;
+#[cfg(feature = "tools")]
 pub mod loadgen;
 #[cfg(feature = "server")]
 pub mod net;
@@ -51,7 +58,7 @@ pub mod shard;
 pub mod tickets;
 #[cfg(feature = "server")]
 pub mod token;
-#[cfg(all(feature = "server", feature = "client"))]
+#[cfg(feature = "tools")]
 pub mod traffic;
 
 /// ALPN of the hub and the shards.
@@ -59,9 +66,4 @@ pub const ALPN: &[u8] = b"shoal/1";
 /// The cluster name used when none is configured; it is the TLS server name of hub and shards.
 pub const DEFAULT_CLUSTER: &str = "shoal.local";
 
-/// Microseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+pub use clock::unix_us;

@@ -38,12 +38,24 @@ pub fn server_endpoint(
     Ok((endpoint, local))
 }
 
-/// Accepts an incoming connection and returns it before the handshake completes when the
-/// client sent 0-RTT data, so the server can answer in 0.5-RTT; otherwise after the handshake.
+/// Accepts an incoming connection with its own `config` and returns it before the handshake
+/// completes when the client sent 0-RTT data, so the server can answer in 0.5-RTT; otherwise
+/// after the handshake.
+pub async fn accept_early_with(
+    incoming: quinn::Incoming,
+    config: Arc<quinn::ServerConfig>,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    early(incoming.accept_with(config)?).await
+}
+
+/// [`accept_early_with`] the endpoint's default configuration.
 pub async fn accept_early(
     incoming: quinn::Incoming,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let connecting = incoming.accept()?;
+    early(incoming.accept()?).await
+}
+
+async fn early(connecting: quinn::Connecting) -> Result<quinn::Connection, quinn::ConnectionError> {
     match connecting.into_0rtt() {
         Ok((conn, _)) => Ok(conn),
         Err(connecting) => connecting.await,

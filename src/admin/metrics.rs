@@ -14,11 +14,11 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hub::directory::{ShardRecord, ShardState};
 use crate::hub::HubCounters;
 use crate::ids::StreamName;
 use crate::mirror::machine::EndpointSnapshot;
 use crate::mirror::{EndpointState, MirrorSnapshot};
-use crate::shard::Shard;
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -280,42 +280,43 @@ pub const HUB: &[Metric<HubCounters>] = &[
     ),
 ];
 
-pub const SHARD: &[Metric<Shard>] = &[
+/// Per shard in the hub's directory, from the shard's last load report.
+pub const SHARD: &[Metric<ShardRecord>] = &[
     (
         "shoal_shard_sessions",
         "gauge",
         "Sessions open on the shard.",
-        |s| load(&s.counters().sessions),
+        |s| s.load.sessions as f64,
     ),
     (
         "shoal_shard_buffer_bytes",
         "gauge",
         "Payload bytes the shard's streams hold.",
-        |s| s.usage().buffer_bytes as f64,
+        |s| s.load.buffer_bytes as f64,
     ),
     (
         "shoal_shard_alive",
         "gauge",
-        "1 while the shard serves, 0 once drained or killed.",
-        |s| f64::from(u8::from(s.is_alive())),
+        "1 while the hub places on the shard, 0 while it drains or is silent (a shard leaves the directory, and this list, once drained or gone).",
+        |s| f64::from(u8::from(s.state == ShardState::Ready)),
     ),
     (
         "shoal_shard_allocations_total",
         "counter",
         "Sessions the shard ever admitted.",
-        |s| load(&s.counters().allocations),
+        |s| s.load.allocations as f64,
     ),
     (
         "shoal_shard_chunks_sent_total",
         "counter",
         "Chunks the shard sent to subscribers.",
-        |s| load(&s.counters().chunks_sent),
+        |s| s.load.chunks_sent as f64,
     ),
     (
         "shoal_shard_rejections_total",
         "counter",
         "Connections the shard refused or closed with an error code.",
-        |s| s.counters().total_rejections() as f64,
+        |s| s.load.rejections as f64,
     ),
 ];
 
@@ -327,7 +328,7 @@ fn load(a: &AtomicU64) -> f64 {
 pub fn render(
     mirrors: &[(StreamName, MirrorSnapshot)],
     hub: Option<&HubCounters>,
-    shards: &[Shard],
+    shards: &[ShardRecord],
 ) -> String {
     let mut x = Exposition::default();
     for (name, kind, help, f) in MIRROR {
@@ -366,8 +367,8 @@ pub fn render(
     for (name, kind, help, f) in SHARD {
         let samples = shards.iter().map(|s| {
             let l = vec![
-                ("shard", s.id().0.to_string()),
-                ("group", s.group().0.to_string()),
+                ("shard", s.id.0.to_string()),
+                ("group", s.group.0.to_string()),
             ];
             (l, f(s))
         });

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
@@ -30,6 +30,29 @@ use crate::mirror::{
 };
 use crate::shard::streams::Item;
 use crate::shard::Shard;
+
+/// Where mirrors read their streams: the shards the hub's directory lists (only those), and
+/// the embedded launcher that holds their stream registries.
+#[derive(Clone)]
+pub struct ShardSources {
+    pub directory: Arc<Mutex<crate::hub::directory::Directory>>,
+    pub launcher: crate::cluster::EmbeddedLauncher,
+}
+
+impl ShardSources {
+    /// The shard to read `stream` from now (see [`source_shard`]).
+    pub fn pick(&self, stream: &StreamName) -> Option<Shard> {
+        let views = lock(&self.directory).views();
+        let id = source_shard(&views, stream)?;
+        self.launcher.shard(id).filter(Shard::is_alive)
+    }
+
+    fn alive(&self, id: ShardId) -> bool {
+        lock(&self.directory)
+            .record(id)
+            .is_some_and(|r| r.view().alive)
+    }
+}
 
 /// How often the forward task checks that its source shard is still alive.
 const SOURCE_CHECK: Duration = Duration::from_millis(250);
@@ -88,13 +111,13 @@ struct Entry {
 
 /// The running mirrors, keyed by stream.
 pub struct MirrorManager {
-    shards: Vec<Shard>,
+    shards: ShardSources,
     identity: MirrorIdentity,
     mirrors: Mutex<BTreeMap<StreamName, Entry>>,
 }
 
 impl MirrorManager {
-    pub fn new(shards: Vec<Shard>, identity: MirrorIdentity) -> Self {
+    pub fn new(shards: ShardSources, identity: MirrorIdentity) -> Self {
         Self {
             shards,
             identity,
@@ -126,7 +149,7 @@ impl MirrorManager {
         if map.contains_key(&stream) {
             return Err(AdminError::MirrorExists(stream));
         }
-        let shard = source_shard(&self.shards, &stream).ok_or(AdminError::NoShard)?;
+        let shard = self.shards.pick(&stream).ok_or(AdminError::NoShard)?;
         let id = &self.identity;
         let mut opts = SenderOptions::new(
             stream.clone(),
@@ -304,19 +327,18 @@ fn sender_error(e: SenderError) -> AdminError {
     }
 }
 
-/// The shard a mirror reads `stream` from: for a synthetic stream the first alive shard (every
-/// shard produces the same chunks); for a live stream the shard the default placement
-/// ([`HeadroomPlacer`], rendezvous on the stream name) ranks first, which is where publishers
-/// publish it. `None` when no shard is alive.
+/// The shard a mirror reads `stream` from, among `shards` (the directory's views): for a
+/// synthetic stream the first alive shard (every shard produces the same chunks); for a live
+/// stream the shard the default placement ([`HeadroomPlacer`], rendezvous on the stream name)
+/// ranks first, which is where publishers publish it. `None` when no shard is alive.
 ///
 /// A hub started with another [`Placer`] may send publishers elsewhere; the admin API still
 /// follows the default placement.
-pub fn source_shard(shards: &[Shard], stream: &StreamName) -> Option<Shard> {
-    let first_alive = || shards.iter().find(|s| s.is_alive()).cloned();
+pub fn source_shard(shards: &[ShardView], stream: &StreamName) -> Option<ShardId> {
+    let first_alive = || shards.iter().find(|s| s.alive).map(|s| s.id);
     if stream.is_synthetic() {
         return first_alive();
     }
-    let views: Vec<ShardView> = shards.iter().map(Shard::view).collect();
     let client = ClientId::new("shoal-admin").expect("a valid client id");
     let hints = crate::wire::Hints::default();
     let req = PlacementRequest {
@@ -327,19 +349,15 @@ pub fn source_shard(shards: &[Shard], stream: &StreamName) -> Option<Shard> {
         priority: crate::token::Priority::High,
         expect_kbps: 0,
     };
-    match HeadroomPlacer::default().place(&req, &views, 1, Instant::now()) {
-        Ok(d) => d
-            .shards
-            .first()
-            .and_then(|v| shards.iter().find(|s| s.id() == v.id).cloned())
-            .or_else(first_alive),
+    match HeadroomPlacer::default().place(&req, shards, 1, crate::clock::now()) {
+        Ok(d) => d.shards.first().map(|v| v.id).or_else(first_alive),
         Err(_) => first_alive(),
     }
 }
 
 /// Moves the source's items into the sender until the sender stops (or no shard is left).
 async fn forward(
-    shards: Vec<Shard>,
+    shards: ShardSources,
     mut shard: Shard,
     stream: StreamName,
     sender: Arc<MirrorSender>,
@@ -353,7 +371,7 @@ async fn forward(
         let item = tokio::select! {
             item = cursor.next() => item,
             _ = check.tick() => {
-                if shard.is_alive() {
+                if shard.is_alive() && shards.alive(shard.id()) {
                     continue;
                 }
                 None
@@ -361,7 +379,7 @@ async fn forward(
         };
         let Some(item) = item else {
             // The source shard is gone: go on from the next sequence on another one.
-            let Some(next) = source_shard(&shards, &stream) else {
+            let Some(next) = shards.pick(&stream) else {
                 warn!(%stream, "no alive shard to read the mirrored stream from; waiting");
                 tokio::time::sleep(SOURCE_CHECK).await;
                 continue;

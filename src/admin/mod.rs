@@ -48,7 +48,7 @@ use tracing::{info, warn};
 use crate::hub::HubCounters;
 use crate::ids::{InvalidName, StreamName};
 use crate::mirror::{MirrorConfig, MirrorError};
-use crate::shard::Shard;
+use mirrors::ShardSources;
 pub use mirrors::{MirrorIdentity, MirrorManager, MirrorSummary, MirrorView};
 
 /// Grace period of `DELETE /mirrors/{stream}`: how long a stopping mirror waits for every
@@ -159,8 +159,9 @@ impl IntoResponse for AdminError {
 
 /// What an admin server serves.
 pub struct AdminState {
-    /// The embedded shards mirrors read their streams from.
-    pub shards: Vec<Shard>,
+    /// The shards (from the hub's directory) mirrors read their streams from; `/metrics`
+    /// lists the same directory.
+    pub shards: ShardSources,
     /// The hub's counters, for the metrics.
     pub hub: Option<Arc<HubCounters>>,
     /// The identity mirrors present to receivers.
@@ -176,7 +177,10 @@ impl AdminState {
         key: rustls::pki_types::PrivateKeyDer<'static>,
     ) -> Self {
         Self {
-            shards: cluster.shards.clone(),
+            shards: ShardSources {
+                directory: cluster.directory().clone(),
+                launcher: cluster.launcher.clone(),
+            },
             hub: Some(cluster.hub.shared_counters()),
             identity: MirrorIdentity {
                 server_name: cluster.cluster.clone(),
@@ -192,7 +196,7 @@ impl AdminState {
 struct Inner {
     mirrors: MirrorManager,
     hub: Option<Arc<HubCounters>>,
-    shards: Vec<Shard>,
+    shards: ShardSources,
 }
 
 type Shared = State<Arc<Inner>>;
@@ -308,7 +312,15 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn metrics_text(State(s): Shared) -> impl IntoResponse {
-    let text = metrics::render(&s.mirrors.snapshots(), s.hub.as_deref(), &s.shards);
+    let records: Vec<_> = s
+        .shards
+        .directory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .records()
+        .cloned()
+        .collect();
+    let text = metrics::render(&s.mirrors.snapshots(), s.hub.as_deref(), &records);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }
 

@@ -178,9 +178,13 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
                 .map_err(|e| BenchError::Child(e.to_string()))?;
             let cluster =
                 Cluster::start(&cfg, material).map_err(|e| BenchError::Child(e.to_string()))?;
-            prefill(&cluster.store, prefill_tickets)?;
+            // Every endpoint has its own store: each holds the prefilled entries.
+            prefill(cluster.hub.store(), prefill_tickets)?;
+            for s in cluster.shards() {
+                prefill(s.store(), prefill_tickets)?;
+            }
             let mut addrs = vec![cluster.hub.addr()];
-            addrs.extend(cluster.shards.iter().map(|s| s.addr()));
+            addrs.extend(cluster.shards().iter().map(|s| s.addr()));
             (addrs, Box::new(cluster))
         }
         ServerSpec::Quinn(b) => {

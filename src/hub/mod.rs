@@ -7,6 +7,8 @@
 //! byte arrives with the grant → finish the stream. A refused request gets a [`Reject`] with its
 //! code; a connection that sends garbage is closed with the frame error's code.
 
+pub mod directory;
+pub mod links;
 pub mod placement;
 pub mod predictor;
 pub mod profiler;
@@ -18,15 +20,19 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::ids::TokenId;
-use crate::shard::{unix_us, Shard, ShardSet};
+use crate::ids::{ShardId, TokenId};
+use crate::link::HubCmd;
+use crate::shard::unix_us;
 use crate::synthetic::SyntheticSpec;
+use crate::tickets::conn::{ConnConfigs, ConnStore};
 use crate::token::{Claims, Priority, TokenKeys};
 use crate::wire::{
     write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject, ShardAddr,
     StreamRequest,
 };
-use placement::{PlacementRequest, Placer, ShardView};
+use directory::Directory;
+use links::Links;
+use placement::{PlacementRequest, Placer};
 
 /// Counters of the hub.
 #[derive(Debug, Default)]
@@ -55,10 +61,14 @@ pub struct HubCounters {
 pub struct HubParams {
     pub bind: SocketAddr,
     pub socket_buffer: usize,
-    pub server_config: quinn::ServerConfig,
+    /// One server configuration per connection, over the hub's own session store.
+    pub configs: ConnConfigs,
     pub endpoint_config: quinn::EndpointConfig,
     pub tokens: Arc<TokenKeys>,
-    pub shards: ShardSet,
+    /// A shard silent for longer than this is taken out of placement.
+    pub shard_silence: Duration,
+    /// Clients whose session entries the hub keeps (see [`crate::tickets::book`]).
+    pub book_clients: usize,
     pub placer: Box<dyn Placer>,
     pub grant_shards: usize,
     pub token_ttl: Duration,
@@ -70,7 +80,8 @@ pub struct HubParams {
 
 struct HubState {
     tokens: Arc<TokenKeys>,
-    shards: ShardSet,
+    configs: ConnConfigs,
+    links: Links,
     /// Grants per group since the pool driver last looked (the predictor's arrivals).
     arrivals: ArrivalsHandle,
     placer: Mutex<Box<dyn Placer>>,
@@ -94,6 +105,8 @@ struct ArrivalsInner {
     counts: Mutex<std::collections::HashMap<crate::ids::GroupId, u64>>,
     /// A request found no shard with room: the pool driver starts capacity at once.
     demand: tokio::sync::Notify,
+    /// The groups that lacked room since the driver last looked.
+    lacking: Mutex<std::collections::BTreeSet<crate::ids::GroupId>>,
     /// Whether a pool driver listens (otherwise the hub refuses at once).
     driven: std::sync::atomic::AtomicBool,
 }
@@ -113,13 +126,17 @@ impl ArrivalsHandle {
         self.0.driven.load(Ordering::Relaxed)
     }
 
-    fn ask_for_capacity(&self) {
+    fn ask_for_capacity(&self, group: crate::ids::GroupId) {
+        lock(&self.0.lacking).insert(group);
         self.0.demand.notify_one();
     }
 
-    /// Resolves when a request asked for capacity.
-    pub async fn demanded(&self) {
+    /// Resolves when a request asked for capacity, with the groups that lacked room.
+    pub async fn demanded(&self) -> Vec<crate::ids::GroupId> {
         self.0.demand.notified().await;
+        std::mem::take(&mut *lock(&self.0.lacking))
+            .into_iter()
+            .collect()
     }
 
     /// The counts so far, and start again from zero.
@@ -134,27 +151,43 @@ pub struct Hub {
     addr: SocketAddr,
     state: Arc<HubState>,
     task: tokio::task::JoinHandle<()>,
+    silence: tokio::task::JoinHandle<()>,
 }
 
 impl Hub {
     pub fn start(p: HubParams) -> std::io::Result<Hub> {
-        let (endpoint, addr) = crate::net::server_endpoint(
-            p.bind,
-            p.socket_buffer,
-            p.endpoint_config,
-            p.server_config,
-        )?;
+        let default = p
+            .configs
+            .endpoint_default()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (endpoint, addr) =
+            crate::net::server_endpoint(p.bind, p.socket_buffer, p.endpoint_config, default)?;
         let (profile_tx, profile_rx) = std::sync::mpsc::sync_channel(PROFILE_QUEUE);
+        let counters = Arc::new(HubCounters::default());
+        let directory = Arc::new(Mutex::new(Directory::new(p.shard_silence)));
+        let book = crate::tickets::book::Book::new(
+            p.book_clients,
+            crate::tickets::book::PER_CLIENT,
+            p.configs.store().ttl(),
+        );
+        let links = Links::new(
+            directory,
+            book,
+            p.configs.store().clone(),
+            session_sink(profile_tx.clone(), counters.clone()),
+        );
+        let silence = links.spawn_silence_timer();
         let state = Arc::new(HubState {
             tokens: p.tokens,
-            shards: p.shards,
+            configs: p.configs,
+            links,
             arrivals: ArrivalsHandle::default(),
             placer: Mutex::new(p.placer),
             grant_shards: p.grant_shards,
             token_ttl: p.token_ttl,
             synthetic: p.synthetic,
             request_timeout: p.request_timeout,
-            counters: Arc::new(HubCounters::default()),
+            counters,
             profiler: p.profiler,
             profile_tx,
             models: Arc::default(),
@@ -170,12 +203,13 @@ impl Hub {
         std::thread::Builder::new()
             .name("shoal-profiler".into())
             .spawn(move || profiler_thread(side, profile_rx))?;
-        info!(%addr, shards = state.shards.len(), "hub listening");
+        info!(%addr, "hub listening");
         Ok(Hub {
             endpoint,
             addr,
             state,
             task,
+            silence,
         })
     }
 
@@ -184,28 +218,24 @@ impl Hub {
         self.state.arrivals.clone()
     }
 
-    /// The shards the hub places on.
-    pub fn shard_set(&self) -> &ShardSet {
-        &self.state.shards
+    /// The hub's links to its shards (shards join by handing the hub their link).
+    pub fn links(&self) -> &Links {
+        &self.state.links
+    }
+
+    /// The shard directory: the hub's only view of its shards.
+    pub fn directory(&self) -> &Arc<Mutex<Directory>> {
+        self.state.links.directory()
+    }
+
+    /// The hub's own session store.
+    pub fn store(&self) -> &Arc<crate::tickets::SessionStore> {
+        self.state.configs.store()
     }
 
     /// The client profiles.
     pub fn profiler(&self) -> &Arc<Mutex<profiler::Profiler>> {
         &self.state.profiler
-    }
-
-    /// Where shards report their ended sessions: each is recorded in its client's profile and
-    /// teaches the request models (subscriptions only). Never blocks; a report the profiler
-    /// cannot take is dropped and counted in `sessions_dropped`.
-    pub fn session_sink(&self) -> impl Fn(crate::shard::SessionOutcome) + Send + Sync + 'static {
-        let (tx, counters) = (self.state.profile_tx.clone(), self.state.counters.clone());
-        move |outcome| {
-            let c = match tx.try_send(ProfileMsg::Session(outcome)) {
-                Ok(()) => &counters.sessions_reported,
-                Err(_) => &counters.sessions_dropped,
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Sessions the request models learned from.
@@ -230,6 +260,7 @@ impl Hub {
     /// still recorded until [`Hub::close`].
     pub async fn stop_granting(&self) {
         self.task.abort();
+        self.silence.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -259,6 +290,25 @@ impl Hub {
 /// How long a request waits for capacity the pool is starting (tries × wait).
 const CAPACITY_TRIES: u32 = 40;
 const CAPACITY_WAIT: Duration = Duration::from_millis(25);
+
+/// Where shards' ended sessions go: each is recorded in its client's profile and teaches the
+/// request models (subscriptions only). Never blocks; a report the profiler cannot take is
+/// dropped and counted in `sessions_dropped`.
+fn session_sink(
+    tx: std::sync::mpsc::SyncSender<ProfileMsg>,
+    counters: Arc<HubCounters>,
+) -> links::SessionSink {
+    Arc::new(move |outcome| {
+        let c = match tx.try_send(ProfileMsg::Session(outcome)) {
+            Ok(()) => &counters.sessions_reported,
+            Err(_) => &counters.sessions_dropped,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+/// How long a grant waits for its shards to acknowledge the client's session entries.
+const ENTRY_WAIT: Duration = Duration::from_millis(250);
 
 /// What the hub hands the profiler thread.
 enum ProfileMsg {
@@ -397,17 +447,26 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
         let span = info_span!("conn", remote = %incoming.remote_address());
         tokio::spawn(
             async move {
+                // Each connection stores through its own record, so the hub knows which
+                // session entries this client's handshake produced.
+                let (config, store) = match state.configs.for_connection() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        incoming.refuse();
+                        return tracing::warn!(error = %e, "no server configuration");
+                    }
+                };
                 // Answer in 0.5-RTT: a returning client's request rides in 0-RTT and gets its
                 // grant one round trip after its first packet.
-                let conn = match crate::net::accept_early(incoming).await {
+                let conn = match crate::net::accept_early_with(incoming, config).await {
                     Ok(c) => c,
                     Err(e) => return debug!(error = %e, "handshake failed"),
                 };
                 state.counters.connections.fetch_add(1, Ordering::Relaxed);
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    let (state, conn) = (state.clone(), conn.clone());
+                    let (state, conn, store) = (state.clone(), conn.clone(), store.clone());
                     tokio::spawn(async move {
-                        if let Err(code) = handle_request(&state, send, recv).await {
+                        if let Err(code) = handle_request(&state, &store, send, recv).await {
                             conn.close(code.varint(), code.reason().as_bytes());
                         }
                     });
@@ -421,6 +480,7 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
 /// Serves one request stream. `Err` means the connection must close with that code.
 async fn handle_request(
     state: &HubState,
+    store: &ConnStore,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), ErrorCode> {
@@ -438,6 +498,9 @@ async fn handle_request(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(_))) => return Err(ErrorCode::ProtocolViolation),
     };
+    // The connection's session entries are this client's, from now on as they come.
+    let (links, client) = (state.links.clone(), req.client_id.clone());
+    store.bind(Arc::new(move |entries| links.hub_entries(&client, entries)));
     // What the profiles say of the client, before this request is recorded.
     let assessed = assess(state, &req);
     let msg = ProfileMsg::Request {
@@ -460,13 +523,19 @@ async fn handle_request(
         && state.arrivals.driven()
         && tries < CAPACITY_TRIES
     {
-        state.arrivals.ask_for_capacity();
+        let views = lock(state.links.directory()).views();
+        if let Some(g) = placement::lacking_group(&req.stream, &views) {
+            state.arrivals.ask_for_capacity(g);
+        }
         tokio::time::sleep(CAPACITY_WAIT).await;
         placed = grant(state, &req, assessed);
         tries += 1;
     }
     let reply = match placed {
-        Ok(g) => g,
+        Ok((g, shards)) => {
+            prepare_shards(state, &req, &shards).await;
+            g
+        }
         Err((code, reason)) => {
             state.counters.rejects.fetch_add(1, Ordering::Relaxed);
             debug!(%code, %reason, "request refused");
@@ -549,11 +618,27 @@ fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
     }
 }
 
+/// Before a grant leaves: its shards warm the stream and hold the client's session entries
+/// (acknowledged, or the miss is counted), so its 0-RTT attach finds its ticket.
+async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId]) {
+    for &id in shards {
+        let warm = HubCmd::Warm {
+            stream: req.stream.clone(),
+        };
+        if let Err(e) = state.links.command(id, warm).await {
+            debug!(error = %e, "warm not delivered");
+        }
+    }
+    let entries = state.links.grant_entries(&req.client_id, shards);
+    state.links.copy_entries(shards, &entries, ENTRY_WAIT).await;
+}
+
+/// Decides a grant: the token and the shards it names.
 fn grant(
     state: &HubState,
     req: &StreamRequest,
     assessed: Assessed,
-) -> Result<Grant, (ErrorCode, String)> {
+) -> Result<(Grant, Vec<ShardId>), (ErrorCode, String)> {
     req.hints
         .validate()
         .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
@@ -561,8 +646,7 @@ fn grant(
         let reason = "synthetic streams (synth/…) cannot be published to".to_string();
         return Err((ErrorCode::BadRequest, reason));
     }
-    let shards = state.shards.snapshot();
-    let views: Vec<ShardView> = shards.iter().map(Shard::view).collect();
+    let views = lock(state.links.directory()).views();
     let preq = PlacementRequest {
         client: &req.client_id,
         stream: &req.stream,
@@ -577,11 +661,6 @@ fn grant(
         .unwrap_or_else(|p| p.into_inner())
         .place(&preq, &views, state.grant_shards, Instant::now())
         .map_err(|e| (e.code(), e.to_string()))?;
-    for v in &decision.shards {
-        if let Some(s) = shards.iter().find(|s| s.id() == v.id) {
-            s.warm(&req.stream);
-        }
-    }
     state.arrivals.count(decision.group);
     let internal = |_| (ErrorCode::Internal, "no randomness".to_string());
     let now_ms = unix_us() / 1000;
@@ -600,7 +679,8 @@ fn grant(
         lock(&state.models).remember(claims.id.0, f);
     }
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
-    Ok(Grant {
+    let ids = decision.shards.iter().map(|s| s.id).collect();
+    let grant = Grant {
         group: decision.group,
         shards: decision
             .shards
@@ -613,5 +693,6 @@ fn grant(
         token,
         session_secret: claims.secret.to_vec(),
         expires_at_ms: claims.expires_at_ms,
-    })
+    };
+    Ok((grant, ids))
 }

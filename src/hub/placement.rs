@@ -109,6 +109,24 @@ fn score(parts: &[&[u8]]) -> u64 {
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("32-byte digest"))
 }
 
+/// The group that lacked room for a request placement refused, so the pool grows only that
+/// one: a live stream's own group (the rendezvous choice among all groups, with or without
+/// headroom), or for a synthetic stream the group with the fewest live shards.
+pub fn lacking_group(stream: &StreamName, shards: &[ShardView]) -> Option<GroupId> {
+    let mut groups: Vec<GroupId> = shards.iter().map(|s| s.group).collect();
+    groups.sort();
+    groups.dedup();
+    if stream.is_synthetic() {
+        let live = |g: GroupId| shards.iter().filter(|s| s.group == g && s.alive).count();
+        groups.into_iter().min_by_key(|&g| (live(g), g))
+    } else {
+        let name = stream.as_str().as_bytes();
+        groups
+            .into_iter()
+            .max_by_key(|g| score(&[name, &g.0.to_be_bytes()]))
+    }
+}
+
 /// The default placement (see the module docs).
 #[derive(Debug, Clone)]
 pub struct HeadroomPlacer {
@@ -367,6 +385,29 @@ mod tests {
         let d = place("live/x", "c", &shards).unwrap();
         assert_eq!(d.shards.len(), 1);
         assert_eq!(d.shards[0].id, ShardId(1));
+    }
+
+    #[test]
+    fn only_the_group_that_lacked_room_is_named() {
+        let full = [
+            view(0, 0, 10, true),
+            view(1, 1, 10, true),
+            view(2, 1, 10, true),
+        ];
+        let synth = StreamName::new("synth/a").unwrap();
+        assert_eq!(lacking_group(&synth, &full), Some(GroupId(0)));
+        let live = StreamName::new("live/x").unwrap();
+        let g = lacking_group(&live, &full).unwrap();
+        // The live stream's group is the one placement picks when it has room.
+        let mut p = HeadroomPlacer::default();
+        let roomy = [
+            view(0, 0, 0, true),
+            view(1, 1, 0, true),
+            view(2, 1, 0, true),
+        ];
+        let d = place_with(&mut p, "live/x", "c", Priority::Normal, 0, &roomy).unwrap();
+        assert_eq!(d.group, g);
+        assert_eq!(lacking_group(&live, &[]), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The pool driver of a running cluster: once per step it reads each group's arrivals (grants)
-//! and each shard's usage, turns them into load reports, lets the [`Scaler`] set the desired
-//! size, runs the [`Pool`] rules, and carries out their actions on real embedded shards —
-//! started with the cluster's [`ShardFactory`], added to the hub's [`ShardSet`], drained and
-//! removed when the pool says so.
+//! and each shard's load from the hub's [`Directory`] (fed by the shards' own reports), lets
+//! the [`Scaler`] set the desired size, runs the [`Pool`] rules, and carries out their actions
+//! through a [`Launcher`] (start, reap) and the shards' links (drain). A started shard takes
+//! clients once it registered in the directory; a drained one leaves the directory when it
+//! reports `drained`, and is reaped then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::launcher::Launcher;
 use super::policy::{Scaler, ScalerConfig};
 use super::{Pool, PoolAction, PoolConfig};
-use crate::cluster::{Cluster, ShardFactory};
+use crate::cluster::Cluster;
+use crate::hub::directory::Directory;
+use crate::hub::links::Links;
 use crate::ids::{GroupId, ShardId};
-use crate::shard::{ShardSet, Usage};
+use crate::link::ShardLoad;
 
 /// What the driver shows of one group, every step.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -57,22 +61,24 @@ struct GroupState {
 impl PoolDriver {
     /// Drives one pool per group over the cluster's shards, every `scaler.step`.
     pub fn start(cluster: &Cluster, pool: PoolConfig, scaler: ScalerConfig, groups: u32) -> Self {
-        let now = Instant::now();
-        let set = cluster.hub.shard_set().clone();
-        let shards = set.snapshot();
+        let now = crate::clock::now();
+        let shards: Vec<(ShardId, GroupId)> = lock(cluster.directory())
+            .records()
+            .map(|r| (r.id, r.group))
+            .collect();
         let mut states = Vec::new();
         for g in 0..groups {
             let group = GroupId(g);
             let existing: Vec<ShardId> = shards
                 .iter()
-                .filter(|s| s.group() == group)
-                .map(|s| s.id())
+                .filter(|s| s.1 == group)
+                .map(|s| s.0)
                 .collect();
             // Disjoint id ranges per group for the shards the pools add, above every id the
             // cluster started with.
             let base = shards
                 .iter()
-                .map(|s| s.id().0)
+                .map(|s| s.0 .0)
                 .max()
                 .unwrap_or(0)
                 .saturating_add(1);
@@ -89,8 +95,8 @@ impl PoolDriver {
         let task = tokio::spawn(run(
             states,
             Ctx {
-                set,
-                factory: cluster.factory.clone(),
+                links: cluster.hub.links().clone(),
+                launcher: Arc::new(cluster.launcher.clone()),
                 grace: pool.drain_grace,
                 drains: drains.clone(),
             },
@@ -140,11 +146,14 @@ fn cluster_arrivals(cluster: &Cluster) -> Arrivals {
     Box::new(move || hub.take())
 }
 
-/// One more shard per group, now: a request found no room anywhere.
-fn on_demand(groups: &mut [GroupState], ctx: &Ctx) {
-    let now = Instant::now();
+/// One more shard in each group that lacked room, now.
+fn on_demand(groups: &mut [GroupState], lacking: &[GroupId], ctx: &Ctx) {
+    let now = crate::clock::now();
     for g in groups {
         let group = g.pool.group();
+        if !lacking.contains(&group) {
+            continue;
+        }
         let more = g.pool.live_shards().saturating_add(1);
         if g.pool.desired() < more {
             g.pool.set_desired(more);
@@ -163,10 +172,20 @@ fn on_demand(groups: &mut [GroupState], ctx: &Ctx) {
 
 /// What carrying out an action needs.
 struct Ctx {
-    set: ShardSet,
-    factory: ShardFactory,
+    links: Links,
+    launcher: Arc<dyn Launcher>,
     grace: Duration,
     drains: Drains,
+}
+
+impl Ctx {
+    fn directory(&self) -> &Arc<Mutex<Directory>> {
+        self.links.directory()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run(
@@ -177,34 +196,35 @@ async fn run(
     step: Duration,
     status: Arc<Mutex<Vec<GroupStatus>>>,
 ) {
-    let set = ctx.set.clone();
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: HashMap<ShardId, Usage> = HashMap::new();
-    let mut last_at = Instant::now();
+    let mut last: HashMap<ShardId, ShardLoad> = HashMap::new();
+    let mut last_at = crate::clock::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = demand.demanded() => {
-                on_demand(&mut groups, &ctx);
+            lacking = demand.demanded() => {
+                on_demand(&mut groups, &lacking, &ctx);
                 continue;
             }
         }
-        let now = Instant::now();
+        let now = crate::clock::now();
         let span = now
             .saturating_duration_since(last_at)
             .as_secs_f64()
             .max(1e-3);
         last_at = now;
         let counts = arrivals();
-        let shards = set.snapshot();
+        let shards: Vec<(ShardId, GroupId, ShardLoad)> = lock(ctx.directory())
+            .records()
+            .map(|r| (r.id, r.group, r.load))
+            .collect();
         let mut out = Vec::with_capacity(groups.len());
         for g in &mut groups {
             let group = g.pool.group();
             let (mut cpu, mut send_bps, mut buffer_bytes) = (0.0, 0.0, 0);
-            for s in shards.iter().filter(|s| s.group() == group) {
-                let u = s.usage();
-                let prev = last.insert(s.id(), u).unwrap_or(u);
+            for &(id, _, u) in shards.iter().filter(|s| s.1 == group) {
+                let prev = last.insert(id, u).unwrap_or(u);
                 let report = super::LoadReport {
                     sessions: u.sessions,
                     streams: u.streams,
@@ -216,7 +236,7 @@ async fn run(
                 cpu += report.cpu;
                 send_bps += report.send_bps as f64;
                 buffer_bytes += report.buffer_bytes;
-                let _ = g.pool.handle_load(s.id(), report, now);
+                let _ = g.pool.handle_load(id, report, now);
             }
             let arrived = counts.get(&group).copied().unwrap_or(0);
             let sessions = g.pool.total_sessions();
@@ -238,18 +258,16 @@ async fn run(
                 buffer_bytes,
             });
         }
-        last.retain(|id, _| shards.iter().any(|s| s.id() == *id));
+        last.retain(|id, _| shards.iter().any(|s| s.0 == *id));
         *status.lock().unwrap_or_else(|p| p.into_inner()) = out;
     }
 }
 
 fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now: Instant) {
-    let (set, factory, grace, drains) = (&ctx.set, &ctx.factory, ctx.grace, &ctx.drains);
     match action {
-        PoolAction::Start { shard } => match factory.start(shard, group, 0) {
-            Ok(s) => {
-                info!(shard = shard.0, group = group.0, addr = %s.addr(), "pool started a shard");
-                set.add(s);
+        PoolAction::Start { shard } => match ctx.launcher.launch(shard, group) {
+            Ok(()) => {
+                info!(shard = shard.0, group = group.0, "pool started a shard");
                 let _ = pool.handle_started(shard, now);
             }
             Err(e) => {
@@ -259,17 +277,32 @@ fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now
         },
         PoolAction::Drain { shard } | PoolAction::Stop { shard } => {
             // Out of placement first, then a graceful drain: clients resume elsewhere.
-            if let Some(s) = set.remove(shard) {
-                info!(
-                    shard = shard.0,
-                    group = group.0,
-                    ?action,
-                    "pool retires a shard"
-                );
-                let mut d = drains.lock().unwrap_or_else(|p| p.into_inner());
-                d.retain(|h| !h.is_finished());
-                d.push(tokio::spawn(async move { s.drain(grace).await }));
-            }
+            let Ok(cmd) = lock(ctx.directory()).begin_drain(shard, ctx.grace) else {
+                // Not in the directory (it died): nothing to drain, only to reap.
+                ctx.launcher.reap(shard);
+                return;
+            };
+            info!(
+                shard = shard.0,
+                group = group.0,
+                ?action,
+                "pool retires a shard"
+            );
+            let (links, launcher, grace) = (ctx.links.clone(), ctx.launcher.clone(), ctx.grace);
+            let mut d = lock(&ctx.drains);
+            d.retain(|h| !h.is_finished());
+            d.push(tokio::spawn(async move {
+                if links.command(shard, cmd).await.is_ok() {
+                    // Bounded: the drain takes at most `grace`, then the shard reports.
+                    let deadline = crate::clock::now() + grace + Duration::from_secs(2);
+                    while lock(links.directory()).record(shard).is_some()
+                        && crate::clock::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                launcher.reap(shard);
+            }));
         }
     }
 }

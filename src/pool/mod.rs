@@ -26,6 +26,7 @@
 //!    client's resume path); it stops when empty or after `drain_grace`.
 
 pub mod driver;
+pub mod launcher;
 pub mod policy;
 #[cfg(test)]
 mod tests;

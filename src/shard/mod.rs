@@ -11,19 +11,24 @@
 //! is the driver that moves bytes between them and quinn.
 
 pub mod admission;
+pub mod agent;
 pub mod cpu;
 pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::ids::{ClientId, GroupId, ShardId, StreamName};
+use crate::ids::{GroupId, ShardId, StreamName};
+use crate::link::channel::Uplink;
+use crate::link::{ClientEntries, ShardLoad, ShardMsg};
+use crate::tickets::conn::ConnConfigs;
+use crate::tickets::SessionStore;
 use crate::wire::{
     write_chunk, write_control, Attach, Attached, Bound, ErrorCode, Frame, FrameReader, GoAway,
     Heartbeat, Message, WireError,
@@ -76,92 +81,7 @@ impl ShardCounters {
     }
 }
 
-/// Usage of a shard (see [`Shard::usage`]): gauges now and cumulative counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub sessions: u64,
-    pub streams: u64,
-    /// Bytes the shard's streams hold now (see [`streams::StreamRegistry::buffered_bytes`]).
-    pub buffer_bytes: u64,
-    pub bytes_sent: u64,
-    pub cpu_ns: u64,
-}
-
-/// One ended session, as a shard reports it: the hub's profiler records it and its load model
-/// learns from it. Carries no payload and no secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionOutcome {
-    pub client: ClientId,
-    /// The grant (token id) the session was admitted on.
-    pub grant: crate::ids::TokenId,
-    /// The stream the session subscribed or published to.
-    pub stream: StreamName,
-    pub role: crate::wire::Role,
-    /// When the shard admitted it (ms since the Unix epoch).
-    pub started_ms: u64,
-    pub duration_ms: u64,
-    /// Payload bytes delivered to a subscriber, or accepted from a publisher.
-    pub bytes: u64,
-}
-
-type Reporter = Box<dyn Fn(SessionOutcome) + Send + Sync>;
-
-/// Where shards report their ended sessions. Shards get it when they start; the cluster
-/// connects it to its hub once the hub runs. Until connected, and for sessions that never
-/// named a stream, nothing is reported.
-#[derive(Clone, Default)]
-pub struct SessionReports(Arc<OnceLock<Reporter>>);
-
-impl SessionReports {
-    /// Sends every later report to `to`. Only the first connection counts; returns whether
-    /// this was it.
-    pub fn connect(&self, to: impl Fn(SessionOutcome) + Send + Sync + 'static) -> bool {
-        self.0.set(Box::new(to)).is_ok()
-    }
-
-    fn report(&self, outcome: SessionOutcome) {
-        if let Some(to) = self.0.get() {
-            to(outcome);
-        }
-    }
-}
-
-/// The shards a hub places on. The pool driver adds and removes shards while the hub runs;
-/// readers take a snapshot (cheap: a shard is a handle).
-#[derive(Clone, Default)]
-pub struct ShardSet(Arc<std::sync::RwLock<Vec<Shard>>>);
-
-impl ShardSet {
-    pub fn new(shards: Vec<Shard>) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(shards)))
-    }
-
-    pub fn snapshot(&self) -> Vec<Shard> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn add(&self, shard: Shard) {
-        self.0
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(shard);
-    }
-
-    /// Takes `id` out of placement; returns it so the caller can drain it.
-    pub fn remove(&self, id: ShardId) -> Option<Shard> {
-        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let i = v.iter().position(|s| s.id() == id)?;
-        Some(v.remove(i))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::link::SessionOutcome;
 
 /// Everything a shard needs to start.
 pub struct ShardParams {
@@ -169,14 +89,16 @@ pub struct ShardParams {
     pub group: GroupId,
     pub bind: SocketAddr,
     pub socket_buffer: usize,
-    pub server_config: quinn::ServerConfig,
+    /// One server configuration per connection, over the shard's own session store.
+    pub configs: ConnConfigs,
     pub endpoint_config: quinn::EndpointConfig,
     pub admission: Admission,
     pub streams: StreamSettings,
     pub heartbeat_interval: Duration,
     pub attach_timeout: Duration,
     pub max_sessions: u64,
-    pub reports: SessionReports,
+    /// The shard's end of its link to the hub: session outcomes and store entries go there.
+    pub uplink: Uplink,
 }
 
 struct ShardState {
@@ -190,7 +112,12 @@ struct ShardState {
     max_sessions: u64,
     go_away: watch::Sender<Option<GoAway>>,
     alive: AtomicBool,
-    reports: SessionReports,
+    /// True once the shard stopped (drained or killed).
+    stopped: watch::Sender<bool>,
+    configs: ConnConfigs,
+    uplink: Uplink,
+    /// Notified when the session count moves (the agent reports load at once).
+    load_changed: Notify,
 }
 
 /// A running shard. Cheap to clone.
@@ -215,12 +142,12 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Binds the shard's socket and starts serving.
     pub fn start(p: ShardParams) -> std::io::Result<Shard> {
-        let (endpoint, addr) = crate::net::server_endpoint(
-            p.bind,
-            p.socket_buffer,
-            p.endpoint_config,
-            p.server_config,
-        )?;
+        let default = p
+            .configs
+            .endpoint_default()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (endpoint, addr) =
+            crate::net::server_endpoint(p.bind, p.socket_buffer, p.endpoint_config, default)?;
         let state = Arc::new(ShardState {
             id: p.id,
             group: p.group,
@@ -232,7 +159,10 @@ impl Shard {
             max_sessions: p.max_sessions,
             go_away: watch::channel(None).0,
             alive: AtomicBool::new(true),
-            reports: p.reports,
+            stopped: watch::channel(false).0,
+            configs: p.configs,
+            uplink: p.uplink,
+            load_changed: Notify::new(),
         });
         let span = info_span!("shard", id = p.id.0, group = p.group.0, %addr);
         let cpu = state.counters.cpu_ns.clone();
@@ -273,19 +203,6 @@ impl Shard {
     pub fn capacity(&self) -> u64 {
         self.state.max_sessions
     }
-    /// What placement sees of this shard now.
-    pub fn view(&self) -> crate::hub::placement::ShardView {
-        crate::hub::placement::ShardView {
-            id: self.id(),
-            group: self.group(),
-            addr: self.addr,
-            alive: self.is_alive(),
-            sessions: self.state.counters.sessions.load(Ordering::Relaxed),
-            capacity: self.capacity(),
-            committed_kbps: self.state.counters.committed_kbps.load(Ordering::Relaxed),
-        }
-    }
-
     pub fn streams(&self) -> usize {
         self.state.registry.len()
     }
@@ -297,16 +214,37 @@ impl Shard {
         self.state.registry.subscribe(stream, from, unix_us())
     }
 
-    /// The shard's cumulative usage now; a load reporter turns deltas into rates.
-    pub fn usage(&self) -> Usage {
+    /// The shard's load now, as its agent reports it to the hub.
+    pub fn load(&self) -> ShardLoad {
         let c = &self.state.counters;
-        Usage {
-            sessions: c.sessions.load(Ordering::Relaxed),
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShardLoad {
+            sessions: l(&c.sessions),
             streams: self.state.registry.len() as u64,
+            committed_kbps: l(&c.committed_kbps),
             buffer_bytes: self.state.registry.buffered_bytes(),
-            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-            cpu_ns: c.cpu_ns.load(Ordering::Relaxed),
+            bytes_sent: l(&c.bytes_sent),
+            chunks_sent: l(&c.chunks_sent),
+            cpu_ns: l(&c.cpu_ns),
+            allocations: l(&c.allocations),
+            zero_rtt_attaches: l(&c.zero_rtt_attaches),
+            rejections: c.total_rejections(),
         }
+    }
+
+    /// The shard's own session store.
+    pub fn store(&self) -> &Arc<SessionStore> {
+        self.state.configs.store()
+    }
+
+    /// Resolves when the session count moved since the last call.
+    pub async fn load_changed(&self) {
+        self.state.load_changed.notified().await;
+    }
+
+    /// Becomes true when the shard stops.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.state.stopped.subscribe()
     }
 
     /// Starts producing `stream` ahead of the first attach (the hub calls this when it grants).
@@ -343,6 +281,7 @@ impl Shard {
 
     fn stop(&self, code: ErrorCode) {
         self.endpoint.close(code.varint(), code.reason().as_bytes());
+        self.state.stopped.send_replace(true);
         for t in self
             .tasks
             .lock()
@@ -387,11 +326,13 @@ fn refuse(state: &ShardState, conn: &quinn::Connection, code: ErrorCode) {
 }
 
 /// Decrements the open-session gauge when a session ends, however it ends.
-struct SessionGuard(Arc<ShardCounters>, u64);
+struct SessionGuard(Arc<ShardState>, u64);
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
-        self.0.committed_kbps.fetch_sub(self.1, Ordering::Relaxed);
+        let c = &self.0.counters;
+        c.sessions.fetch_sub(1, Ordering::Relaxed);
+        c.committed_kbps.fetch_sub(self.1, Ordering::Relaxed);
+        self.0.load_changed.notify_one();
     }
 }
 
@@ -413,7 +354,15 @@ async fn serve(
     state: Arc<ShardState>,
     incoming: quinn::Incoming,
 ) -> Result<(), quinn::ConnectionError> {
-    let connecting = incoming.accept()?;
+    let (config, conn_store) = match state.configs.for_connection() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "no server configuration for a connection");
+            incoming.refuse();
+            return Ok(());
+        }
+    };
+    let connecting = incoming.accept_with(config)?;
     // A server can always answer in 0.5-RTT; `handshake` resolves when the handshake completes.
     let (conn, handshake) = match connecting.into_0rtt() {
         Ok((conn, accepted)) => (conn, Some(accepted)),
@@ -472,7 +421,17 @@ async fn serve(
     }
     let kbps = u64::from(claims.expect_kbps);
     c.committed_kbps.fetch_add(kbps, Ordering::Relaxed);
-    let _guard = SessionGuard(c.clone(), kbps);
+    let _guard = SessionGuard(state.clone(), kbps);
+    state.load_changed.notify_one();
+    // The tickets this handshake issues belong to the client: the hub copies them where the
+    // client goes next.
+    let (up, client) = (state.uplink.clone(), claims.client.clone());
+    conn_store.bind(Arc::new(move |entries| {
+        up.report(ShardMsg::Entries(ClientEntries {
+            client: client.clone(),
+            entries,
+        }));
+    }));
     c.allocations.fetch_add(1, Ordering::Relaxed);
     if zero_rtt {
         c.zero_rtt_attaches.fetch_add(1, Ordering::Relaxed);
@@ -503,7 +462,7 @@ async fn serve(
         (crate::wire::Role::Publish, session.published),
     ] {
         if let Some((stream, bytes)) = named {
-            state.reports.report(SessionOutcome {
+            state.uplink.report(ShardMsg::SessionEnded(SessionOutcome {
                 client: claims.client.clone(),
                 grant: claims.id,
                 stream,
@@ -511,7 +470,7 @@ async fn serve(
                 started_ms: now_ms,
                 duration_ms,
                 bytes,
-            });
+            }));
         }
     }
     Ok(())

@@ -138,4 +138,56 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u32(0xffff), None);
     }
+
+    /// `ProtocolViolation` → `PROTOCOL_VIOLATION`, the name `PROTOCOL.md` uses.
+    fn doc_name(c: ErrorCode) -> String {
+        let mut out = String::new();
+        for (i, ch) in format!("{c:?}").chars().enumerate() {
+            if ch.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_uppercase());
+        }
+        out
+    }
+
+    #[test]
+    fn protocol_md_lists_every_code_with_its_reason_phrase() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md");
+        let doc = std::fs::read_to_string(path).expect("PROTOCOL.md is in the crate root");
+        let start = doc
+            .find("\n## 6. Application error codes")
+            .expect("section 6 lists the codes");
+        let section = &doc[start + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        // Rows: | 0x10 | `PROTOCOL_VIOLATION` | `protocol violation` | meaning | when |
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|l| l.starts_with("| 0x"))
+            .map(|l| {
+                l.split(" | ")
+                    .take(3)
+                    .map(|c| c.trim_matches('|').trim())
+                    .collect()
+            })
+            .collect();
+        for &c in ErrorCode::ALL {
+            let value = format!("0x{:02x}", c.as_u32());
+            let row = rows
+                .iter()
+                .find(|r| r[0] == value)
+                .unwrap_or_else(|| panic!("PROTOCOL.md section 6 has no row for {value}"));
+            assert_eq!(row[1], format!("`{}`", doc_name(c)), "name of {value}");
+            assert_eq!(
+                row[2],
+                format!("`{}`", c.reason()),
+                "reason phrase of {value}"
+            );
+        }
+        assert_eq!(
+            rows.len(),
+            ErrorCode::ALL.len(),
+            "PROTOCOL.md lists a code that codes.rs does not define"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::strict::{self, DecodeError};
 use super::{Chunk, ErrorCode, Message};
 
 /// The protocol version this build speaks.
@@ -51,6 +52,9 @@ pub enum WireError {
     },
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// A control body that is not a message in the documented encoding (see [`strict`]).
+    #[error("malformed control message: {0}")]
+    Control(#[from] DecodeError),
     #[error("stream read failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -59,7 +63,9 @@ impl WireError {
     /// The code to close the connection with.
     pub fn code(&self) -> ErrorCode {
         match self {
-            WireError::Truncated | WireError::Malformed(_) => ErrorCode::MalformedFrame,
+            WireError::Truncated | WireError::Malformed(_) | WireError::Control(_) => {
+                ErrorCode::MalformedFrame
+            }
             WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             WireError::TooLarge { .. } => ErrorCode::FrameTooLarge,
             WireError::Io(_) => ErrorCode::ProtocolViolation,
@@ -214,9 +220,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             .saturating_mul(8)
             .clamp(MIN_BLOCK, MAX_BLOCK);
         let frame = match kind {
-            KIND_CONTROL => rmp_serde::from_slice(&body)
-                .map(Frame::Control)
-                .map_err(|e| WireError::Malformed(format!("control message: {e}")))?,
+            KIND_CONTROL => Frame::Control(strict::from_slice(&body)?),
             _ => Frame::Chunk(decode_chunk(body)?),
         };
         Ok(Some(frame))

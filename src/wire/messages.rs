@@ -23,16 +23,26 @@ pub enum Role {
 }
 
 /// Optional facts a client declares about itself; the hub's profiler and predictor use them.
+///
+/// Decoding separates the type of a field from its range: a field of the wrong MessagePack type
+/// makes the frame malformed, a value of the right type out of range is for [`Hints::validate`]
+/// (the hub rejects the request with `BadRequest`). So `bitrate_kbps` takes any MessagePack
+/// integer: one outside `u32` decodes to the nearest bound (a negative one to 0, a larger one to
+/// `u32::MAX`), both of which `validate` refuses, so that it accepts exactly the wire values
+/// in `1..=10_000_000`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Hints {
     pub region: Option<String>,
     pub device_class: Option<String>,
+    #[serde(deserialize_with = "any_integer_clamped")]
     pub bitrate_kbps: Option<u32>,
 }
 
 /// Longest hint string accepted.
 pub const MAX_HINT_LEN: usize = 64;
+/// Range of `bitrate_kbps` accepted.
+pub const HINT_BITRATE_KBPS: std::ops::RangeInclusive<u32> = 1..=10_000_000;
 
 impl Hints {
     /// Checks the ranges; the hub rejects a request whose hints fail with `BadRequest`.
@@ -43,12 +53,45 @@ impl Hints {
             }
         }
         if let Some(b) = self.bitrate_kbps {
-            if b == 0 || b > 10_000_000 {
+            if !HINT_BITRATE_KBPS.contains(&b) {
                 return Err("bitrate_kbps must be in 1..=10000000");
             }
         }
         Ok(())
     }
+}
+
+/// An optional integer of any size, clamped into `u32` (see [`Hints`]).
+fn any_integer_clamped<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    struct Clamped(u32);
+    impl<'de> Deserialize<'de> for Clamped {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Clamped;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an integer")
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Clamped, E> {
+                    Ok(Clamped(u32::try_from(v).unwrap_or(u32::MAX)))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Clamped, E> {
+                    Ok(Clamped(u32::try_from(v.max(0)).unwrap_or(u32::MAX)))
+                }
+            }
+            d.deserialize_i64(V)
+        }
+    }
+    Ok(Option::<Clamped>::deserialize(d)?.map(|c| c.0))
+}
+
+/// `nil` (or an absent field, with `#[serde(default)]`) as the type's default.
+fn nil_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Client → hub: the first message on a hub connection's bidirectional stream.
@@ -57,7 +100,8 @@ pub struct StreamRequest {
     pub client_id: ClientId,
     pub stream: StreamName,
     pub role: Role,
-    #[serde(default)]
+    /// Absent or `nil`: no hints.
+    #[serde(default, deserialize_with = "nil_as_default")]
     pub hints: Hints,
 }
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! frame   = length:u32be  version:u8  kind:u8  body          (length counts version..body)
-//! kind 1  = control: body is one MessagePack-encoded `Message` (maps with field names)
+//! kind 1  = control: body is one MessagePack-encoded `Message` (maps with field names, decoded
+//!           strictly: see `strict`)
 //! kind 2  = chunk:   body is the MessagePack array [seq:uint64, timestamp_us:uint64, payload:bin32]
 //! ```
 //!
@@ -16,6 +17,7 @@ mod codes;
 pub mod datagram;
 mod frame;
 mod messages;
+mod strict;
 
 pub use codes::ErrorCode;
 pub use frame::{
@@ -23,3 +25,4 @@ pub use frame::{
     CHUNK_HEADER_LEN, KIND_CHUNK, KIND_CONTROL, MAX_CHUNK_PAYLOAD, MAX_CONTROL_BODY, VERSION,
 };
 pub use messages::*;
+pub use strict::DecodeError;

@@ -36,7 +36,7 @@ async fn still_serves(tc: &TestCluster, raw: &RawClient, shard: ShardId) {
 async fn forged_tokens_are_refused_without_allocation() {
     let tc = TestCluster::start();
     let raw = RawClient::new();
-    let shard = &tc.cluster.shards[0];
+    let shard = &tc.cluster.shards()[0];
     let before = tc.allocations();
     // Random bytes.
     let code = raw
@@ -111,7 +111,7 @@ async fn a_token_with_any_byte_flipped_is_refused() {
 async fn expired_unknown_epoch_and_wrong_group_have_their_codes() {
     let tc = TestCluster::start();
     let raw = RawClient::new();
-    let g0 = tc.shards_of(GroupId(0))[0];
+    let g0 = tc.shards_of(GroupId(0))[0].clone();
     let now = now_ms();
     let before = tc.allocations();
     let expired = tc.mint(GroupId(0), [4; 32], now - 2_000, now - 1_000);
@@ -141,7 +141,7 @@ async fn proof_for_another_shard_is_refused() {
     let raw = RawClient::new();
     let (token, secret, group, _) = grant(&tc).await;
     let shards = tc.shards_of(group);
-    let (a, b) = (shards[0], shards[1]);
+    let (a, b) = (shards[0].clone(), shards[1].clone());
     let before = tc.allocations();
     assert_eq!(
         raw.attach(a.addr(), &token, &secret, b.id()).await,
@@ -162,7 +162,7 @@ async fn a_captured_attach_replayed_to_the_same_or_another_shard_is_refused() {
     let raw = RawClient::new();
     let (token, secret, group, _) = grant(&tc).await;
     let shards = tc.shards_of(group);
-    let (a, b) = (shards[0], shards[1]);
+    let (a, b) = (shards[0].clone(), shards[1].clone());
     let captured = encode_control(&attach_msg(&token, &secret, a.id(), rand16()));
     let (frame, _, conn) = raw.exchange(a.addr(), &captured).await;
     assert!(matches!(frame, Some(Frame::Control(Message::Attached(_)))));
@@ -227,7 +227,7 @@ async fn a_replayed_zero_rtt_first_flight_is_not_admitted() {
     let admitted = tc.allocations();
     let zero_rtt_before: u64 = tc
         .cluster
-        .shards
+        .shards()
         .iter()
         .map(|s| {
             s.counters()
@@ -252,7 +252,7 @@ async fn a_replayed_zero_rtt_first_flight_is_not_admitted() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let zero_rtt_after: u64 = tc
         .cluster
-        .shards
+        .shards()
         .iter()
         .map(|s| {
             s.counters()
@@ -274,7 +274,7 @@ async fn a_replayed_zero_rtt_first_flight_is_not_admitted() {
 async fn garbage_oversize_and_unknown_version_frames_close_with_their_codes() {
     let tc = TestCluster::start();
     let raw = RawClient::new();
-    let shard = &tc.cluster.shards[1];
+    let shard = &tc.cluster.shards()[1];
     let before = tc.allocations();
     let garbage = [0u8, 0, 0, 5, VERSION, KIND_CONTROL, 0xc1, 0xc1, 0xc1];
     let mut oversize = ((MAX_CONTROL_BODY + 10) as u32).to_be_bytes().to_vec();
@@ -303,7 +303,7 @@ async fn garbage_oversize_and_unknown_version_frames_close_with_their_codes() {
 async fn publish_before_bind_and_a_bad_bind_are_refused() {
     let tc = TestCluster::start();
     let raw = RawClient::new();
-    let shard = &tc.cluster.shards[0];
+    let shard = &tc.cluster.shards()[0];
     let secret = [6u8; 32];
     let token = tc.mint(shard.group(), secret, now_ms(), now_ms() + 60_000);
     let mut flight = encode_control(&attach_msg(&token, &secret, shard.id(), rand16())).to_vec();

@@ -71,22 +71,42 @@ impl TestCluster {
         Client::new(self.hub(), o).expect("client binds")
     }
 
-    pub fn shards_of(&self, group: GroupId) -> Vec<&Shard> {
+    pub fn shards_of(&self, group: GroupId) -> Vec<Shard> {
         self.cluster
-            .shards
-            .iter()
+            .shards()
+            .into_iter()
             .filter(|s| s.group() == group)
             .collect()
     }
 
-    pub fn shard(&self, id: ShardId) -> &Shard {
+    /// Kills `shard` as a crash would, and waits (bounded) until the hub noticed: its link
+    /// closed and the directory dropped it.
+    pub async fn kill(&self, shard: &Shard) {
+        shard.kill();
+        for _ in 0..200 {
+            let gone = self
+                .cluster
+                .directory()
+                .lock()
+                .unwrap()
+                .record(shard.id())
+                .is_none();
+            if gone {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the hub never noticed that {:?} died", shard.id());
+    }
+
+    pub fn shard(&self, id: ShardId) -> Shard {
         self.cluster.shard(id).expect("shard exists")
     }
 
     /// Sessions ever admitted, over all shards.
     pub fn allocations(&self) -> u64 {
         self.cluster
-            .shards
+            .shards()
             .iter()
             .map(|s| s.counters().allocations.load(Ordering::Relaxed))
             .sum()

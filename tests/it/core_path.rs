@@ -56,7 +56,7 @@ async fn subscribe_with_zero_rtt_gets_ordered_verified_chunks() {
     // The shard saw the attach in 0-RTT data, and the hub's first chunk rode with the grant.
     let zero_rtt: u64 = tc
         .cluster
-        .shards
+        .shards()
         .iter()
         .map(|s| s.counters().zero_rtt_attaches.load(Ordering::Relaxed))
         .sum();
@@ -74,8 +74,8 @@ async fn resumes_on_another_shard_without_gap_or_duplicate() {
     let mut seqs = read_chunks(&mut sub, &stream, 10).await;
     let serving = tc
         .cluster
-        .shards
-        .iter()
+        .shards()
+        .into_iter()
         .find(|s| s.counters().sessions.load(Ordering::Relaxed) > 0)
         .expect("one shard serves the subscription");
     serving.kill();
@@ -99,8 +99,8 @@ async fn graceful_drain_moves_the_subscriber() {
     let mut seqs = read_chunks(&mut sub, &stream, 5).await;
     let serving = tc
         .cluster
-        .shards
-        .iter()
+        .shards()
+        .into_iter()
         .find(|s| s.counters().sessions.load(Ordering::Relaxed) > 0)
         .unwrap()
         .clone();
@@ -175,7 +175,7 @@ async fn tokens_survive_one_key_rotation_and_not_two() {
     cfg.hub.token_ttl = Duration::from_secs(1);
     let tc = TestCluster::with(cfg);
     let raw = RawClient::new();
-    let shard = tc.shards_of(GroupId(0))[0];
+    let shard = tc.shards_of(GroupId(0))[0].clone();
     let keys = tc.tokens();
     // Seal just after an epoch boundary, valid for long enough to outlive two epochs.
     let now = now_ms();
@@ -206,17 +206,19 @@ async fn tokens_survive_one_key_rotation_and_not_two() {
 
 #[tokio::test]
 async fn falls_back_to_one_rtt_when_the_shard_refuses_zero_rtt_and_counts_it() {
-    // A one-entry session store: a second client's hub handshake evicts the first client's
-    // tickets, so the first client's 0-RTT attempt is refused and must fall back to 1-RTT.
-    let mut cfg = config();
-    cfg.streams.session_store_entries = 1;
-    let tc = TestCluster::with(cfg);
+    // The grant copies the client's session entries to its shards; the shards then lose them
+    // (as a restarted shard would), so the client's 0-RTT attempt is refused and must fall
+    // back to 1-RTT.
+    let tc = TestCluster::with(config());
     let stream = StreamName::new("synth/fallback").unwrap();
     let first = tc.client("first");
-    first.request(&stream, Role::Subscribe).await.unwrap();
-    let second = tc.client("second");
-    second.request(&stream, Role::Subscribe).await.unwrap();
-    let mut sub = first.subscribe(&stream).await.unwrap();
+    let reply = first.request(&stream, Role::Subscribe).await.unwrap();
+    for a in &reply.grant.shards {
+        let s = tc.shard(a.id);
+        assert!(!s.store().is_empty(), "the grant copied the entries");
+        s.store().clear();
+    }
+    let mut sub = first.subscribe_with_grant(&stream, reply);
     let seqs = read_chunks(&mut sub, &stream, 10).await;
     assert_contiguous(&seqs);
     let s = sub.stats();
@@ -225,7 +227,13 @@ async fn falls_back_to_one_rtt_when_the_shard_refuses_zero_rtt_and_counts_it() {
         s.zero_rtt_accepted, 0,
         "the shard could not find the ticket: {s:?}"
     );
-    assert!(tc.cluster.store.stats.misses.load(Ordering::Relaxed) >= 1);
+    let misses: u64 = tc
+        .cluster
+        .shards()
+        .iter()
+        .map(|s| s.store().stats.misses.load(Ordering::Relaxed))
+        .sum();
+    assert!(misses >= 1);
     drop(sub);
     tc.shutdown().await;
 }

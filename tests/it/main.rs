@@ -11,3 +11,4 @@ mod mirror_faults;
 mod pool;
 mod priority;
 mod profiles;
+mod wire_strict;

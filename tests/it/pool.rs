@@ -72,7 +72,7 @@ async fn racing_n_shards_keeps_a_primary_and_a_standby_and_closes_the_rest_clean
     for _ in 0..50 {
         open = tc
             .cluster
-            .shards
+            .shards()
             .iter()
             .map(|s| s.counters().sessions.load(Ordering::Relaxed))
             .sum::<u64>();
@@ -94,7 +94,7 @@ async fn racing_n_shards_keeps_a_primary_and_a_standby_and_closes_the_rest_clean
     assert_eq!(conns, 3);
     let refused: u64 = tc
         .cluster
-        .shards
+        .shards()
         .iter()
         .map(|s| s.counters().total_rejections())
         .sum();

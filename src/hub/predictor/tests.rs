@@ -65,16 +65,6 @@ fn learned_demand_beats_both_baselines_on_held_out_traffic() {
 }
 
 #[test]
-fn other_horizons_are_reported() {
-    for h in [1, 5, 20, 30] {
-        for (name, trace) in TRACES {
-            let s = trace(N, 1);
-            report(name, 1, h, maes(&s.counts, h), floor(&s));
-        }
-    }
-}
-
-#[test]
 fn traces_are_deterministic_and_non_negative() {
     for f in [traces::ramp, traces::diurnal, traces::flash] {
         let (a, b) = (f(500, 7), f(500, 7));

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::mirror::{MirrorConfig, MirrorError, Mode, Overflow};
+use crate::wire::Chunk;
 
 fn addr(i: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9000 + i))

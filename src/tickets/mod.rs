@@ -1,14 +1,21 @@
-//! The session store that makes 0-RTT work across the hub and its shards.
+//! Session stores: what makes 0-RTT work across the hub and its shards.
 //!
 //! rustls 0.23 allows early data only with *stateful* resumption: the server keeps the session
 //! state under the ticket id in a [`StoresServerSessions`]. A client that got tickets from the
-//! hub presents one to a shard; the shard finds it only if it reads the same store. rustls takes
-//! TLS 1.3 sessions with `take`, so a ticket works once, cluster-wide: a replayed first flight
-//! finds its ticket gone and its 0-RTT data is discarded.
+//! hub presents one to a shard; the shard finds it only if its own store holds that entry.
+//! Every endpoint (hub, each shard) has its own [`SessionStore`]; nothing shares one. Entries
+//! travel instead: [`conn`] records which entries one connection's handshake produced, and
+//! [`book`] keeps them per client on the hub, which copies them over the link to the shards a
+//! grant names before the grant leaves. rustls takes TLS 1.3 sessions with `take`, so a ticket
+//! works once per endpoint: a first flight replayed to the same shard finds its ticket gone and
+//! its 0-RTT data is discarded (a copy sent to another endpoint fails the shard-bound proof).
 //!
 //! [`StoreCore`] is the sans-IO part: O(1) `put`/`take`, its own TTL (rustls hard-codes 24 h for
 //! stateful tickets), a hard bound on entries with oldest-first eviction. [`SessionStore`] wraps it
 //! in a mutex, reads the clock, and counts what happened.
+
+pub mod book;
+pub mod conn;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,6 +172,18 @@ impl SessionStore {
         self.core().len()
     }
 
+    /// Drops every entry (a restarted endpoint starts empty; tests use it to force 1-RTT).
+    pub fn clear(&self) {
+        let mut c = self.core();
+        let (capacity, ttl) = (c.capacity, c.ttl);
+        *c = StoreCore::new(capacity, ttl);
+    }
+
+    /// How long an entry lives.
+    pub fn ttl(&self) -> Duration {
+        self.core().ttl
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -179,9 +198,18 @@ impl SessionStore {
     }
 }
 
+impl SessionStore {
+    /// Puts an entry that another endpoint's handshake produced (it arrived over the link).
+    pub fn put_entry(&self, entry: crate::link::StoreEntry) {
+        StoresServerSessions::put(self, entry.key, entry.value);
+    }
+}
+
 impl StoresServerSessions for SessionStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        let ev = self.core().put(key, value, Instant::now());
+        #[allow(clippy::disallowed_methods)] // the store's driver reads the clock (module doc)
+        let now = Instant::now();
+        let ev = self.core().put(key, value, now);
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats
             .evicted
@@ -190,12 +218,14 @@ impl StoresServerSessions for SessionStore {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        #[allow(clippy::disallowed_methods)] // the store's driver reads the clock (module doc)
         let v = self.core().get(key, Instant::now());
         self.count(v.is_some());
         v
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        #[allow(clippy::disallowed_methods)] // the store's driver reads the clock (module doc)
         let v = self.core().take(key, Instant::now());
         self.count(v.is_some());
         v

@@ -1,0 +1,103 @@
+//! `shoal loadgen`: many simulated clients against a running hub, with a progress bar, a
+//! latency report and an optional SVG chart.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::ConnectArgs;
+
+#[derive(Args)]
+pub struct LoadgenArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Clients in all (each a cold client with its own socket).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// New clients per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds each client stays subscribed.
+    #[arg(long, default_value_t = 2.0)]
+    hold: f64,
+    /// Stream mix: NAME[:WEIGHT],... (weight 1 when left out).
+    #[arg(long, default_value = "synth/load-a:3,synth/load-b:1")]
+    streams: String,
+    /// Profile hint: the client's region.
+    #[arg(long)]
+    region: Option<String>,
+    /// Profile hint: the client's device class.
+    #[arg(long)]
+    device_class: Option<String>,
+    /// Profile hint: expected bitrate in kbit/s.
+    #[arg(long)]
+    bitrate_kbps: Option<u32>,
+    /// Time limit of each grant and attach, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Print the summary as one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of time-to-first-byte and attach latency distributions.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+pub async fn run(a: LoadgenArgs) -> Result<()> {
+    use shoal::loadgen::{self, LoadgenOptions};
+    if !((0.0..=3600.0).contains(&a.hold) && a.timeout > 0.0 && a.timeout <= 600.0) {
+        bail!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
+    }
+    let mix = loadgen::parse_mix(&a.streams).map_err(|e| anyhow::anyhow!("--streams: {e}"))?;
+    let ca = shoal::tls::read_certs(&a.conn.ca)
+        .context("reading the CA (start `shoal up` first, or pass --ca)")?;
+    let opts = LoadgenOptions {
+        hub: a.conn.hub,
+        ca,
+        cluster: a.conn.cluster.clone(),
+        clients: a.clients,
+        rate: a.rate,
+        hold: Duration::from_secs_f64(a.hold),
+        mix,
+        hints: shoal::wire::Hints {
+            region: a.region.clone(),
+            device_class: a.device_class.clone(),
+            bitrate_kbps: a.bitrate_kbps,
+        },
+        request_timeout: Duration::from_secs_f64(a.timeout),
+    };
+    let bar = indicatif::ProgressBar::new(a.clients as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} clients done {msg}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    let (report, samples) = loadgen::run(opts, |t| {
+        bar.set_position(t.done + t.failed);
+        bar.set_message(format!(
+            "· {} active · {} failed · {} chunks",
+            t.started - t.done - t.failed,
+            t.failed,
+            t.chunks
+        ));
+    })
+    .await
+    .with_context(|| format!("load against {}", a.conn.hub))?;
+    bar.finish_and_clear();
+    println!("{}", report.table());
+    if let Some(p) = &a.plot {
+        loadgen::plot(&samples, p).map_err(|e| anyhow::anyhow!(e))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if report.succeeded == 0 {
+        bail!("every client failed");
+    }
+    Ok(())
+}

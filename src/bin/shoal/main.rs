@@ -1,0 +1,154 @@
+//! The `shoal` command: serve a cluster, subscribe, publish, run the demo, make certificates,
+//! receive mirrored streams and steer mirrors through the admin API. One module per command;
+//! this file parses the command line, sets up logging and the runtime, and holds what several
+//! commands share (the hub connection arguments, the shutdown signal).
+
+mod bench;
+mod certs;
+mod demo;
+mod loadgen;
+mod mirror;
+mod publish;
+mod subscribe;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use shoal::client::{Client, ClientOptions};
+use shoal::ids::ClientId;
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "QUIC-native stream transport: hub, shards, clients"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a hub with embedded shards until Ctrl-C (then drain gracefully).
+    Up(up::UpArgs),
+    /// Run the embedded cluster with N subscribing clients, kill a shard halfway, report.
+    Demo(demo::DemoArgs),
+    /// Subscribe to a stream and print what arrives.
+    Subscribe(subscribe::SubscribeArgs),
+    /// Publish chunks to a live stream.
+    Publish(publish::PublishArgs),
+    /// Generate a CA and a cluster certificate.
+    Certs(certs::CertsArgs),
+    /// Receive mirrored streams (a mirror endpoint) and report what arrives.
+    Receive(mirror::ReceiveArgs),
+    /// Start, change, inspect and stop mirrors through the admin API of `shoal up`.
+    Mirror(mirror::MirrorArgs),
+    /// Measure shoal against raw quinn doing the same work in the same run (ratios).
+    Bench(bench::BenchArgs),
+    /// Drive many simulated clients against a running hub and report latencies.
+    Loadgen(loadgen::LoadgenArgs),
+    /// (internal) Serve one measured server for `shoal bench` until stdin closes.
+    #[command(hide = true)]
+    BenchServe { spec: String },
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Hub address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    hub: SocketAddr,
+    /// CA certificate to trust (PEM).
+    #[arg(long, default_value = ".shoal/ca.pem")]
+    ca: PathBuf,
+    /// Cluster name (TLS server name).
+    #[arg(long, default_value = shoal::DEFAULT_CLUSTER)]
+    cluster: String,
+    /// Client id the hub profiles.
+    #[arg(long, default_value = "cli")]
+    client_id: String,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: load runs hold a socket per client.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    init_logs(cli.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Up(a) => up::run(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Subscribe(a) => subscribe::run(a).await,
+            Cmd::Publish(a) => publish::run(a).await,
+            Cmd::Certs(a) => certs::run(a),
+            Cmd::Receive(a) => mirror::receive(a).await,
+            Cmd::Mirror(a) => mirror::mirror(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Loadgen(a) => loadgen::run(a).await,
+            Cmd::BenchServe { spec } => Ok(shoal::bench::serve_child(&spec).await?),
+        }
+    })
+}
+
+fn client(c: &ConnectArgs) -> Result<Client> {
+    let ca = shoal::tls::read_certs(&c.ca)
+        .context("reading the CA (start `shoal up` first, or pass --ca)")?;
+    let id = ClientId::new(c.client_id.clone())?;
+    Ok(Client::new(
+        c.hub,
+        ClientOptions::new(c.cluster.clone(), ca, id),
+    )?)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,91 @@
+//! `shoal subscribe`: subscribe to a stream and print what arrives.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use shoal::client::Delivery;
+use shoal::ids::StreamName;
+use shoal::synthetic::{stream_seed, verify};
+
+use crate::{client, ConnectArgs};
+
+#[derive(Args)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Stop after this many chunks (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Stop after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    seconds: f64,
+    /// Only print a summary at the end.
+    #[arg(long, short)]
+    quiet: bool,
+    stream: String,
+}
+
+pub async fn run(a: SubscribeArgs) -> Result<()> {
+    let stream = StreamName::new(a.stream.clone())?;
+    let client = client(&a.conn)?;
+    let seed = stream.is_synthetic().then(|| stream_seed(&stream));
+    let mut sub = client
+        .subscribe(&stream)
+        .await
+        .with_context(|| format!("subscribing to {stream} at {}", a.conn.hub))?;
+    let started = Instant::now();
+    let limit = (a.seconds > 0.0).then(|| Duration::from_secs_f64(a.seconds));
+    let (mut chunks, mut bad) = (0u64, 0u64);
+    loop {
+        let left = limit.map(|l| l.saturating_sub(started.elapsed()));
+        let next = async {
+            tokio::select! {
+                n = sub.next() => Some(n),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        };
+        let item = match left {
+            Some(l) => tokio::time::timeout(l, next).await.ok().flatten(),
+            None => next.await,
+        };
+        match item {
+            None | Some(None) => break,
+            Some(Some(Ok(Delivery::Chunk(c)))) => {
+                chunks += 1;
+                let ok = seed.is_none_or(|s| verify(s, c.seq, &c.payload));
+                bad += u64::from(!ok);
+                if !a.quiet {
+                    println!(
+                        "seq={} ts_us={} bytes={}{}",
+                        c.seq,
+                        c.timestamp_us,
+                        c.payload.len(),
+                        if ok { "" } else { " INTEGRITY-FAILURE" }
+                    );
+                }
+                if a.count > 0 && chunks >= a.count {
+                    break;
+                }
+            }
+            Some(Some(Ok(Delivery::Gap { from, to }))) => println!("gap {from}..{to}"),
+            Some(Some(Err(e))) => bail!("subscription ended: {e}"),
+        }
+    }
+    let s = sub.stats();
+    eprintln!(
+        "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, 0-RTT {}/{}, ttfb {:.2} ms",
+        s.missing,
+        s.duplicates,
+        s.zero_rtt_accepted,
+        s.zero_rtt_attempted,
+        s.ttfb_us as f64 / 1000.0
+    );
+    drop(sub);
+    client.close().await;
+    if bad > 0 {
+        bail!("{bad} chunks failed the integrity check");
+    }
+    Ok(())
+}

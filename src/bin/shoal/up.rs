@@ -1,0 +1,265 @@
+//! `shoal up`: config, then bind, then spawn, then wait, then drain.
+//!
+//! The config (file, then CLI overrides) is validated and every certificate read before a socket
+//! is bound; then the cluster, the admin API and the shard pool start. `up` then waits under a
+//! [`Supervisor`]: a shutdown signal (Ctrl-C, SIGTERM) ends it normally; any supervised task that
+//! ends first (an error, a panic, or an unexpected `Ok`) ends it with that task's error. Either
+//! way the pool stops, the admin API stops within its grace period and the cluster drains.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use tokio::task::{Id, JoinSet};
+
+use shoal::admin::{Admin, AdminState};
+use shoal::cluster::{Cluster, Material};
+use shoal::config::Config;
+
+use crate::wait_for_signal;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// TOML config file; every field has a default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override hub.listen.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override shards.count.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Override shards.groups.
+    #[arg(long)]
+    groups: Option<u32>,
+    /// Override data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override admin.listen (TCP address of the admin HTTP API, or `off`).
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+pub async fn run(a: UpArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.hub.listen = l;
+    }
+    if let Some(n) = a.shards {
+        cfg.shards.count = n;
+    }
+    if let Some(g) = a.groups {
+        cfg.shards.groups = g;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(admin) = &a.admin {
+        cfg.admin.listen = shoal::config::parse_admin_listen(admin)
+            .map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+    }
+    cfg.validate()?;
+    if a.print_config {
+        print!("{}", toml::to_string(&cfg).context("printing the config")?);
+        return Ok(());
+    }
+    if cfg.profiles.path.is_none() {
+        cfg.profiles.path = Some(cfg.data_dir.join("profiles.redb"));
+    }
+    if let Some(dir) = cfg.profiles.path.as_ref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {} for the profile database", dir.display()))?;
+        }
+    }
+    let (material, notes) = Material::load_or_create(&cfg)?;
+    for n in notes {
+        tracing::info!("{n}");
+    }
+    // The mirrors' client certificate is read before any socket is bound.
+    let mirror_identity = match cfg.admin.listen {
+        Some(_) => {
+            let (cert, key) = (cfg.mirror_cert_path(), cfg.mirror_key_path());
+            let chain = shoal::tls::read_certs(&cert)
+                .with_context(|| format!("reading admin.mirror_cert {}", cert.display()))?;
+            let key = shoal::tls::read_key(&key)
+                .with_context(|| format!("reading admin.mirror_key {}", key.display()))?;
+            Some((chain, key))
+        }
+        None => None,
+    };
+    let cluster = Cluster::start(&cfg, material)?;
+    let admin = match (cfg.admin.listen, mirror_identity) {
+        (Some(addr), Some((chain, key))) => {
+            let state = AdminState::for_cluster(&cluster, chain, key);
+            match Admin::start(addr, state) {
+                Ok((admin, _)) => Some(admin),
+                Err(e) => {
+                    cluster.shutdown().await;
+                    return Err(e).with_context(|| format!("binding the admin API on {addr}"));
+                }
+            }
+        }
+        _ => None,
+    };
+    tracing::info!(
+        hub = %cluster.hub.addr(),
+        ca = %cfg.ca_path().display(),
+        admin = ?admin.as_ref().map(Admin::addr),
+        "ready: try `shoal subscribe --hub {} synth/hello`",
+        cluster.hub.addr()
+    );
+    let pool = cfg.pool.enabled.then(|| start_pool(&cfg, &cluster));
+    // Tasks that run beside the cluster; the first one to end is a failure and ends `up` (the
+    // drain below still runs). None yet: the admin server, hub and pool driver keep their
+    // tasks inside the library, which gives no way to await them.
+    let mut tasks = Supervisor::default();
+    let outcome = tasks.wait(wait_for_signal()).await;
+    if let Err(e) = &outcome {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "a supervised task failed; shutting down"
+        );
+    }
+    tasks.abort_all();
+    if let Some(p) = pool {
+        p.stop().await;
+    }
+    if let Some(admin) = admin {
+        admin.stop(shoal::admin::STOP_GRACE).await;
+    }
+    cluster.shutdown().await;
+    outcome
+}
+
+fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDriver {
+    use shoal::pool::policy::ScalerConfig;
+    use shoal::pool::{PoolConfig, Quota};
+    let p = &cfg.pool;
+    let pool = PoolConfig {
+        // Embedded shards start in milliseconds; the lead is one step of the driver.
+        startup: p.step,
+        min_lifespan: p.min_lifespan,
+        idle_stop_after: p.idle_stop_after,
+        scale_in_step: p.step * 5,
+        drain_grace: cfg.shutdown.grace,
+        min_shards: p.min_shards,
+        max_shards: p.max_shards,
+        quota: Quota {
+            sessions: u64::from(cfg.shards.max_sessions),
+            ..Quota::default()
+        },
+    };
+    let scaler = ScalerConfig {
+        policy: p.policy,
+        static_size: p.min_shards,
+        target_utilization: p.target_utilization,
+        sync_period: p.sync_period,
+        scale_out_threshold: (p.target_utilization + 0.1).min(1.0),
+        step: p.step,
+        startup: p.step,
+        plan_ahead: p.plan_ahead,
+        initial_mean_session: Duration::from_secs(60),
+    };
+    shoal::pool::driver::PoolDriver::start(cluster, pool, scaler, cfg.shards.groups)
+}
+
+/// Named tasks that must run as long as the service does; each returns `Result`.
+#[derive(Default)]
+struct Supervisor {
+    tasks: JoinSet<Result<()>>,
+    names: HashMap<Id, &'static str>,
+}
+
+impl Supervisor {
+    /// Runs `task` under supervision; `name` says what failed in the error that ends `up`.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the library does not hand out its tasks yet")
+    )]
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<()>> + Send + 'static,
+    ) {
+        let id = self.tasks.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Waits for `signal` (then `Ok`) or for the first supervised task to end (then `Err` with
+    /// its name and error): a task that ends while the service runs has failed, even with `Ok`.
+    async fn wait(&mut self, signal: impl Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            () = signal => Ok(()),
+            Some(done) = self.tasks.join_next_with_id() => Err(match done {
+                Ok((id, Ok(()))) => anyhow!("{} stopped unexpectedly", self.name(id)),
+                Ok((id, Err(e))) => e.context(format!("{} failed", self.name(id))),
+                Err(e) => anyhow!("{} panicked or was cancelled: {e}", self.name(e.id())),
+            }),
+        }
+    }
+
+    fn name(&self, id: Id) -> &'static str {
+        self.names.get(&id).copied().unwrap_or("a supervised task")
+    }
+
+    /// Stops the tasks still running (before the drain).
+    fn abort_all(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_ends_the_wait_normally() {
+        let mut s = Supervisor::default();
+        s.spawn("idle", std::future::pending());
+        let signal = tokio::time::sleep(Duration::from_secs(1));
+        assert!(s.wait(signal).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_task_ends_the_wait_with_its_name_and_error() {
+        let mut s = Supervisor::default();
+        s.spawn("idle", std::future::pending());
+        s.spawn("admin API", async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(anyhow!("address in use"))
+        });
+        let e = s.wait(std::future::pending()).await.unwrap_err();
+        assert_eq!(format!("{e:#}"), "admin API failed: address in use");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_returns_or_panics_is_a_failure_too() {
+        let mut s = Supervisor::default();
+        s.spawn("pool driver", async { Ok(()) });
+        let e = s.wait(std::future::pending()).await.unwrap_err();
+        assert_eq!(e.to_string(), "pool driver stopped unexpectedly");
+
+        let mut s = Supervisor::default();
+        s.spawn("hub", async { panic!("boom") });
+        let e = s.wait(std::future::pending()).await.unwrap_err();
+        assert!(e.to_string().starts_with("hub panicked"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_nothing_to_supervise_only_the_signal_ends_the_wait() {
+        let mut s = Supervisor::default();
+        let signal = tokio::time::sleep(Duration::from_secs(3600));
+        assert!(s.wait(signal).await.is_ok());
+    }
+}

@@ -1,0 +1,328 @@
+//! The hub's end of its shard links: it feeds the [`Directory`] from what shards send and
+//! carries the hub's commands to them.
+//!
+//! [`Links::accept`] takes a new link; its first message must be a registration, and every
+//! later message goes where it belongs: load into the directory, session outcomes to the
+//! profiler, store entries into the client's book (and on to where the client was sent),
+//! acknowledgements to the grant waiting for them. A link that closes without `drained`
+//! is a shard that died: it leaves the directory at once. A timer marks shards silent for
+//! longer than the directory's bound as lost.
+//!
+//! Commands wait for room ([`Links::command`]); copies of entries that arrive after a grant
+//! are best effort ([`Links::forward`]: a full link drops and counts them — the client then
+//! resumes with 1-RTT).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn, Instrument};
+
+use super::directory::Directory;
+use crate::ids::{ClientId, ShardId};
+use crate::link::channel::HubEnd;
+use crate::link::{HubCmd, SessionOutcome, ShardMsg, StoreEntry};
+use crate::tickets::book::{Book, Forward};
+use crate::tickets::SessionStore;
+
+/// Counters of the hub's links.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    pub registered: AtomicU64,
+    /// Registrations refused (wrong version, duplicate id, no registration first).
+    pub refused: AtomicU64,
+    /// Links that closed without the shard reporting `drained` (crash, kill).
+    pub lost: AtomicU64,
+    pub drained: AtomicU64,
+    /// Shards marked lost for silence.
+    pub silent: AtomicU64,
+    pub commands: AtomicU64,
+    /// Grants whose shards acknowledged the client's entries in time, and those that did not
+    /// (the client then attaches with 1-RTT there).
+    pub entries_held: AtomicU64,
+    pub entries_missed: AtomicU64,
+    /// Entry copies sent after a grant, and those dropped because a link was full.
+    pub entries_forwarded: AtomicU64,
+    pub forwards_dropped: AtomicU64,
+}
+
+/// Where ended sessions go (the profiler).
+pub type SessionSink = Arc<dyn Fn(SessionOutcome) + Send + Sync>;
+
+/// Why a command did not reach a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    #[error("no link to shard {0:?}")]
+    NoLink(ShardId),
+    #[error("the link to shard {0:?} closed")]
+    Closed(ShardId),
+}
+
+/// The hub's links (cheap to clone).
+#[derive(Clone)]
+pub struct Links {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    directory: Arc<Mutex<Directory>>,
+    senders: Mutex<HashMap<ShardId, mpsc::Sender<HubCmd>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_batch: AtomicU64,
+    book: Mutex<Book>,
+    /// The hub's own session store (entries from shards go there too: a returning client
+    /// presents the newest ticket it holds, wherever it came from).
+    store: Arc<SessionStore>,
+    sessions: SessionSink,
+    counters: LinkCounters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Links {
+    pub fn new(
+        directory: Arc<Mutex<Directory>>,
+        book: Book,
+        store: Arc<SessionStore>,
+        sessions: SessionSink,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                directory,
+                senders: Mutex::default(),
+                pending: Mutex::default(),
+                next_batch: AtomicU64::new(1),
+                book: Mutex::new(book),
+                store,
+                sessions,
+                counters: LinkCounters::default(),
+            }),
+        }
+    }
+
+    pub fn counters(&self) -> &LinkCounters {
+        &self.inner.counters
+    }
+
+    pub fn directory(&self) -> &Arc<Mutex<Directory>> {
+        &self.inner.directory
+    }
+
+    /// Takes a new link. A registration already waiting on it is handled now, so a shard
+    /// that queued it before handing over its link is placed on when this returns; the rest
+    /// of the link is read by a task of its own.
+    pub fn accept(&self, mut end: HubEnd) {
+        let first = end.messages.try_recv().ok();
+        let registered = match first {
+            Some(msg) => match self.register(msg, &end) {
+                Some(id) => Some(id),
+                None => return,
+            },
+            None => None,
+        };
+        let links = self.clone();
+        let span = tracing::info_span!("link", shard = registered.map(|s| s.0));
+        tokio::spawn(async move { links.read(end, registered).await }.instrument(span));
+    }
+
+    /// Handles the first message of a link; the shard's id if it registered.
+    fn register(&self, msg: ShardMsg, end: &HubEnd) -> Option<ShardId> {
+        let c = &self.inner.counters;
+        let ShardMsg::Register(reg) = msg else {
+            warn!("a link opened without registering; closed");
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let now = crate::clock::now();
+        if let Err(e) = lock(&self.inner.directory).handle_register(&reg, now) {
+            warn!(error = %e, "registration refused; link closed");
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        lock(&self.inner.senders).insert(reg.shard, end.commands.clone());
+        c.registered.fetch_add(1, Ordering::Relaxed);
+        info!(shard = reg.shard.0, group = reg.group.0, addr = %reg.addr, capacity = reg.capacity, "shard registered");
+        Some(reg.shard)
+    }
+
+    async fn read(self, mut end: HubEnd, mut id: Option<ShardId>) {
+        if id.is_none() {
+            match end.messages.recv().await {
+                Some(msg) => id = self.register(msg, &end),
+                None => return,
+            }
+        }
+        let Some(id) = id else { return };
+        let mut drained = false;
+        loop {
+            // The shard's agent holds the command receiver: when it goes, the link is closed,
+            // even if other parts of the shard still hold a sender of reports.
+            let msg = tokio::select! {
+                msg = end.messages.recv() => msg,
+                () = end.commands.closed() => None,
+            };
+            let Some(msg) = msg else { break };
+            let now = crate::clock::now();
+            match msg {
+                ShardMsg::Register(_) => {
+                    warn!(shard = id.0, "registered twice; link closed");
+                    break;
+                }
+                ShardMsg::Load(load) => {
+                    let _ = lock(&self.inner.directory).handle_load(id, load, now);
+                }
+                ShardMsg::SessionEnded(outcome) => {
+                    lock(&self.inner.directory).handle_heard(id, now);
+                    (self.inner.sessions)(outcome);
+                }
+                ShardMsg::Entries(ce) => {
+                    for e in &ce.entries {
+                        self.inner.store.put_entry(e.clone());
+                    }
+                    let f = lock(&self.inner.book).add(&ce.client, ce.entries, Some(id), now);
+                    self.forward(f);
+                }
+                ShardMsg::EntriesHeld { batch } => {
+                    if let Some(tx) = lock(&self.inner.pending).remove(&batch) {
+                        let _ = tx.send(());
+                    }
+                }
+                ShardMsg::Drained => {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        lock(&self.inner.senders).remove(&id);
+        lock(&self.inner.directory).handle_link_lost(id);
+        let c = &self.inner.counters;
+        if drained {
+            c.drained.fetch_add(1, Ordering::Relaxed);
+            info!(shard = id.0, "shard drained and left the directory");
+        } else {
+            c.lost.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                shard = id.0,
+                "shard link lost; the shard left the directory"
+            );
+        }
+    }
+
+    /// Sends `cmd` to `shard`, waiting for room on its link.
+    pub async fn command(&self, shard: ShardId, cmd: HubCmd) -> Result<(), LinkError> {
+        let tx = lock(&self.inner.senders)
+            .get(&shard)
+            .cloned()
+            .ok_or(LinkError::NoLink(shard))?;
+        tx.send(cmd).await.map_err(|_| LinkError::Closed(shard))?;
+        self.inner.counters.commands.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Copies `entries` to every shard of `shards` and waits (at most `wait`) until each
+    /// holds them; returns how many did in time.
+    pub async fn copy_entries(
+        &self,
+        shards: &[ShardId],
+        entries: &[StoreEntry],
+        wait: Duration,
+    ) -> usize {
+        if entries.is_empty() {
+            return shards.len();
+        }
+        let mut acks = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&self.inner.pending).insert(batch, tx);
+            let cmd = HubCmd::StoreEntries {
+                batch,
+                entries: entries.to_vec(),
+            };
+            if self.command(shard, cmd).await.is_ok() {
+                acks.push((batch, rx));
+            } else {
+                lock(&self.inner.pending).remove(&batch);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut held = 0;
+        for (batch, rx) in acks {
+            if matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))) {
+                held += 1;
+            } else {
+                lock(&self.inner.pending).remove(&batch);
+            }
+        }
+        let c = &self.inner.counters;
+        c.entries_held.fetch_add(held as u64, Ordering::Relaxed);
+        let missed = (shards.len() - held) as u64;
+        if missed > 0 {
+            c.entries_missed.fetch_add(missed, Ordering::Relaxed);
+            debug!(
+                missed,
+                "shards did not acknowledge a client's entries in time"
+            );
+        }
+        held
+    }
+
+    /// The client is granted `shards`: its live entries, to copy before the grant leaves.
+    pub fn grant_entries(&self, client: &ClientId, shards: &[ShardId]) -> Vec<StoreEntry> {
+        lock(&self.inner.book).grant(client, shards, crate::clock::now())
+    }
+
+    /// Entries a hub handshake produced for `client` (already in the hub's store): kept for
+    /// the client, and copied at once to where it was last sent.
+    pub fn hub_entries(&self, client: &ClientId, entries: Vec<StoreEntry>) {
+        let f = lock(&self.inner.book).add(client, entries, None, crate::clock::now());
+        self.forward(f);
+    }
+
+    /// Best-effort copies (never waits: called from inside TLS handshakes and link readers).
+    fn forward(&self, f: Forward) {
+        if f.to.is_empty() || f.entries.is_empty() {
+            return;
+        }
+        let senders = lock(&self.inner.senders);
+        let c = &self.inner.counters;
+        for shard in f.to {
+            let Some(tx) = senders.get(&shard) else {
+                continue;
+            };
+            let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
+            let cmd = HubCmd::StoreEntries {
+                batch,
+                entries: f.entries.clone(),
+            };
+            let counter = match tx.try_send(cmd) {
+                Ok(()) => &c.entries_forwarded,
+                Err(_) => &c.forwards_dropped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks shards silent for longer than the directory's bound as lost, every quarter of
+    /// that bound, until the hub goes.
+    pub fn spawn_silence_timer(&self) -> tokio::task::JoinHandle<()> {
+        let links = self.clone();
+        tokio::spawn(async move {
+            let every = lock(&links.inner.directory).silence() / 4;
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            loop {
+                tick.tick().await;
+                let lost = lock(&links.inner.directory).handle_timeout(crate::clock::now());
+                for id in lost {
+                    links.inner.counters.silent.fetch_add(1, Ordering::Relaxed);
+                    warn!(shard = id.0, "shard silent; taken out of placement");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! The contract between the hub and its shards, as messages.
+//!
+//! Everything the hub learns about a shard, and everything it asks of one, is one of these
+//! messages; nothing else crosses between the roles (no shared memory, no closures, no
+//! handles). Embedded shards speak it over bounded in-process channels ([`channel`]); shards
+//! in other processes will speak the same messages, MessagePack-encoded, over the control link.
+//!
+//! ```text
+//!  shard ──► hub   register · load · session_ended · entries · entries_held · drained
+//!  hub ──► shard   warm · store_entries · drain · stop
+//! ```
+//!
+//! Order on one link: a shard's first message is [`ShardMsg::Register`]; the hub refuses
+//! (drops the link) a registration whose [`LINK_VERSION`] it does not speak or whose shard id
+//! is already live. After that, messages flow both ways in any order. `store_entries` is
+//! acknowledged with `entries_held` carrying the same batch number, so the hub can tell a grant
+//! leaves only once its shards hold the client's session entries. A link that closes is a shard
+//! that is gone.
+//!
+//! Which messages may be dropped: load reports, session outcomes and entry copies are
+//! *reports* (the next one supersedes, or losing one costs a statistic or one 0-RTT); a full
+//! link drops and counts them. Registration, `drained` and every hub command are never
+//! dropped: senders wait (back-pressure).
+
+pub mod channel;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientId, GroupId, ShardId, StreamName, TokenId};
+
+/// The version of the hub↔shard contract. A shard registers with it; the hub refuses another.
+pub const LINK_VERSION: u16 = 1;
+
+/// Shard → hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ShardMsg {
+    /// The first message on a link.
+    Register(Register),
+    /// The shard's load now (gauges and cumulative counters).
+    Load(ShardLoad),
+    /// One ended session.
+    SessionEnded(SessionOutcome),
+    /// Session-store entries a handshake at this shard produced for a client: the hub keeps
+    /// them for the client and copies them where the client goes next.
+    Entries(ClientEntries),
+    /// The entries of `store_entries` batch `batch` are in the shard's store.
+    EntriesHeld { batch: u64 },
+    /// The shard finished draining: every session is gone; it stops now.
+    Drained,
+}
+
+/// Hub → shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HubCmd {
+    /// Start producing `stream` ahead of the first attach (the hub granted it).
+    Warm { stream: StreamName },
+    /// Put these entries in the shard's session store; answer `entries_held { batch }`.
+    StoreEntries {
+        batch: u64,
+        entries: Vec<StoreEntry>,
+    },
+    /// Send go-away to every session, give them `grace_ms` to move, then stop and report
+    /// `drained`.
+    Drain { grace_ms: u64 },
+    /// Stop at once: every connection closed with `SHARD_STOPPED`.
+    Stop,
+}
+
+/// A shard introduces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub version: u16,
+    pub shard: ShardId,
+    pub group: GroupId,
+    /// Where clients reach the shard (`ip:port` on the wire).
+    #[serde(with = "addr_text")]
+    pub addr: SocketAddr,
+    /// Most sessions the shard admits.
+    pub capacity: u64,
+}
+
+/// Socket addresses travel as `ip:port` text (the same in every encoding).
+mod addr_text {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A shard's load: gauges now and counters since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardLoad {
+    pub sessions: u64,
+    pub streams: u64,
+    /// Sum of the expected bitrates (token `expect_kbps`) of the open sessions.
+    pub committed_kbps: u64,
+    /// Payload bytes the shard's streams hold.
+    pub buffer_bytes: u64,
+    pub bytes_sent: u64,
+    pub chunks_sent: u64,
+    /// Nanoseconds of CPU time the shard's tasks used.
+    pub cpu_ns: u64,
+    /// Sessions ever admitted.
+    pub allocations: u64,
+    pub zero_rtt_attaches: u64,
+    /// Connections refused or closed with an error code.
+    pub rejections: u64,
+}
+
+/// One ended session, as a shard reports it: the hub's profiler records it and its load model
+/// learns from it. Carries no payload and no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionOutcome {
+    pub client: ClientId,
+    /// The grant (token id) the session was admitted on.
+    pub grant: TokenId,
+    /// The stream the session subscribed or published to.
+    pub stream: StreamName,
+    pub role: crate::wire::Role,
+    /// When the shard admitted it (ms since the Unix epoch).
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// Payload bytes delivered to a subscriber, or accepted from a publisher.
+    pub bytes: u64,
+}
+
+/// Session-store entries that belong to one client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntries {
+    pub client: ClientId,
+    pub entries: Vec<StoreEntry>,
+}
+
+/// One TLS session-store entry (rustls `StoresServerSessions`): the ticket id and the
+/// encoded session it resumes. Secret: never logged (`Debug` shows sizes only).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreEntry {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoreEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoreEntry({} + {} bytes)",
+            self.key.len(),
+            self.value.len()
+        )
+    }
+}
+
+/// Encodes a message as the networked link will (MessagePack with field names).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(msg).expect("link messages always serialize to MessagePack")
+}
+
+/// Decodes a message; a malformed one is an error, never a panic.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> StoreEntry {
+        StoreEntry {
+            key: vec![1; 32],
+            value: vec![2; 90],
+        }
+    }
+
+    #[test]
+    fn every_message_survives_the_wire_encoding() {
+        let client = ClientId::new("c-1").unwrap();
+        let stream = StreamName::new("live/x").unwrap();
+        let shard_msgs = [
+            ShardMsg::Register(Register {
+                version: LINK_VERSION,
+                shard: ShardId(3),
+                group: GroupId(1),
+                addr: "127.0.0.1:7001".parse().unwrap(),
+                capacity: 100,
+            }),
+            ShardMsg::Load(ShardLoad {
+                sessions: 4,
+                cpu_ns: 9,
+                ..ShardLoad::default()
+            }),
+            ShardMsg::SessionEnded(SessionOutcome {
+                client: client.clone(),
+                grant: TokenId([7; 16]),
+                stream: stream.clone(),
+                role: crate::wire::Role::Subscribe,
+                started_ms: 1,
+                duration_ms: 2,
+                bytes: 3,
+            }),
+            ShardMsg::Entries(ClientEntries {
+                client,
+                entries: vec![entry()],
+            }),
+            ShardMsg::EntriesHeld { batch: 5 },
+            ShardMsg::Drained,
+        ];
+        for m in shard_msgs {
+            assert_eq!(decode::<ShardMsg>(&encode(&m)).unwrap(), m);
+        }
+        let cmds = [
+            HubCmd::Warm { stream },
+            HubCmd::StoreEntries {
+                batch: 1,
+                entries: vec![entry(), entry()],
+            },
+            HubCmd::Drain { grace_ms: 2000 },
+            HubCmd::Stop,
+        ];
+        for c in cmds {
+            assert_eq!(decode::<HubCmd>(&encode(&c)).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        let good = encode(&HubCmd::Drain { grace_ms: 1 });
+        for cut in 0..good.len() {
+            assert!(decode::<HubCmd>(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode::<HubCmd>(b"\x81\xa4type\xa4boom").is_err());
+    }
+
+    #[test]
+    fn entries_do_not_show_their_bytes() {
+        assert_eq!(format!("{:?}", entry()), "StoreEntry(32 + 90 bytes)");
+    }
+}

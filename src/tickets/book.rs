@@ -1,0 +1,194 @@
+//! The hub's book of session entries per client.
+//!
+//! A client presents, at whichever endpoint it connects to next, the newest ticket it holds —
+//! from the hub or from a shard. So the hub keeps, per client, the newest entries any endpoint
+//! produced for it ([`Book::add`]), and where the client was last sent (its grant's shards).
+//! At a grant, [`Book::grant`] returns the entries to copy to the granted shards; an entry
+//! that arrives later is copied to them at once (the returned forward list).
+//!
+//! Sans-IO, time passed in. Bounds: `per_client` entries per client (the newest; a client keeps
+//! at most 8 tickets per server name), `max_clients` clients (least recently touched evicted
+//! first, amortised O(1)), every entry expires with the store's TTL.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::ids::{ClientId, ShardId};
+use crate::link::StoreEntry;
+
+struct Client {
+    entries: VecDeque<(StoreEntry, Instant)>,
+    targets: Vec<ShardId>,
+    generation: u64,
+}
+
+/// See the module doc.
+pub struct Book {
+    clients: HashMap<ClientId, Client>,
+    /// Touch order; slots whose generation no longer matches are stale.
+    order: VecDeque<(u64, ClientId)>,
+    next_generation: u64,
+    max_clients: usize,
+    per_client: usize,
+    ttl: Duration,
+}
+
+/// Entries to copy to shards now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forward {
+    pub to: Vec<ShardId>,
+    pub entries: Vec<StoreEntry>,
+}
+
+/// Clients the hub remembers entries for, by default.
+pub const MAX_CLIENTS: usize = 65_536;
+/// Entries kept per client (a client holds at most 8 tickets per server name).
+pub const PER_CLIENT: usize = 8;
+
+impl Book {
+    pub fn new(max_clients: usize, per_client: usize, ttl: Duration) -> Self {
+        Self {
+            clients: HashMap::new(),
+            order: VecDeque::new(),
+            next_generation: 0,
+            max_clients: max_clients.max(1),
+            per_client: per_client.max(1),
+            ttl,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Records entries produced for `client` (at shard `from`, or at the hub when `None`);
+    /// returns where to copy them now: the client's current grant shards except `from`.
+    pub fn add(
+        &mut self,
+        client: &ClientId,
+        entries: Vec<StoreEntry>,
+        from: Option<ShardId>,
+        now: Instant,
+    ) -> Forward {
+        let (ttl, per) = (self.ttl, self.per_client);
+        let c = self.touch(client);
+        for e in &entries {
+            c.entries.retain(|(x, _)| x.key != e.key);
+            c.entries.push_back((e.clone(), now + ttl));
+        }
+        while c.entries.len() > per {
+            c.entries.pop_front();
+        }
+        let to = c
+            .targets
+            .iter()
+            .copied()
+            .filter(|t| Some(*t) != from)
+            .collect();
+        Forward { to, entries }
+    }
+
+    /// The client is granted `shards`: they become its targets; returns its live entries,
+    /// to copy to them before the grant leaves.
+    pub fn grant(
+        &mut self,
+        client: &ClientId,
+        shards: &[ShardId],
+        now: Instant,
+    ) -> Vec<StoreEntry> {
+        let c = self.touch(client);
+        c.targets = shards.to_vec();
+        c.entries.retain(|(_, exp)| *exp > now);
+        c.entries.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    fn touch(&mut self, client: &ClientId) -> &mut Client {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.order.push_back((generation, client.clone()));
+        let c = self
+            .clients
+            .entry(client.clone())
+            .or_insert_with(|| Client {
+                entries: VecDeque::new(),
+                targets: Vec::new(),
+                generation,
+            });
+        c.generation = generation;
+        self.evict();
+        self.clients
+            .get_mut(client)
+            .expect("the client was just touched and is the newest")
+    }
+
+    fn evict(&mut self) {
+        while self.clients.len() > self.max_clients {
+            let Some((generation, id)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .clients
+                .get(&id)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.clients.remove(&id);
+            }
+        }
+        if self.order.len() > 2 * self.clients.len() + 64 {
+            let clients = &self.clients;
+            self.order
+                .retain(|(g, id)| clients.get(id).is_some_and(|c| c.generation == *g));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(k: u8) -> StoreEntry {
+        StoreEntry {
+            key: vec![k],
+            value: vec![k; 4],
+        }
+    }
+
+    fn c(n: &str) -> ClientId {
+        ClientId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_grant_gets_the_clients_entries_and_later_ones_follow() {
+        let t = Instant::now();
+        let mut b = Book::new(10, 8, Duration::from_secs(60));
+        assert!(b.add(&c("a"), vec![e(1), e(2)], None, t).to.is_empty());
+        let got = b.grant(&c("a"), &[ShardId(1), ShardId(2)], t);
+        assert_eq!(got, vec![e(1), e(2)]);
+        // An entry shard 1 produced goes to shard 2 only.
+        let f = b.add(&c("a"), vec![e(3)], Some(ShardId(1)), t);
+        assert_eq!(f.to, vec![ShardId(2)]);
+        assert_eq!(f.entries, vec![e(3)]);
+        assert!(b.grant(&c("b"), &[ShardId(1)], t).is_empty());
+    }
+
+    #[test]
+    fn bounded_per_client_and_in_clients_and_in_time() {
+        let t = Instant::now();
+        let mut b = Book::new(2, 3, Duration::from_secs(5));
+        b.add(&c("a"), (0..5).map(e).collect(), None, t);
+        assert_eq!(b.grant(&c("a"), &[], t), vec![e(2), e(3), e(4)]);
+        assert!(b.grant(&c("a"), &[], t + Duration::from_secs(5)).is_empty());
+        b.add(&c("b"), vec![e(9)], None, t);
+        b.add(&c("x"), vec![e(8)], None, t);
+        assert_eq!(b.len(), 2, "the least recently touched client went");
+        assert!(b.grant(&c("a"), &[], t).is_empty());
+        for i in 0..10_000u32 {
+            b.add(&c(&format!("k{i}")), vec![], None, t);
+        }
+        assert!(b.order.len() <= 2 * b.len() + 65);
+    }
+}

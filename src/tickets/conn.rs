@@ -1,0 +1,206 @@
+//! Which session-store entries one connection's handshake produced.
+//!
+//! rustls calls `StoresServerSessions::put` inside the handshake, with no connection in sight.
+//! So every connection gets its own server configuration (quinn `Incoming::accept_with`) whose
+//! store is a [`ConnStore`]: it puts into the endpoint's [`SessionStore`] and records the entry
+//! for this connection. Until the connection names its client (the hub: the stream request;
+//! a shard: the admitted token), entries wait in the record; [`ConnStore::bind`] then hands
+//! them, and every later one, to a sink that knows the client.
+
+use std::sync::{Arc, Mutex};
+
+use rustls::server::StoresServerSessions;
+
+use super::SessionStore;
+use crate::link::StoreEntry;
+
+/// Entries one connection may record before it is bound; rustls puts `send_tls13_tickets`
+/// (≤ 8) per handshake, so more means something is wrong, and the rest are not recorded.
+pub const MAX_PENDING: usize = 16;
+
+/// Receives a bound connection's entries.
+pub type EntrySink = Arc<dyn Fn(Vec<StoreEntry>) + Send + Sync>;
+
+enum Record {
+    Pending(Vec<StoreEntry>),
+    Bound(EntrySink),
+}
+
+/// A per-connection view of an endpoint's store (see the module doc).
+pub struct ConnStore {
+    store: Arc<SessionStore>,
+    record: Mutex<Record>,
+}
+
+impl std::fmt::Debug for ConnStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnStore").finish_non_exhaustive()
+    }
+}
+
+impl ConnStore {
+    pub fn new(store: Arc<SessionStore>) -> Self {
+        Self {
+            store,
+            record: Mutex::new(Record::Pending(Vec::new())),
+        }
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands what was recorded, and every later entry, to `sink`. Only the first bind counts
+    /// (a connection serves one client); returns whether this was it.
+    pub fn bind(&self, sink: EntrySink) -> bool {
+        let mut r = self.record();
+        let Record::Pending(pending) = &mut *r else {
+            return false;
+        };
+        let pending = std::mem::take(pending);
+        *r = Record::Bound(sink.clone());
+        drop(r);
+        if !pending.is_empty() {
+            sink(pending);
+        }
+        true
+    }
+
+    /// Entries recorded and not yet handed to a sink.
+    pub fn pending(&self) -> usize {
+        match &*self.record() {
+            Record::Pending(p) => p.len(),
+            Record::Bound(_) => 0,
+        }
+    }
+}
+
+impl StoresServerSessions for ConnStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let entry = StoreEntry {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        let stored = self.store.put(key, value);
+        let sink = match &mut *self.record() {
+            Record::Pending(p) => {
+                if p.len() < MAX_PENDING {
+                    p.push(entry);
+                }
+                return stored;
+            }
+            Record::Bound(sink) => sink.clone(),
+        };
+        // Outside the lock: the sink may take other locks.
+        sink(vec![entry]);
+        stored
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// Builds one server configuration per connection over an endpoint's store.
+#[derive(Clone)]
+pub struct ConnConfigs {
+    crypto: Arc<rustls::ServerConfig>,
+    transport: Arc<quinn::TransportConfig>,
+    token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
+    store: Arc<SessionStore>,
+}
+
+impl ConnConfigs {
+    /// `crypto` is the endpoint's TLS configuration; its session storage is replaced per
+    /// connection by a [`ConnStore`] over `store`.
+    pub fn new(
+        crypto: Arc<rustls::ServerConfig>,
+        transport: Arc<quinn::TransportConfig>,
+        token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
+        store: Arc<SessionStore>,
+    ) -> Self {
+        Self {
+            crypto,
+            transport,
+            token_key,
+            store,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<SessionStore> {
+        &self.store
+    }
+
+    /// The endpoint's default configuration (its store records nothing).
+    pub fn endpoint_default(&self) -> Result<quinn::ServerConfig, crate::tls::TlsError> {
+        let mut crypto = (*self.crypto).clone();
+        crypto.session_storage = self.store.clone();
+        self.quinn(crypto)
+    }
+
+    /// A configuration for one connection, and the record of what its handshake stores.
+    pub fn for_connection(
+        &self,
+    ) -> Result<(Arc<quinn::ServerConfig>, Arc<ConnStore>), crate::tls::TlsError> {
+        let conn = Arc::new(ConnStore::new(self.store.clone()));
+        let mut crypto = (*self.crypto).clone();
+        crypto.session_storage = conn.clone();
+        Ok((Arc::new(self.quinn(crypto)?), conn))
+    }
+
+    fn quinn(
+        &self,
+        crypto: rustls::ServerConfig,
+    ) -> Result<quinn::ServerConfig, crate::tls::TlsError> {
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(crypto))
+            .map_err(|e| crate::tls::TlsError::Quic(e.to_string()))?;
+        let mut sc = quinn::ServerConfig::new(Arc::new(quic), self.token_key.clone());
+        sc.transport_config(self.transport.clone());
+        Ok(sc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn entries_wait_for_the_client_then_flow_to_its_sink() {
+        let store = Arc::new(SessionStore::new(100, Duration::from_secs(60)));
+        let conn = ConnStore::new(store.clone());
+        assert!(conn.put(b"k1".to_vec(), b"v1".to_vec()));
+        assert_eq!(conn.pending(), 1);
+        assert_eq!(store.len(), 1, "the endpoint's store holds it at once");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        assert!(conn.bind(Arc::new(move |e: Vec<StoreEntry>| {
+            s.lock().unwrap().extend(e);
+        })));
+        assert!(!conn.bind(Arc::new(|_| {})), "one client per connection");
+        conn.put(b"k2".to_vec(), b"v2".to_vec());
+        let keys: Vec<Vec<u8>> = seen.lock().unwrap().iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
+        // Reads go to the endpoint's store, single-use.
+        assert_eq!(conn.take(b"k1"), Some(b"v1".to_vec()));
+        assert_eq!(conn.take(b"k1"), None);
+    }
+
+    #[test]
+    fn an_unbound_connection_records_a_bounded_number() {
+        let store = Arc::new(SessionStore::new(100, Duration::from_secs(60)));
+        let conn = ConnStore::new(store);
+        for i in 0..MAX_PENDING + 5 {
+            conn.put(vec![i as u8], vec![]);
+        }
+        assert_eq!(conn.pending(), MAX_PENDING);
+    }
+}
