@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
@@ -92,7 +92,7 @@ fn frames(c: &mut Criterion) {
 
 fn store(c: &mut Criterion) {
     for size in [1_000usize, 100_000] {
-        let now = Instant::now();
+        let now = shoal::clock::now();
         let mut s = StoreCore::new(size * 2, Duration::from_secs(3600));
         for i in 0..size as u64 {
             let mut k = vec![0u8; 32];

@@ -24,8 +24,44 @@ pub enum ConfigError {
         path: String,
         source: Box<toml::de::Error>,
     },
-    #[error("config: {0}")]
-    Invalid(String),
+    /// A value out of its range: `key` is the setting (`pool.step`), `rule` what it must be.
+    /// `path` is the file (or other origin) it came from, when known: [`Config::load`] and
+    /// [`Config::parse`] set it, [`Config::validate`] alone cannot.
+    #[error("config{}: {key}: {rule}", in_file(path))]
+    Invalid {
+        path: Option<String>,
+        key: &'static str,
+        rule: &'static str,
+    },
+    /// `profiles.limits` is out of range (the profiler says how).
+    #[error("config{}: profiles.limits: {source}", in_file(path))]
+    ProfileLimits {
+        path: Option<String>,
+        source: crate::hub::profiler::ProfilerError,
+    },
+}
+
+impl ConfigError {
+    /// The same error, naming the file (or other origin) the config came from.
+    pub fn in_file(self, origin: &str) -> Self {
+        match self {
+            Self::Invalid { key, rule, .. } => Self::Invalid {
+                path: Some(origin.to_string()),
+                key,
+                rule,
+            },
+            Self::ProfileLimits { source, .. } => Self::ProfileLimits {
+                path: Some(origin.to_string()),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// ` {path}` when the origin is known, nothing otherwise (after `config` in a message).
+fn in_file(path: &Option<String>) -> String {
+    path.as_ref().map(|p| format!(" {p}")).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +127,52 @@ impl Default for PoolSettings {
             sync_period: Duration::from_secs(15),
             plan_ahead: Duration::from_secs(10),
         }
+    }
+}
+
+impl PoolSettings {
+    /// What the pool driver runs with, derived from these settings: the one place the rules
+    /// below are written (`shoal up`, the traffic demo and the tests build their pool here; the
+    /// placement benchmark simulates shards with a measured start-up and sizes of its own).
+    ///
+    /// - a shard's start-up is one `step`: embedded shards start in milliseconds, so the lead
+    ///   the predictive policy plans for is one step of the driver;
+    /// - the pool scales in at most one shard per five steps;
+    /// - a retired shard drains for `grace` (`shutdown.grace` in `shoal up`);
+    /// - a shard's session quota is `shards.max_sessions` (other quotas keep their defaults);
+    /// - the static policy keeps `min_shards`;
+    /// - the reactive policy scales out over `target_utilization + 0.1` (at most 1);
+    /// - the mean session length is taken as 60 s until Little's law has measured one.
+    pub fn pool_and_scaler(
+        &self,
+        shards: &ShardsConfig,
+        grace: Duration,
+    ) -> (crate::pool::PoolConfig, crate::pool::policy::ScalerConfig) {
+        let pool = crate::pool::PoolConfig {
+            startup: self.step,
+            min_lifespan: self.min_lifespan,
+            idle_stop_after: self.idle_stop_after,
+            scale_in_step: self.step * 5,
+            drain_grace: grace,
+            min_shards: self.min_shards,
+            max_shards: self.max_shards,
+            quota: crate::pool::Quota {
+                sessions: u64::from(shards.max_sessions),
+                ..crate::pool::Quota::default()
+            },
+        };
+        let scaler = crate::pool::policy::ScalerConfig {
+            policy: self.policy,
+            static_size: self.min_shards,
+            target_utilization: self.target_utilization,
+            sync_period: self.sync_period,
+            scale_out_threshold: (self.target_utilization + 0.1).min(1.0),
+            step: self.step,
+            startup: self.step,
+            plan_ahead: self.plan_ahead,
+            initial_mean_session: Duration::from_secs(60),
+        };
+        (pool, scaler)
     }
 }
 
@@ -355,70 +437,98 @@ impl Config {
             path: origin.to_string(),
             source: Box::new(source),
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| e.in_file(origin))?;
         Ok(cfg)
     }
 
-    /// Checks ranges that types cannot express.
+    /// Checks ranges that types cannot express. The first broken rule is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let bad = |key, rule| {
+            Err(ConfigError::Invalid {
+                path: None,
+                key,
+                rule,
+            })
+        };
         let p = &self.pool;
         if !(p.target_utilization > 0.0 && p.target_utilization <= 1.0) {
-            return bad("pool.target_utilization must be in (0, 1]");
+            return bad("pool.target_utilization", "must be in (0, 1]");
         }
-        if p.min_shards == 0 || p.min_shards > p.max_shards || p.max_shards > 1000 {
-            return bad("pool.min_shards must be in 1..=pool.max_shards (at most 1000)");
+        if p.max_shards > 1000 {
+            return bad("pool.max_shards", "must be at most 1000");
+        }
+        if p.min_shards == 0 || p.min_shards > p.max_shards {
+            return bad("pool.min_shards", "must be in 1..=pool.max_shards");
         }
         if p.step < Duration::from_millis(100) {
-            return bad("pool.step must be at least 100ms");
+            return bad("pool.step", "must be at least 100ms");
         }
-        if let Err(e) = self.profiles.limits.validate() {
-            return Err(ConfigError::Invalid(format!("profiles.limits: {e}")));
+        if let Err(source) = self.profiles.limits.validate() {
+            return Err(ConfigError::ProfileLimits { path: None, source });
         }
         if rustls::pki_types::ServerName::try_from(self.cluster.clone()).is_err() {
-            return bad("cluster must be a valid DNS name");
+            return bad("cluster", "must be a valid DNS name");
         }
-        if self.shards.count > 10_000 || self.shards.groups > 1_000 {
-            return bad("shards.count must be at most 10000 and shards.groups at most 1000");
+        let sh = &self.shards;
+        if sh.count == 0 || sh.count > 10_000 {
+            return bad("shards.count", "must be in 1..=10000");
         }
-        if self.shards.count == 0 || self.shards.groups == 0 {
-            return bad("shards.count and shards.groups must be at least 1");
+        if sh.groups == 0 || sh.groups > 1_000 {
+            return bad("shards.groups", "must be in 1..=1000");
         }
-        if self.shards.groups > self.shards.count {
-            return bad("shards.groups must not exceed shards.count");
+        if sh.groups > sh.count {
+            return bad("shards.groups", "must not exceed shards.count");
         }
         if self.hub.grant_shards == 0 {
-            return bad("hub.grant_shards must be at least 1");
+            return bad("hub.grant_shards", "must be at least 1");
         }
         if self.hub.tickets_per_handshake == 0 || self.hub.tickets_per_handshake > 8 {
-            return bad("hub.tickets_per_handshake must be in 1..=8 (clients keep 8 per name)");
+            return bad(
+                "hub.tickets_per_handshake",
+                "must be in 1..=8 (clients keep 8 per name)",
+            );
         }
-        if self.shards.tickets_per_handshake > 8 {
-            return bad("shards.tickets_per_handshake must be in 0..=8");
+        if sh.tickets_per_handshake > 8 {
+            return bad("shards.tickets_per_handshake", "must be in 0..=8");
         }
         if self.keys.epoch_interval < Duration::from_secs(1) {
-            return bad("keys.epoch_interval must be at least 1s");
+            return bad("keys.epoch_interval", "must be at least 1s");
         }
         if self.hub.token_ttl.is_zero() || self.hub.token_ttl > self.keys.epoch_interval {
-            return bad("hub.token_ttl must be positive and at most keys.epoch_interval");
+            return bad(
+                "hub.token_ttl",
+                "must be positive and at most keys.epoch_interval",
+            );
         }
         let s = &self.streams;
         if s.synthetic_rate_hz == 0 || s.synthetic_rate_hz > 100_000 {
-            return bad("streams.synthetic_rate_hz must be in 1..=100000");
+            return bad("streams.synthetic_rate_hz", "must be in 1..=100000");
         }
         if s.synthetic_chunk_bytes as usize > crate::wire::MAX_CHUNK_PAYLOAD {
-            return bad("streams.synthetic_chunk_bytes must be at most 1 MiB");
+            return bad("streams.synthetic_chunk_bytes", "must be at most 1 MiB");
         }
-        if s.buffer_chunks == 0 || s.session_store_entries == 0 {
-            return bad("streams.buffer_chunks and streams.session_store_entries must be >= 1");
+        if s.buffer_chunks == 0 {
+            return bad("streams.buffer_chunks", "must be at least 1");
+        }
+        if s.session_store_entries == 0 {
+            return bad("streams.session_store_entries", "must be at least 1");
         }
         if self.transport.heartbeat_interval.is_zero()
             || self.transport.heartbeat_interval * 4 > self.transport.idle_timeout
         {
-            return bad("transport.heartbeat_interval must be positive and at most idle_timeout/4");
+            return bad(
+                "transport.heartbeat_interval",
+                "must be positive and at most transport.idle_timeout/4",
+            );
         }
-        if self.admin.mirror_cert.is_some() != self.admin.mirror_key.is_some() {
-            return bad("admin.mirror_cert and admin.mirror_key must be set together");
+        match (&self.admin.mirror_cert, &self.admin.mirror_key) {
+            (Some(_), None) => {
+                return bad("admin.mirror_key", "must be set with admin.mirror_cert");
+            }
+            (None, Some(_)) => {
+                return bad("admin.mirror_cert", "must be set with admin.mirror_key");
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -494,6 +604,81 @@ mod tests {
         .unwrap();
         assert_eq!(c.shards.count, 6);
         assert_eq!(c.hub.token_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_value_out_of_range_names_its_key_its_rule_and_its_file() {
+        let e = Config::parse("[pool]\nstep = \"10ms\"\n", "shoal.toml").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::Invalid { path: Some(p), key: "pool.step", rule }
+                    if p == "shoal.toml" && *rule == "must be at least 100ms"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "config shoal.toml: pool.step: must be at least 100ms"
+        );
+        // Checked alone, the origin is unknown.
+        let mut c = Config::default();
+        c.shards.count = 2;
+        c.shards.groups = 3;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "config: shards.groups: must not exceed shards.count"
+        );
+        let mut c = Config::default();
+        c.admin.mirror_cert = Some("a.pem".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "admin.mirror_key",
+                ..
+            })
+        ));
+        let e = Config::parse("[profiles.limits]\nmax_clients = 0\n", "p.toml").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::ProfileLimits { path: Some(p), .. } if p == "p.toml"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("config p.toml: profiles.limits: invalid profiler config: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pool_settings_give_the_pool_and_the_scaler_their_derived_values() {
+        let mut c = Config::default();
+        c.shards.max_sessions = 40;
+        c.pool.step = Duration::from_millis(500);
+        c.pool.min_shards = 3;
+        let (pool, scaler) = c.pool.pool_and_scaler(&c.shards, Duration::from_secs(7));
+        let p = &c.pool;
+        assert_eq!(pool.startup, p.step);
+        assert_eq!(pool.scale_in_step, p.step * 5);
+        assert_eq!(pool.drain_grace, Duration::from_secs(7));
+        assert_eq!(
+            (pool.min_shards, pool.max_shards, pool.quota.sessions),
+            (3, p.max_shards, 40)
+        );
+        assert_eq!(
+            (pool.min_lifespan, pool.idle_stop_after),
+            (p.min_lifespan, p.idle_stop_after)
+        );
+        assert_eq!((scaler.policy, scaler.static_size), (p.policy, 3));
+        assert_eq!((scaler.step, scaler.startup), (p.step, p.step));
+        assert_eq!(
+            (scaler.sync_period, scaler.plan_ahead),
+            (p.sync_period, p.plan_ahead)
+        );
+        assert!((scaler.scale_out_threshold - (p.target_utilization + 0.1)).abs() < 1e-9);
+        c.pool.target_utilization = 0.95;
+        let (_, scaler) = c.pool.pool_and_scaler(&c.shards, Duration::ZERO);
+        assert_eq!(scaler.scale_out_threshold, 1.0);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -138,8 +138,8 @@ pub async fn run(
         cluster.shards().len(),
         cfg.shards.groups
     ));
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + opts.duration;
+    let started = crate::clock::now();
+    let deadline = crate::clock::tokio_now() + opts.duration;
     let mut tasks = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
         let id = ClientId::new(format!("demo-{i}")).expect("valid client id");

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use rustls::pki_types::CertificateDer;
@@ -192,13 +192,13 @@ pub async fn run(
         results: Mutex::new(Vec::with_capacity(opts.clients)),
     });
     let opts = Arc::new(opts);
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let arrivals = {
         let (opts, shared) = (opts.clone(), shared.clone());
         tokio::spawn(async move {
             let mut tasks = Vec::with_capacity(opts.clients);
             let period = Duration::from_secs_f64(1.0 / opts.rate);
-            let start = tokio::time::Instant::now();
+            let start = crate::clock::tokio_now();
             for i in 0..opts.clients {
                 tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
                 shared.started.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +256,7 @@ async fn one_client(
             .subscribe(opts.stream(i))
             .await
             .map_err(|e| e.to_string())?;
-        let until = tokio::time::Instant::now() + opts.hold;
+        let until = crate::clock::tokio_now() + opts.hold;
         loop {
             match tokio::time::timeout_at(until, sub.next()).await {
                 Err(_) => break,

@@ -7,17 +7,16 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::client::{Client, ClientOptions, Delivery};
 use crate::cluster::{Cluster, ClusterError, Material};
-use crate::config::Config;
+use crate::config::{Config, PoolSettings};
 use crate::ids::{ClientId, GroupId, StreamName};
 use crate::pool::driver::PoolDriver;
-use crate::pool::policy::{Policy, ScalerConfig};
-use crate::pool::{PoolConfig, Quota};
+use crate::pool::policy::Policy;
 
 /// The traffic shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,7 +143,7 @@ async fn one_client(client: Client, stream: StreamName, hold: Duration, totals: 
             return;
         }
     };
-    let until = tokio::time::Instant::now() + hold;
+    let until = crate::clock::tokio_now() + hold;
     loop {
         match tokio::time::timeout_at(until, sub.next()).await {
             Ok(Some(Ok(Delivery::Chunk(c)))) => {
@@ -180,40 +179,32 @@ pub async fn run(
     cfg.shards.max_sessions = o.shard_sessions;
     cfg.streams.synthetic_rate_hz = 20;
     cfg.shutdown.grace = Duration::from_millis(500);
+    // The driver looks once a second; shards stop young and soon after going idle, so the
+    // run shows the pool shrink too.
+    let step = Duration::from_secs(1);
+    cfg.pool = PoolSettings {
+        enabled: true,
+        policy: o.policy,
+        step,
+        min_shards: 1,
+        max_shards: 32,
+        min_lifespan: Duration::from_secs(20),
+        idle_stop_after: Duration::from_secs(10),
+        ..PoolSettings::default()
+    };
     let material = Material::generate(&cfg.cluster)?;
     let ca = material.ca.clone();
     let cluster = Cluster::start(&cfg, material)?;
-    let step = Duration::from_secs(1);
-    let pool = PoolConfig {
-        startup: Duration::from_millis(100),
-        min_lifespan: Duration::from_secs(20),
-        idle_stop_after: Duration::from_secs(10),
-        scale_in_step: Duration::from_secs(5),
-        drain_grace: Duration::from_secs(2),
-        min_shards: 1,
-        max_shards: 32,
-        quota: Quota {
-            sessions: u64::from(o.shard_sessions),
-            ..Quota::default()
-        },
-    };
-    // The lead is one step: shards start in milliseconds here, and the driver looks once a
-    // second.
-    let scaler = ScalerConfig {
-        policy: o.policy,
-        static_size: 1,
-        target_utilization: 0.7,
-        sync_period: Duration::from_secs(15),
-        scale_out_threshold: 0.8,
-        step,
-        startup: step,
-        plan_ahead: Duration::from_secs(10),
-        initial_mean_session: o.hold,
-    };
-    let driver = PoolDriver::start(&cluster, pool, scaler, 1);
+    // Retired shards drain for 2 s (the cluster's own shutdown is quicker); the demo knows how
+    // long its clients stay.
+    let (pool, mut scaler) = cfg
+        .pool
+        .pool_and_scaler(&cfg.shards, Duration::from_secs(2));
+    scaler.initial_mean_session = o.hold;
+    let driver = PoolDriver::start(&cluster, pool, scaler, cfg.shards.groups);
     let totals = Arc::new(Totals::default());
     let stream = StreamName::new("synth/traffic").expect("valid name");
-    let started = Instant::now();
+    let started = crate::clock::now();
     let mut clients = 0u64;
     let mut seconds = Vec::new();
     let mut carry = 0.0;

@@ -249,6 +249,12 @@ pub const HUB: &[Metric<HubCounters>] = &[
         |h| load(&h.rejects),
     ),
     (
+        "shoal_hub_idle_closed_total",
+        "counter",
+        "Hub connections closed with TIMEOUT because they opened no stream in time.",
+        |h| load(&h.idle_closed),
+    ),
+    (
         "shoal_hub_zero_rtt_requests_total",
         "counter",
         "Requests that arrived in 0-RTT data.",

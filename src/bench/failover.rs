@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
@@ -260,8 +260,8 @@ impl Rig {
         limit: Duration,
         mut cond: impl FnMut(&crate::mirror::MirrorSnapshot) -> bool,
     ) -> bool {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
+        let until = crate::clock::now() + limit;
+        while crate::clock::now() < until {
             if cond(&self.sender.snapshot()) {
                 return true;
             }
@@ -277,8 +277,8 @@ impl Rig {
             p.abort();
             let _ = p.await;
         }
-        let until = Instant::now() + grace;
-        while !self.sender.settled() && Instant::now() < until {
+        let until = crate::clock::now() + grace;
+        while !self.sender.settled() && crate::clock::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Deliveries are queued before they are acknowledged: give the drains a moment.
@@ -401,11 +401,11 @@ pub async fn round(o: &RigOptions, certs: RigCerts) -> Result<Round, BenchError>
         .active()
         .ok_or_else(|| BenchError::Load("no active endpoint".into()))?;
     while events.try_recv().is_ok() {}
-    let blackholed = Instant::now();
+    let blackholed = crate::clock::now();
     rig.relays[i].set_blackhole(true);
     let mut degraded = None;
     let mut confirmed = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = crate::clock::tokio_now() + Duration::from_secs(5);
     while confirmed.is_none() {
         let ev = tokio::time::timeout_at(deadline, events.recv())
             .await

@@ -190,7 +190,7 @@ fn scaler_config(o: &SimOptions, policy: Policy, static_size: u32) -> ScalerConf
 
 /// Runs one policy over the arrivals.
 pub fn simulate(o: &SimOptions, policy: Policy, arrivals: &[f64]) -> PolicyFigure {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let step = STEP;
     let cfg = PoolConfig {
         startup: o.startup,
@@ -369,7 +369,7 @@ pub async fn measure_startup(
     };
     let mut samples = Vec::new();
     for _ in 0..rounds.max(1) {
-        let started = Instant::now();
+        let started = crate::clock::now();
         let child = super::ChildServer::spawn(exe, &spec).await?;
         samples.push(started.elapsed());
         child.stop().await;

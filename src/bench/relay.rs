@@ -121,7 +121,7 @@ async fn run(
             peers.clear();
         }
         let data = Bytes::copy_from_slice(&buf[..n]);
-        let due = Instant::now() + one_way;
+        let due = crate::clock::tokio_now() + one_way;
         if !peers.contains_key(&from) {
             if peers.len() >= MAX_PEERS {
                 dropped.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +142,7 @@ async fn run(
                 let mut buf = vec![0u8; 65_536];
                 while let Ok(n) = up.recv(&mut buf).await {
                     let item = (
-                        Instant::now() + one_way,
+                        crate::clock::tokio_now() + one_way,
                         Bytes::copy_from_slice(&buf[..n]),
                         from,
                     );

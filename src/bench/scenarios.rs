@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::baseline::{self, BaselineSpec};
 use super::child::{ChildServer, ServerSpec};
@@ -389,7 +389,7 @@ async fn relay_rtt(t: &Target, samples: usize) -> Result<f64, BenchError> {
     baseline::request(&conn, 16).await?;
     let mut v = Vec::new();
     for _ in 0..samples.max(3) {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         baseline::request(&conn, 16).await?;
         v.push(t0.elapsed().as_secs_f64() * 1e3);
     }
@@ -481,9 +481,9 @@ async fn fan_window(
     fan: impl std::future::Future<Output = Result<Fan, BenchError>>,
 ) -> Result<(f64, f64), BenchError> {
     let fan = fan.await?;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = crate::clock::now() + Duration::from_secs(15);
     while fan.started.load(Ordering::Relaxed) < fan.n {
-        if Instant::now() > deadline {
+        if crate::clock::now() > deadline {
             return Err(BenchError::Load(format!(
                 "only {} of {} subscribers received data within 15 s",
                 fan.started.load(Ordering::Relaxed),
@@ -496,7 +496,7 @@ async fn fan_window(
     let (c0, b0, t0) = (
         child.cpu()?,
         fan.bytes.load(Ordering::Relaxed),
-        Instant::now(),
+        crate::clock::now(),
     );
     tokio::time::sleep(window).await;
     let (c1, b1, el) = (

@@ -253,7 +253,7 @@ impl Client {
 
     /// Subscribes to `stream`: grant, 0-RTT attach, then chunks in order until dropped.
     pub async fn subscribe(&self, stream: &StreamName) -> Result<Subscription, ClientError> {
-        let started = Instant::now();
+        let started = crate::clock::now();
         let reply = self.inner.request(stream, Role::Subscribe).await?;
         let sub = self.subscribe_from(stream, reply, started);
         Stats::mark_once(&sub.stats.grant_us, started);
@@ -263,7 +263,7 @@ impl Client {
     /// Subscribes with a grant obtained earlier (for example by a backend that asked the hub
     /// on the client's behalf). The client still needs tickets from the hub for 0-RTT.
     pub fn subscribe_with_grant(&self, stream: &StreamName, reply: GrantReply) -> Subscription {
-        self.subscribe_from(stream, reply, Instant::now())
+        self.subscribe_from(stream, reply, crate::clock::now())
     }
 
     fn subscribe_from(
@@ -309,7 +309,7 @@ impl Client {
             .get(rank)
             .ok_or_else(|| ClientError::Protocol(format!("the grant has no shard {rank}")))?;
         let stats = Stats::default();
-        let started = Instant::now();
+        let started = crate::clock::now();
         let a = session::attach(&self.inner, grant, shard, None, &stats).await?;
         let latency = started.elapsed();
         let conn = a.conn.clone();

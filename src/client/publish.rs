@@ -162,7 +162,7 @@ async fn drive(
     let hb = inner.opts.heartbeat_interval;
     loop {
         let mut heartbeat = tokio::time::interval(hb);
-        let mut last_rx = tokio::time::Instant::now();
+        let mut last_rx = crate::clock::tokio_now();
         let failure = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(last_rx + hb * 4) => {
@@ -184,7 +184,7 @@ async fn drive(
                     }
                 }
                 frame = a.reader.next() => match frame {
-                    Ok(Some(Frame::Control(Message::Heartbeat(_)))) => last_rx = tokio::time::Instant::now(),
+                    Ok(Some(Frame::Control(Message::Heartbeat(_)))) => last_rx = crate::clock::tokio_now(),
                     Ok(Some(Frame::Control(Message::GoAway(_)))) => {
                         break ClientError::Refused { code: ErrorCode::GoingAway, reason: "go-away".into() };
                     }

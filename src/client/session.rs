@@ -41,35 +41,39 @@ pub(crate) async fn attach(
         .addr
         .parse()
         .map_err(|_| ClientError::Protocol(format!("bad shard address {:?}", shard.addr)))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    ring::rand::SystemRandom::new()
-        .fill(&mut nonce)
-        .map_err(|_| ClientError::Protocol("no randomness".into()))?;
-    let msg = Message::Attach(Attach {
-        token: grant.token.clone(),
-        nonce: nonce.to_vec(),
-        proof: attach_proof(&grant.session_secret, shard.id, &nonce).to_vec(),
-    });
-    let mut flight = BytesMut::from(&encode_control(&msg)[..]);
-    if let Some(m) = then {
-        flight.extend_from_slice(&encode_control(m));
-    }
-    let flight: Bytes = flight.freeze();
+    // Every flight carries a fresh nonce and proof: the one sent after a refused 0-RTT attempt
+    // must not look like a replay of the first (whose copy may have reached the shard).
+    let flight = || -> Result<Bytes, ClientError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| ClientError::Protocol("no randomness".into()))?;
+        let msg = Message::Attach(Attach {
+            token: grant.token.clone(),
+            nonce: nonce.to_vec(),
+            proof: attach_proof(&grant.session_secret, shard.id, &nonce).to_vec(),
+        });
+        let mut flight = BytesMut::from(&encode_control(&msg)[..]);
+        if let Some(m) = then {
+            flight.extend_from_slice(&encode_control(m));
+        }
+        Ok(flight.freeze())
+    };
     let timeout = inner.opts.request_timeout;
-    let opened = Instant::now();
+    let opened = crate::clock::now();
     let work = async {
         let (conn, send, recv) = match connect_shard(inner, addr, stats)? {
             Attempt::ZeroRtt(conn, accepted) => {
                 let (mut send, recv) = conn.open_bi().await?;
                 // Written into 0-RTT packets; if the shard rejects 0-RTT they are discarded and
-                // the stream is gone, so it is sent again after the handshake.
-                let _ = send.write_all(&flight).await;
+                // the stream is gone, so a new flight is sent after the handshake.
+                let _ = send.write_all(&flight()?).await;
                 if accepted.await {
                     Stats::inc(&stats.zero_rtt_accepted);
                     (conn, send, recv)
                 } else {
                     let (mut send, recv) = conn.open_bi().await?;
-                    send.write_all(&flight)
+                    send.write_all(&flight()?)
                         .await
                         .map_err(|_| closed_or(&conn, ClientError::Protocol("write".into())))?;
                     (conn, send, recv)
@@ -78,7 +82,7 @@ pub(crate) async fn attach(
             Attempt::Full(connecting) => {
                 let conn = connecting.await.map_err(refused_or_lost)?;
                 let (mut send, recv) = conn.open_bi().await?;
-                send.write_all(&flight)
+                send.write_all(&flight()?)
                     .await
                     .map_err(|_| closed_or(&conn, ClientError::Protocol("write".into())))?;
                 (conn, send, recv)
@@ -265,7 +269,7 @@ async fn stream_from(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The shard sends something at least every heartbeat interval; four silent intervals mean
     // it is gone. (`FrameReader::next` is cancel-safe: partial frames stay buffered.)
-    let mut last_rx = tokio::time::Instant::now();
+    let mut last_rx = crate::clock::tokio_now();
     let end = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(last_rx + hb * 4) => {
@@ -273,7 +277,7 @@ async fn stream_from(
                 break End::Failed(ClientError::Refused { code, reason: "shard went silent".into() });
             }
             frame = a.reader.next() => {
-                last_rx = tokio::time::Instant::now();
+                last_rx = crate::clock::tokio_now();
                 let frame = match frame {
                     Ok(Some(f)) => f,
                     Ok(None) => break End::Failed(closed_or(&a.conn, ClientError::Protocol("shard ended the stream".into()))),

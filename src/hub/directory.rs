@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn registered_shards_are_placed_on_and_follow_their_reports() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut d = Directory::new(Duration::from_secs(2));
         d.handle_register(&reg(0, 0), t0).unwrap();
         d.handle_register(&reg(1, 1), t0).unwrap();
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_wrong_version_or_a_duplicate_id_is_refused() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut d = Directory::new(Duration::from_secs(2));
         let mut old = reg(0, 0);
         old.version = LINK_VERSION + 1;
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn draining_leaves_placement_then_the_directory() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut d = Directory::new(Duration::from_secs(2));
         d.handle_register(&reg(0, 0), t0).unwrap();
         let cmd = d.begin_drain(ShardId(0), Duration::from_secs(3)).unwrap();
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_silent_shard_is_lost_until_heard_again() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut d = Directory::new(Duration::from_secs(2));
         d.handle_register(&reg(0, 0), t0).unwrap();
         d.handle_register(&reg(1, 0), t0).unwrap();

@@ -250,7 +250,7 @@ impl Links {
                 lock(&self.inner.pending).remove(&batch);
             }
         }
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = crate::clock::tokio_now() + wait;
         let mut held = 0;
         for (batch, rx) in acks {
             if matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))) {

@@ -16,13 +16,13 @@ pub mod profiler;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::clock::unix_us;
 use crate::ids::{ShardId, TokenId};
 use crate::link::HubCmd;
-use crate::shard::unix_us;
 use crate::synthetic::SyntheticSpec;
 use crate::tickets::conn::{ConnConfigs, ConnStore};
 use crate::token::{Claims, Priority, TokenKeys};
@@ -42,6 +42,8 @@ pub struct HubCounters {
     pub rejects: AtomicU64,
     /// Requests that arrived in 0-RTT (returning clients).
     pub zero_rtt_requests: AtomicU64,
+    /// Connections closed with `TIMEOUT` because they opened no stream in time.
+    pub idle_closed: AtomicU64,
     /// Requests not recorded in the profiles because the profiler was behind.
     pub profiles_dropped: AtomicU64,
     /// Ended sessions the shards reported (each recorded in its client's profile).
@@ -343,9 +345,9 @@ fn profiler_thread(side: ProfilerSide, rx: std::sync::mpsc::Receiver<ProfileMsg>
         .config()
         .flush_interval
         .max(Duration::from_secs(1));
-    let mut next_flush = Instant::now() + every;
+    let mut next_flush = crate::clock::now() + every;
     loop {
-        let wait = next_flush.saturating_duration_since(Instant::now());
+        let wait = next_flush.saturating_duration_since(crate::clock::now());
         match rx.recv_timeout(wait) {
             Ok(ProfileMsg::Close(ack)) => {
                 // What is already queued is recorded before the last flush.
@@ -364,7 +366,7 @@ fn profiler_thread(side: ProfilerSide, rx: std::sync::mpsc::Receiver<ProfileMsg>
             Ok(msg) => apply(&side, msg),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 flush(profiler);
-                next_flush = Instant::now() + every;
+                next_flush = crate::clock::now() + every;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 flush(profiler);
@@ -463,7 +465,28 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                     Err(e) => return debug!(error = %e, "handshake failed"),
                 };
                 state.counters.connections.fetch_add(1, Ordering::Relaxed);
-                while let Ok((send, recv)) = conn.accept_bi().await {
+                // A connection that opens no stream within the request timeout is closed with
+                // `TIMEOUT` (later, an idle client connection is kept for its next request
+                // until the transport idle timeout).
+                let first = tokio::time::timeout(state.request_timeout, conn.accept_bi()).await;
+                let first = match first {
+                    Err(_) => {
+                        state.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        let code = ErrorCode::Timeout;
+                        return conn.close(code.varint(), code.reason().as_bytes());
+                    }
+                    Ok(Err(_)) => return,
+                    Ok(Ok(s)) => s,
+                };
+                let mut next = Some(first);
+                loop {
+                    let (send, recv) = match next.take() {
+                        Some(s) => s,
+                        None => match conn.accept_bi().await {
+                            Ok(s) => s,
+                            Err(_) => break,
+                        },
+                    };
                     let (state, conn, store) = (state.clone(), conn.clone(), store.clone());
                     tokio::spawn(async move {
                         if let Err(code) = handle_request(&state, &store, send, recv).await {
@@ -659,7 +682,7 @@ fn grant(
         .placer
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .place(&preq, &views, state.grant_shards, Instant::now())
+        .place(&preq, &views, state.grant_shards, crate::clock::now())
         .map_err(|e| (e.code(), e.to_string()))?;
     state.arrivals.count(decision.group);
     let internal = |_| (ErrorCode::Internal, "no randomness".to_string());

@@ -247,7 +247,7 @@ mod tests {
             priority,
             expect_kbps,
         };
-        placer.place(&req, shards, 2, Instant::now())
+        placer.place(&req, shards, 2, crate::clock::now())
     }
 
     fn place(stream: &str, client: &str, shards: &[ShardView]) -> Result<Decision, PlacementError> {

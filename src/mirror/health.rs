@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn rtt_follows_rfc6298_and_sets_the_silence_bound() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut h = Health::new(HealthConfig::default(), t0);
         assert_eq!(h.silence_bound(), Duration::from_millis(60));
         h.on_rtt_sample(Duration::from_millis(100));
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn silence_degrades_only_after_the_bound() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut h = Health::new(HealthConfig::default(), t0);
         for _ in 0..20 {
             h.on_rtt_sample(Duration::from_millis(10));
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn loss_and_bandwidth_windows() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let cfg = HealthConfig {
             min_bandwidth_bps: 1000,
             ..HealthConfig::default()

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use health::HealthConfig;
 pub use machine::{EndpointState, Event, Mirror, MirrorSnapshot, PushError, SwitchCause};
-pub use sender::{MirrorSender, SenderError, SenderOptions};
+pub use sender::{ConnectError, MirrorSender, SenderError, SenderOptions};
 
 /// ALPN of mirror receivers.
 pub const MIRROR_ALPN: &[u8] = b"shoal-mirror/1";

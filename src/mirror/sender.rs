@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{broadcast, Notify};
@@ -95,6 +95,74 @@ pub enum SenderError {
     Io(#[from] std::io::Error),
 }
 
+/// Why one attempt to connect to an endpoint failed. The endpoint's task logs it, hands its
+/// text to the machine (the endpoint's `last_error`) and tries again after a back-off.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The local endpoint would not start a connection (bad address, endpoint closed).
+    #[error("cannot connect: {0}")]
+    Start(#[source] quinn::ConnectError),
+    /// The receiver closed the connection with one of the protocol's codes (see
+    /// [`ConnectError::code`]).
+    #[error("closed by the receiver: {0}")]
+    Refused(ErrorCode),
+    /// The receiver closed the connection with an application code that is not one of ours.
+    #[error("closed by the receiver: closed by peer: {0}")]
+    Closed(quinn::ApplicationClose),
+    /// The receiver's QUIC stack aborted the connection.
+    #[error("refused by the receiver: {0}")]
+    Aborted(quinn::ConnectionClose),
+    /// The handshake failed on a TLS or transport error (a certificate the receiver or this
+    /// side does not trust, say). Always `ConnectionError::TransportError` (quinn does not
+    /// export the inner type).
+    #[error("refused (TLS): {0}")]
+    Handshake(#[source] quinn::ConnectionError),
+    /// Nothing answered the handshake.
+    #[error("unreachable: the handshake timed out")]
+    HandshakeTimedOut,
+    /// Any other end of the connection before the welcome.
+    #[error(transparent)]
+    Connection(quinn::ConnectionError),
+    #[error("opening the stream: {0}")]
+    OpenStream(#[source] quinn::ConnectionError),
+    #[error("sending hello: {0}")]
+    Hello(#[source] quinn::WriteError),
+    /// The receiver answered the hello with something else than `mirror_welcome` (`kind` is
+    /// the frame's kind; `None` when the stream ended).
+    #[error("unexpected answer {kind:?}")]
+    UnexpectedAnswer { kind: Option<&'static str> },
+    #[error("reading the welcome: {0}")]
+    Welcome(#[source] crate::wire::WireError),
+    /// The whole attempt (handshake, hello, welcome) took longer than `connect_timeout`.
+    #[error("unreachable: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnectError {
+    /// Classifies how a connection ended before (or while) the mirror was welcomed.
+    fn closed(e: quinn::ConnectionError) -> Self {
+        if let Some(code) = ErrorCode::of_close(&e) {
+            return Self::Refused(code);
+        }
+        match e {
+            quinn::ConnectionError::ApplicationClosed(c) => Self::Closed(c),
+            quinn::ConnectionError::ConnectionClosed(c) => Self::Aborted(c),
+            e @ quinn::ConnectionError::TransportError(_) => Self::Handshake(e),
+            quinn::ConnectionError::TimedOut => Self::HandshakeTimedOut,
+            other => Self::Connection(other),
+        }
+    }
+
+    /// The code the receiver closed the connection with, when it is one of ours.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Refused(code) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
 struct EpCtl {
     addr: SocketAddr,
     endpoint: quinn::Endpoint,
@@ -150,7 +218,7 @@ pub struct MirrorSender {
 impl MirrorSender {
     /// Starts mirroring `opts.stream` to `endpoints`, best first. Must run in a tokio runtime.
     pub fn start(opts: SenderOptions, endpoints: &[SocketAddr]) -> Result<Self, SenderError> {
-        let machine = Mirror::new(opts.config, endpoints, Instant::now())?;
+        let machine = Mirror::new(opts.config, endpoints, crate::clock::now())?;
         let crypto = crate::tls::mirror_client_crypto(
             &opts.ca,
             opts.cert_chain.clone(),
@@ -201,7 +269,7 @@ impl MirrorSender {
             space.as_mut().enable();
             let r = {
                 let mut m = self.shared.machine();
-                let r = m.push(chunk.clone(), key, Instant::now());
+                let r = m.push(chunk.clone(), key, crate::clock::now());
                 self.shared.after_input(&m);
                 r
             };
@@ -236,9 +304,12 @@ impl MirrorSender {
         let id = self
             .shared
             .machine()
-            .add_endpoint(addr, rank, Instant::now())?;
+            .add_endpoint(addr, rank, crate::clock::now())?;
         if let Err(e) = spawn_endpoint(&self.shared, id, addr) {
-            let _ = self.shared.machine().remove_endpoint(id, Instant::now());
+            let _ = self
+                .shared
+                .machine()
+                .remove_endpoint(id, crate::clock::now());
             return Err(e.into());
         }
         info!(%addr, %id, "endpoint added");
@@ -249,7 +320,7 @@ impl MirrorSender {
     pub fn remove_endpoint(&self, id: EndpointId) -> Result<(), SenderError> {
         {
             let mut m = self.shared.machine();
-            m.remove_endpoint(id, Instant::now())?;
+            m.remove_endpoint(id, crate::clock::now())?;
             self.shared.after_input(&m);
         }
         self.shared.wake_all();
@@ -268,7 +339,7 @@ impl MirrorSender {
     }
 
     pub fn snapshot(&self) -> MirrorSnapshot {
-        self.shared.machine().snapshot(Instant::now())
+        self.shared.machine().snapshot(crate::clock::now())
     }
 
     /// Every event of the machine (switches, degradations, gaps), as it happens.
@@ -304,8 +375,8 @@ impl MirrorSender {
     /// Ends the mirror gracefully: waits up to `grace` for every pushed chunk to be
     /// acknowledged, then closes every connection with `GOING_AWAY`.
     pub async fn stop(self, grace: Duration) {
-        let until = Instant::now() + grace;
-        while Instant::now() < until && !self.shared.machine().settled() {
+        let until = crate::clock::now() + grace;
+        while crate::clock::now() < until && !self.shared.machine().settled() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.shutdown(ErrorCode::GoingAway);
@@ -372,13 +443,13 @@ async fn supervise(shared: Arc<Shared>) {
         if let (Some(s), false) = (precise, woken) {
             // Only reached when an endpoint is really about to cross its bound: at most the
             // tail is spent yielding, once per detection.
-            while Instant::now() < s {
+            while crate::clock::now() < s {
                 tokio::task::yield_now().await;
             }
         }
         let events: Vec<Event> = {
             let mut m = shared.machine();
-            m.handle_timeout(Instant::now());
+            m.handle_timeout(crate::clock::now());
             std::iter::from_fn(|| m.poll_event()).collect()
         };
         for ev in events {
@@ -431,7 +502,7 @@ async fn endpoint_task(shared: Arc<Shared>, id: EndpointId, ctl: Arc<EpCtl>) {
                 backoff = Duration::from_millis(50);
                 {
                     let mut m = shared.machine();
-                    m.handle_connected(id, last_seq, Instant::now());
+                    m.handle_connected(id, last_seq, crate::clock::now());
                     shared.after_input(&m);
                 }
                 shared.wake_all();
@@ -446,7 +517,7 @@ async fn endpoint_task(shared: Arc<Shared>, id: EndpointId, ctl: Arc<EpCtl>) {
                 conn.close(code.varint(), code.reason().as_bytes());
                 {
                     let mut m = shared.machine();
-                    m.handle_closed(id, reason, Instant::now());
+                    m.handle_closed(id, reason, crate::clock::now());
                     shared.after_input(&m);
                 }
                 shared.wake_all();
@@ -455,7 +526,7 @@ async fn endpoint_task(shared: Arc<Shared>, id: EndpointId, ctl: Arc<EpCtl>) {
                 debug!(error = %e, "connect failed");
                 shared
                     .machine()
-                    .handle_connect_failed(id, e, Instant::now());
+                    .handle_connect_failed(id, e.to_string(), crate::clock::now());
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = ctl.drop_conn.notified() => {}
@@ -469,60 +540,40 @@ async fn endpoint_task(shared: Arc<Shared>, id: EndpointId, ctl: Arc<EpCtl>) {
 async fn connect(
     shared: &Shared,
     ctl: &EpCtl,
-) -> Result<(quinn::Connection, quinn::SendStream, Option<Seq>), String> {
+) -> Result<(quinn::Connection, quinn::SendStream, Option<Seq>), ConnectError> {
     let opts = &shared.opts;
     let attempt = async {
         let conn = ctl
             .endpoint
             .connect(ctl.addr, &opts.server_name)
-            .map_err(|e| format!("cannot connect: {e}"))?
+            .map_err(ConnectError::Start)?
             .await
-            .map_err(|e| describe_connect_error(&e))?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| format!("opening the stream: {e}"))?;
+            .map_err(ConnectError::closed)?;
+        let (mut send, recv) = conn.open_bi().await.map_err(ConnectError::OpenStream)?;
         let hello = Message::MirrorHello(MirrorHello {
             stream: opts.stream.clone(),
         });
         write_control(&mut send, &hello)
             .await
-            .map_err(|e| format!("sending hello: {e}"))?;
+            .map_err(ConnectError::Hello)?;
         let mut reader = FrameReader::new(recv);
+        // When the receiver closed the connection, its reason explains the answer best.
         match reader.next().await {
             Ok(Some(Frame::Control(Message::MirrorWelcome(w)))) => Ok((conn, send, w.last_seq)),
-            Ok(other) => {
-                let reason = conn
-                    .close_reason()
-                    .map(|e| describe_connect_error(&e))
-                    .unwrap_or_else(|| format!("unexpected answer {:?}", other.map(|f| f.kind())));
-                Err(reason)
-            }
+            Ok(other) => Err(conn.close_reason().map_or_else(
+                || ConnectError::UnexpectedAnswer {
+                    kind: other.map(|f| f.kind()),
+                },
+                ConnectError::closed,
+            )),
             Err(e) => Err(conn
                 .close_reason()
-                .map(|c| describe_connect_error(&c))
-                .unwrap_or_else(|| format!("reading the welcome: {e}"))),
+                .map_or_else(|| ConnectError::Welcome(e), ConnectError::closed)),
         }
     };
     match tokio::time::timeout(opts.connect_timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "unreachable: no answer within {:?}",
-            opts.connect_timeout
-        )),
-    }
-}
-
-fn describe_connect_error(e: &quinn::ConnectionError) -> String {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(_) => match ErrorCode::of_close(e) {
-            Some(code) => format!("closed by the receiver: {code}"),
-            None => format!("closed by the receiver: {e}"),
-        },
-        quinn::ConnectionError::ConnectionClosed(c) => format!("refused by the receiver: {c}"),
-        quinn::ConnectionError::TransportError(t) => format!("refused (TLS): {t}"),
-        quinn::ConnectionError::TimedOut => "unreachable: the handshake timed out".into(),
-        other => other.to_string(),
+        Err(_) => Err(ConnectError::Timeout(opts.connect_timeout)),
     }
 }
 
@@ -536,7 +587,7 @@ async fn run_connection(
 ) -> (ErrorCode, String) {
     let data = async {
         loop {
-            let t = shared.machine().poll_transmit(id, Instant::now());
+            let t = shared.machine().poll_transmit(id, crate::clock::now());
             let r = match t {
                 Transmit::Chunk(c) => write_chunk(&mut send, &c).await,
                 Transmit::Gap { from, to } => {
@@ -557,7 +608,7 @@ async fn run_connection(
     };
     let probes = async {
         loop {
-            let p = shared.machine().poll_probe(id, Instant::now());
+            let p = shared.machine().poll_probe(id, crate::clock::now());
             match p {
                 Ok(probe) => {
                     if let Err(e) = conn.send_datagram(encode_probe(probe)) {
@@ -580,7 +631,7 @@ async fn run_connection(
                     // Anything else from the receiver is ignored.
                     if let Some(fb) = Feedback::decode(&d) {
                         let mut m = shared.machine();
-                        m.handle_feedback(id, fb.echo, fb.acked, Instant::now());
+                        m.handle_feedback(id, fb.echo, fb.acked, crate::clock::now());
                         shared.after_input(&m);
                         drop(m);
                         shared.space.notify_waiters();
@@ -604,5 +655,46 @@ async fn run_connection(
                 (ErrorCode::HeartbeatTimeout, "degraded too long; reconnecting".into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_close(code: u32) -> quinn::ConnectionError {
+        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(code),
+            reason: bytes::Bytes::from_static(b"bye"),
+        })
+    }
+
+    #[test]
+    fn connect_errors_keep_the_receivers_code_and_read_as_before() {
+        let ours = ConnectError::closed(app_close(ErrorCode::EndpointRemoved as u32));
+        assert_eq!(ours.code(), Some(ErrorCode::EndpointRemoved));
+        assert_eq!(
+            ours.to_string(),
+            format!("closed by the receiver: {}", ErrorCode::EndpointRemoved)
+        );
+        let theirs = ConnectError::closed(app_close(0x3fff_0000));
+        assert!(matches!(theirs, ConnectError::Closed(_)), "{theirs:?}");
+        assert_eq!(theirs.code(), None);
+        assert!(
+            theirs
+                .to_string()
+                .starts_with("closed by the receiver: closed by peer: "),
+            "{theirs}"
+        );
+        let silent = ConnectError::closed(quinn::ConnectionError::TimedOut);
+        assert_eq!(silent.to_string(), "unreachable: the handshake timed out");
+        assert_eq!(
+            ConnectError::Timeout(Duration::from_secs(2)).to_string(),
+            "unreachable: no answer within 2s"
+        );
+        assert_eq!(
+            ConnectError::UnexpectedAnswer { kind: None }.to_string(),
+            "unexpected answer None"
+        );
     }
 }

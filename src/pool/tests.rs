@@ -29,7 +29,7 @@ fn run_actions(p: &mut Pool, now: Instant) -> Vec<PoolAction> {
 
 #[test]
 fn starts_min_shards_and_admits_warm_then_cold_with_a_new_shard() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut p = Pool::new(GroupId(0), cfg(), 10, t0);
     assert_eq!(
         run_actions(&mut p, t0),
@@ -52,7 +52,7 @@ fn starts_min_shards_and_admits_warm_then_cold_with_a_new_shard() {
 
 #[test]
 fn quota_full_shards_make_the_pool_grow_up_to_its_maximum() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
     run_actions(&mut p, t0);
     let load = LoadReport {
@@ -78,7 +78,7 @@ fn quota_full_shards_make_the_pool_grow_up_to_its_maximum() {
 
 #[test]
 fn idle_shards_stop_only_after_the_minimum_lifespan_and_the_idle_period() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
     p.set_desired(3);
     p.handle_timeout(t0);
@@ -112,7 +112,7 @@ fn idle_shards_stop_only_after_the_minimum_lifespan_and_the_idle_period() {
 
 #[test]
 fn a_busy_shard_is_never_stopped_and_recent_activity_keeps_it() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
     p.set_desired(2);
     p.handle_timeout(t0);
@@ -150,7 +150,7 @@ fn a_busy_shard_is_never_stopped_and_recent_activity_keeps_it() {
 
 #[test]
 fn drain_moves_clients_away_then_stops_and_illegal_transitions_are_errors() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
     p.set_desired(2);
     p.handle_timeout(t0);
@@ -195,7 +195,7 @@ fn drain_moves_clients_away_then_stops_and_illegal_transitions_are_errors() {
 
 #[test]
 fn a_drain_that_never_empties_stops_after_the_grace_period() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
     run_actions(&mut p, t0);
     let busy = LoadReport {

@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_grant_gets_the_clients_entries_and_later_ones_follow() {
-        let t = Instant::now();
+        let t = crate::clock::now();
         let mut b = Book::new(10, 8, Duration::from_secs(60));
         assert!(b.add(&c("a"), vec![e(1), e(2)], None, t).to.is_empty());
         let got = b.grant(&c("a"), &[ShardId(1), ShardId(2)], t);
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn bounded_per_client_and_in_clients_and_in_time() {
-        let t = Instant::now();
+        let t = crate::clock::now();
         let mut b = Book::new(2, 3, Duration::from_secs(5));
         b.add(&c("a"), (0..5).map(e).collect(), None, t);
         assert_eq!(b.grant(&c("a"), &[], t), vec![e(2), e(3), e(4)]);

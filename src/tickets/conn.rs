@@ -30,6 +30,8 @@ enum Record {
 pub struct ConnStore {
     store: Arc<SessionStore>,
     record: Mutex<Record>,
+    /// The handshake resumed a stored session (`take` found it).
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ConnStore {
@@ -43,6 +45,7 @@ impl ConnStore {
         Self {
             store,
             record: Mutex::new(Record::Pending(Vec::new())),
+            resumed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -64,6 +67,13 @@ impl ConnStore {
             sink(pending);
         }
         true
+    }
+
+    /// Whether this connection's handshake resumed a stored session. rustls takes the stored
+    /// session for every TLS 1.3 resumption, and accepts early data whenever it resumes a
+    /// stored session the client offered early data on.
+    pub fn resumed(&self) -> bool {
+        self.resumed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Entries recorded and not yet handed to a sink.
@@ -101,7 +111,12 @@ impl StoresServerSessions for ConnStore {
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.store.take(key)
+        let v = self.store.take(key);
+        if v.is_some() {
+            self.resumed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        v
     }
 
     fn can_cache(&self) -> bool {

@@ -207,8 +207,7 @@ impl SessionStore {
 
 impl StoresServerSessions for SessionStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        #[allow(clippy::disallowed_methods)] // the store's driver reads the clock (module doc)
-        let now = Instant::now();
+        let now = crate::clock::now();
         let ev = self.core().put(key, value, now);
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -218,15 +217,13 @@ impl StoresServerSessions for SessionStore {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        #[allow(clippy::disallowed_methods)] // the store's driver reads the clock (module doc)
-        let v = self.core().get(key, Instant::now());
+        let v = self.core().get(key, crate::clock::now());
         self.count(v.is_some());
         v
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        #[allow(clippy::disallowed_methods)] // the store's driver reads the clock (module doc)
-        let v = self.core().take(key, Instant::now());
+        let v = self.core().take(key, crate::clock::now());
         self.count(v.is_some());
         v
     }
@@ -242,7 +239,7 @@ mod tests {
 
     #[test]
     fn take_is_single_use() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = StoreCore::new(10, Duration::from_secs(60));
         s.put(b"k".to_vec(), b"v".to_vec(), now);
         assert_eq!(s.get(b"k", now), Some(b"v".to_vec()));
@@ -252,7 +249,7 @@ mod tests {
 
     #[test]
     fn entries_expire_on_their_own_ttl() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = StoreCore::new(10, Duration::from_secs(5));
         s.put(b"a".to_vec(), b"1".to_vec(), now);
         assert!(s.get(b"a", now + Duration::from_secs(4)).is_some());
@@ -265,7 +262,7 @@ mod tests {
 
     #[test]
     fn bounded_with_oldest_first_eviction() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = StoreCore::new(3, Duration::from_secs(60));
         for i in 0..5u8 {
             s.put(vec![i], vec![i], now);
@@ -277,7 +274,7 @@ mod tests {
 
     #[test]
     fn stale_order_slots_stay_bounded() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = StoreCore::new(1000, Duration::from_secs(60));
         for i in 0..100_000u32 {
             s.put(i.to_be_bytes().to_vec(), vec![], now);

@@ -11,7 +11,13 @@ use shoal::client::{Receiver, ReceiverEvent, ReceiverOptions};
 
 use crate::common::{self, TestCluster};
 
-async fn call(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+/// One admin API request (5 s timeout); panics when the API does not answer.
+pub(crate) async fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> HttpResponse {
     request(
         admin,
         method,
@@ -23,7 +29,8 @@ async fn call(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -
     .expect("the admin API answers")
 }
 
-fn receiver() -> Receiver {
+/// A mirror receiver on loopback with the committed test certificates.
+pub(crate) fn receiver() -> Receiver {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
     let opts = ReceiverOptions::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -37,9 +44,9 @@ fn receiver() -> Receiver {
 /// Chunks a receiver delivers until `stop` fires (bounded: 60 s), then what is still queued.
 async fn collect(mut r: Receiver, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<u64> {
     let mut seqs = Vec::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let until = shoal::clock::now() + Duration::from_secs(60);
     let mut stopping = false;
-    while tokio::time::Instant::now() < until {
+    while shoal::clock::now() < until {
         let wait = if stopping { 200 } else { 60_000 };
         let ev = tokio::select! {
             _ = &mut stop, if !stopping => { stopping = true; continue; }

@@ -76,12 +76,39 @@ fn certs_and_config_round_trip_through_the_cli() {
     let out = shoal().args(["up", "--config"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    // A value out of range: the file, the key and the rule.
+    let range = dir.path().join("range.toml");
+    std::fs::write(&range, "[pool]\nstep = \"10ms\"\n").unwrap();
+    let out = shoal()
+        .args(["up", "--config"])
+        .arg(&range)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "config {}: pool.step: must be at least 100ms",
+        range.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    // Overrides that break a rule say so.
+    let out = shoal()
+        .args(["up", "--print-config", "--shards", "1", "--groups", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("command-line overrides")
+            && stderr.contains("shards.groups: must not exceed shards.count"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
     use std::io::{BufRead, BufReader};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     // A free UDP port on loopback for the hub.
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -105,10 +132,10 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = shoal::clock::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains("ready")) {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(shoal::clock::now());
         match rx.recv_timeout(left) {
             Ok(l) => seen.push(l),
             Err(_) => {
@@ -149,12 +176,12 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
         .status()
         .unwrap()
         .success());
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = shoal::clock::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = up.try_wait().unwrap() {
             break s;
         }
-        if Instant::now() > deadline {
+        if shoal::clock::now() > deadline {
             let _ = up.kill();
             panic!("shoal up did not stop within 15 s of SIGINT");
         }

@@ -320,3 +320,39 @@ impl Drop for Relay {
         self.task.abort();
     }
 }
+
+/// Reads `n` chunks (bounded in time), checking order and synthetic integrity.
+pub async fn read_chunks(
+    sub: &mut shoal::client::Subscription,
+    stream: &shoal::ids::StreamName,
+    n: usize,
+) -> Vec<u64> {
+    let seed = shoal::synthetic::stream_seed(stream);
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n {
+        let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("chunks keep coming")
+            .expect("subscription is open");
+        match item.expect("no subscription error") {
+            shoal::client::Delivery::Chunk(c) => {
+                if stream.is_synthetic() {
+                    assert!(
+                        shoal::synthetic::verify(seed, c.seq, &c.payload),
+                        "payload of {}",
+                        c.seq
+                    );
+                }
+                seqs.push(c.seq);
+            }
+            shoal::client::Delivery::Gap { from, to } => panic!("unexpected gap {from}..{to}"),
+        }
+    }
+    seqs
+}
+
+pub fn assert_contiguous(seqs: &[u64]) {
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "sequence jumps in {seqs:?}");
+    }
+}

@@ -4,40 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shoal::client::{ClientError, Delivery, Subscription};
+use shoal::client::ClientError;
 use shoal::ids::{GroupId, StreamName};
-use shoal::synthetic::{stream_seed, verify};
 use shoal::wire::{ErrorCode, Hints, Role};
 
 use crate::common::*;
-
-/// Reads `n` chunks (bounded in time), checking order and synthetic integrity.
-async fn read_chunks(sub: &mut Subscription, stream: &StreamName, n: usize) -> Vec<u64> {
-    let seed = stream_seed(stream);
-    let mut seqs = Vec::with_capacity(n);
-    while seqs.len() < n {
-        let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("chunks keep coming")
-            .expect("subscription is open");
-        match item.expect("no subscription error") {
-            Delivery::Chunk(c) => {
-                if stream.is_synthetic() {
-                    assert!(verify(seed, c.seq, &c.payload), "payload of {}", c.seq);
-                }
-                seqs.push(c.seq);
-            }
-            Delivery::Gap { from, to } => panic!("unexpected gap {from}..{to}"),
-        }
-    }
-    seqs
-}
-
-fn assert_contiguous(seqs: &[u64]) {
-    for w in seqs.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "sequence jumps in {seqs:?}");
-    }
-}
 
 #[tokio::test]
 async fn subscribe_with_zero_rtt_gets_ordered_verified_chunks() {

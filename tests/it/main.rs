@@ -12,3 +12,4 @@ mod pool;
 mod priority;
 mod profiles;
 mod wire_strict;
+mod zero_rtt;

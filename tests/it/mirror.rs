@@ -183,8 +183,8 @@ async fn endpoints_added_and_removed_live() {
 /// What a receiver delivers until it has been idle for a second (bounded: 60 s).
 async fn drain_until_idle(mut r: Receiver) -> Vec<u64> {
     let mut seqs = Vec::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::time::Instant::now() < until {
+    let until = shoal::clock::now() + Duration::from_secs(60);
+    while shoal::clock::now() < until {
         let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), r.next()).await else {
             break;
         };

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal::bench::failover::{Rig, RigCerts, RigOptions};
 use shoal::mirror::machine::Event;
@@ -330,8 +330,8 @@ async fn killed_receiver_process_loses_nothing() {
             }
         })
     };
-    let until = Instant::now() + Duration::from_secs(10);
-    while sender.snapshot().committed_seq.is_none() && Instant::now() < until {
+    let until = shoal::clock::now() + Duration::from_secs(10);
+    while sender.snapshot().committed_seq.is_none() && shoal::clock::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -365,8 +365,8 @@ async fn killed_receiver_process_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     producer.abort();
     let _ = producer.await;
-    let until = Instant::now() + Duration::from_secs(5);
-    while !sender.settled() && Instant::now() < until {
+    let until = shoal::clock::now() + Duration::from_secs(5);
+    while !sender.settled() && shoal::clock::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

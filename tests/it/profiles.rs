@@ -104,7 +104,7 @@ fn hinted(tc: &TestCluster, id: &str, kbps: u32) -> shoal::client::Client {
 /// Subscribes for at least `hold` (bounded by twice that); returns the payload bytes received.
 async fn watch(client: shoal::client::Client, stream: StreamName, hold: Duration) -> u64 {
     let mut sub = client.subscribe(&stream).await.unwrap();
-    let started = std::time::Instant::now();
+    let started = shoal::clock::now();
     let mut bytes = 0;
     while started.elapsed() < hold {
         match tokio::time::timeout(hold * 2, sub.next()).await {

@@ -70,9 +70,9 @@ pub async fn receive(a: ReceiveArgs) -> Result<()> {
     let mut receiver =
         Receiver::bind(opts).with_context(|| format!("starting the receiver on {}", a.listen))?;
     eprintln!("listening on {}", receiver.addr());
-    let started = Instant::now();
+    let started = shoal::clock::now();
     let deadline =
-        (a.seconds > 0.0).then(|| tokio::time::Instant::now() + Duration::from_secs_f64(a.seconds));
+        (a.seconds > 0.0).then(|| shoal::clock::tokio_now() + Duration::from_secs_f64(a.seconds));
     let signal = super::wait_for_signal();
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

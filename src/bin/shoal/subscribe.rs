@@ -1,6 +1,6 @@
 //! `shoal subscribe`: subscribe to a stream and print what arrives.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -35,7 +35,7 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
         .subscribe(&stream)
         .await
         .with_context(|| format!("subscribing to {stream} at {}", a.conn.hub))?;
-    let started = Instant::now();
+    let started = shoal::clock::now();
     let limit = (a.seconds > 0.0).then(|| Duration::from_secs_f64(a.seconds));
     let (mut chunks, mut bad) = (0u64, 0u64);
     loop {

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
@@ -68,7 +67,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
         cfg.admin.listen = shoal::config::parse_admin_listen(admin)
             .map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
     }
-    cfg.validate()?;
+    cfg.validate()
+        .context("the config with the command-line overrides")?;
     if a.print_config {
         print!("{}", toml::to_string(&cfg).context("printing the config")?);
         return Ok(());
@@ -143,34 +143,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
 }
 
 fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDriver {
-    use shoal::pool::policy::ScalerConfig;
-    use shoal::pool::{PoolConfig, Quota};
-    let p = &cfg.pool;
-    let pool = PoolConfig {
-        // Embedded shards start in milliseconds; the lead is one step of the driver.
-        startup: p.step,
-        min_lifespan: p.min_lifespan,
-        idle_stop_after: p.idle_stop_after,
-        scale_in_step: p.step * 5,
-        drain_grace: cfg.shutdown.grace,
-        min_shards: p.min_shards,
-        max_shards: p.max_shards,
-        quota: Quota {
-            sessions: u64::from(cfg.shards.max_sessions),
-            ..Quota::default()
-        },
-    };
-    let scaler = ScalerConfig {
-        policy: p.policy,
-        static_size: p.min_shards,
-        target_utilization: p.target_utilization,
-        sync_period: p.sync_period,
-        scale_out_threshold: (p.target_utilization + 0.1).min(1.0),
-        step: p.step,
-        startup: p.step,
-        plan_ahead: p.plan_ahead,
-        initial_mean_session: Duration::from_secs(60),
-    };
+    let (pool, scaler) = cfg.pool.pool_and_scaler(&cfg.shards, cfg.shutdown.grace);
     shoal::pool::driver::PoolDriver::start(cluster, pool, scaler, cfg.shards.groups)
 }
 
@@ -221,6 +194,8 @@ impl Supervisor {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]

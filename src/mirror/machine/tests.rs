@@ -29,7 +29,7 @@ struct Sim {
 
 impl Sim {
     fn new(cfg: MirrorConfig, n: u16) -> Sim {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let addrs: Vec<_> = (0..n).map(addr).collect();
         let m = Mirror::new(cfg, &addrs, now).unwrap();
         let ids = m.endpoints().into_iter().map(|(id, _)| id).collect();
@@ -372,7 +372,7 @@ fn probes_measure_rtt_and_raise_the_bound() {
 
 #[test]
 fn invalid_configs_and_lists_are_refused() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     assert_eq!(
         Mirror::new(MirrorConfig::default(), &[], now).err(),
         Some(MirrorError::NoEndpoints)

@@ -1,0 +1,424 @@
+//! The driver of one shard connection: it moves bytes between quinn, the admission decision
+//! ([`super::admission`]) and the session's state machine ([`super::session`]).
+//!
+//! Per connection: accept with its own server configuration (so the tickets its handshake
+//! issues are known to belong to this client) → the first frame of the first bidirectional
+//! stream, within `attach_timeout`, must be an attach → admission → quota → the session runs
+//! until the client finishes, a rule ends it, or the shard stops.
+//!
+//! A refusal or error decided before the handshake completed is closed only once the handshake
+//! completed (bounded by `attach_timeout`): a CONNECTION_CLOSE sent earlier travels in
+//! Handshake packets, where RFC 9000 §10.2.3 turns it into a transport `APPLICATION_ERROR`
+//! without shoal's code, and the client could not tell a forged token from an expired one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::session::{Action, Due, SessionCore};
+use super::streams::{self, Item};
+use super::{admit_limit, ShardState};
+use crate::clock;
+use crate::link::{ClientEntries, SessionOutcome, ShardMsg};
+use crate::wire::{
+    write_chunk, write_control, Attach, Attached, Bound, ErrorCode, Frame, FrameReader, Heartbeat,
+    Message, WireError,
+};
+
+/// How long a session admitted from 0-RTT data waits, at most, for its handshake to complete
+/// (a copied first flight never completes; the real client's retransmissions reach the shard
+/// once that connection is gone).
+pub const PROVISIONAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The handshake's completion, watched for a whole connection.
+struct Handshake(Option<quinn::ZeroRttAccepted>);
+
+impl Handshake {
+    /// Whether the handshake completed (never waits).
+    fn is_complete(&mut self) -> bool {
+        let Some(f) = &mut self.0 else { return true };
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(f).poll(&mut cx).is_ready() {
+            self.0 = None;
+        }
+        self.0.is_none()
+    }
+
+    /// Resolves when the handshake completed (at once if it did). Cancel-safe: the watch is
+    /// kept until it resolved.
+    async fn complete(&mut self) {
+        if let Some(f) = &mut self.0 {
+            f.await;
+            self.0 = None;
+        }
+    }
+}
+
+/// Closes `conn` with `code`, after the handshake completed (at most `wait`), so the close
+/// carries the code.
+async fn close_with(conn: &quinn::Connection, code: ErrorCode, hs: &mut Handshake, wait: Duration) {
+    if !hs.is_complete() {
+        let _ = tokio::time::timeout(wait, hs.complete()).await;
+    }
+    conn.close(code.varint(), code.reason().as_bytes());
+}
+
+async fn refuse(state: &ShardState, conn: &quinn::Connection, code: ErrorCode, hs: &mut Handshake) {
+    state.counters.reject(code);
+    debug!(%code, "refused");
+    close_with(conn, code, hs, state.attach_timeout).await;
+}
+
+/// Decrements the open-session gauge when a session ends, however it ends.
+struct SessionGuard(Arc<ShardState>, u64);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let c = &self.0.counters;
+        c.sessions.fetch_sub(1, Ordering::Relaxed);
+        c.committed_kbps.fetch_sub(self.1, Ordering::Relaxed);
+        self.0.load_changed.notify_one();
+    }
+}
+
+pub(super) async fn serve(
+    state: Arc<ShardState>,
+    incoming: quinn::Incoming,
+) -> Result<(), quinn::ConnectionError> {
+    let (config, conn_store) = match state.configs.for_connection() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "no server configuration for a connection");
+            incoming.refuse();
+            return Ok(());
+        }
+    };
+    let connecting = incoming.accept_with(config)?;
+    // A server can always answer in 0.5-RTT; `handshake` resolves when the handshake completes.
+    let (conn, mut hs) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => (conn, Handshake(Some(accepted))),
+        Err(connecting) => (connecting.await?, Handshake(None)),
+    };
+    let first = tokio::time::timeout(state.attach_timeout, async {
+        let (send, recv) = conn.accept_bi().await?;
+        let mut reader = FrameReader::new(recv);
+        let frame = reader.next().await;
+        Ok::<_, quinn::ConnectionError>((send, reader, frame))
+    })
+    .await;
+    let (send, reader, frame) = match first {
+        Err(_) => {
+            refuse(&state, &conn, ErrorCode::Timeout, &mut hs).await;
+            return Ok(());
+        }
+        Ok(r) => r?,
+    };
+    let attach: Attach = match frame {
+        Ok(Some(Frame::Control(Message::Attach(a)))) => a,
+        Ok(_) => {
+            refuse(&state, &conn, ErrorCode::ProtocolViolation, &mut hs).await;
+            return Ok(());
+        }
+        Err(e) => {
+            refuse(&state, &conn, e.code(), &mut hs).await;
+            return Ok(());
+        }
+    };
+    let now_ms = clock::unix_ms();
+    let checked = state
+        .admission
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&attach, now_ms);
+    let claims = match checked {
+        Ok(c) => c,
+        Err(code) => {
+            refuse(&state, &conn, code, &mut hs).await;
+            return Ok(());
+        }
+    };
+    if !state.alive.load(Ordering::Relaxed) {
+        // Draining or stopped: the client moves on to the next shard of its grant.
+        refuse(&state, &conn, ErrorCode::GoingAway, &mut hs).await;
+        return Ok(());
+    }
+    let c = &state.counters;
+    let limit = admit_limit(state.max_sessions, claims.priority);
+    if c.sessions.fetch_add(1, Ordering::Relaxed) >= limit {
+        c.sessions.fetch_sub(1, Ordering::Relaxed);
+        refuse(&state, &conn, ErrorCode::OverQuota, &mut hs).await;
+        return Ok(());
+    }
+    let kbps = u64::from(claims.expect_kbps);
+    c.committed_kbps.fetch_add(kbps, Ordering::Relaxed);
+    let _guard = SessionGuard(state.clone(), kbps);
+    state.load_changed.notify_one();
+    c.allocations.fetch_add(1, Ordering::Relaxed);
+    // The handshake resumed a stored session: rustls accepted the client's early data, which
+    // is where the protocol puts the attach.
+    let zero_rtt = conn_store.resumed();
+    if zero_rtt {
+        c.zero_rtt_attaches.fetch_add(1, Ordering::Relaxed);
+    }
+    // The tickets this handshake issues belong to the client: the hub copies them where the
+    // client goes next.
+    let (up, client) = (state.uplink.clone(), claims.client.clone());
+    conn_store.bind(Arc::new(move |entries| {
+        up.report(ShardMsg::Entries(ClientEntries {
+            client: client.clone(),
+            entries,
+        }));
+    }));
+    let started = clock::now();
+    let provisional = (!hs.is_complete()).then(|| started + PROVISIONAL_TIMEOUT);
+    debug!(token = ?claims.id, client = %claims.client, zero_rtt, provisional = provisional.is_some(), "admitted");
+    let mut session = Session {
+        state: state.clone(),
+        conn: conn.clone(),
+        send,
+        secret: claims.secret,
+        hs,
+        core: SessionCore::new(started, state.heartbeat, provisional),
+        publishing: None,
+        delivered: 0,
+        accepted: 0,
+    };
+    let code = session.run(reader, zero_rtt).await;
+    if code != ErrorCode::NoError {
+        state.counters.reject(code);
+    }
+    close_with(&conn, code, &mut session.hs, Duration::from_millis(200)).await;
+    if !session.core.is_confirmed() {
+        // Never committed: a copied first flight, or a client that vanished mid-handshake.
+        state
+            .counters
+            .provisional_expired
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    // One report per role the session took (a session may both publish and subscribe).
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (subscribed, published) = session.core.roles();
+    for (role, named, bytes) in [
+        (crate::wire::Role::Subscribe, subscribed, session.delivered),
+        (crate::wire::Role::Publish, published, session.accepted),
+    ] {
+        if let Some(stream) = named {
+            state.uplink.report(ShardMsg::SessionEnded(SessionOutcome {
+                client: claims.client.clone(),
+                grant: claims.id,
+                stream: stream.clone(),
+                role,
+                started_ms: now_ms,
+                duration_ms,
+                bytes,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// The I/O of one admitted session; its decisions are in `core`.
+struct Session {
+    state: Arc<ShardState>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    secret: [u8; 32],
+    hs: Handshake,
+    core: SessionCore,
+    publishing: Option<Arc<streams::StreamState>>,
+    /// Payload bytes delivered to the subscriber and accepted from the publisher.
+    delivered: u64,
+    accepted: u64,
+}
+
+impl Session {
+    /// Serves the session until it ends; returns the code to close with. When the session
+    /// ends in an error, what was already written (the `attached`, say) gets a moment to
+    /// reach the client before the connection closes.
+    async fn run(&mut self, reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
+        let code = self.serve_frames(reader, zero_rtt).await;
+        if code != ErrorCode::NoError && self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.send.stopped()).await;
+        }
+        code
+    }
+
+    async fn serve_frames(
+        &mut self,
+        mut reader: FrameReader<quinn::RecvStream>,
+        zero_rtt: bool,
+    ) -> ErrorCode {
+        // Subscribed before `attached` goes out: a drain that starts meanwhile is seen.
+        let mut go_away = self.state.go_away.subscribe();
+        let attached = Message::Attached(Attached {
+            shard: self.state.id,
+            zero_rtt,
+            load_permille: Some(self.load_permille()),
+        });
+        if self.control(&attached).await.is_err() {
+            return ErrorCode::NoError;
+        }
+        if go_away.borrow().is_some() {
+            go_away.mark_changed();
+        }
+        // One task per session, reading and writing in one loop (`FrameReader::next` is
+        // cancel-safe). `biased`: a go-away goes out first; frames already received are read
+        // before the timers run, so a session that was busy writing does not mistake queued
+        // heartbeats for silence; timers come before chunks, so a busy stream cannot starve
+        // them.
+        let mut cursor: Option<streams::Cursor> = None;
+        loop {
+            let wake = tokio::time::Instant::from_std(self.core.poll_timeout());
+            let confirmed = self.core.is_confirmed();
+            tokio::select! {
+                biased;
+                Ok(()) = go_away.changed() => {
+                    let msg = go_away.borrow_and_update().clone();
+                    if let Some(g) = msg {
+                        if self.control(&Message::GoAway(g)).await.is_err() {
+                            return ErrorCode::NoError;
+                        }
+                    }
+                }
+                () = self.hs.complete(), if !confirmed => {
+                    // The future also resolves when the connection dies mid-handshake.
+                    if self.conn.close_reason().is_some() {
+                        return ErrorCode::NoError;
+                    }
+                    self.core.handle_handshake_complete();
+                }
+                frame = reader.next() => {
+                    let frame = match frame {
+                        Ok(Some(f)) => f,
+                        // The client finished its side: the session is over.
+                        Ok(None) | Err(WireError::Io(_)) => return ErrorCode::NoError,
+                        Err(e) => return e.code(),
+                    };
+                    let action = match self.core.handle_frame(frame, clock::now()) {
+                        Ok(a) => a,
+                        Err(code) => return code,
+                    };
+                    if let Err(code) = self.carry_out(action, &mut cursor).await {
+                        return code;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => match self.core.handle_timeout(clock::now()) {
+                    Err(code) => return code,
+                    Ok(Due::Heartbeat) => {
+                        let m = Message::Heartbeat(Heartbeat { at_us: clock::unix_us() });
+                        if self.control(&m).await.is_err() {
+                            return ErrorCode::NoError;
+                        }
+                    }
+                    Ok(Due::Nothing) => {}
+                },
+                item = next_item(&mut cursor) => {
+                    let Some(item) = item else { return ErrorCode::UnknownStream };
+                    if self.deliver(item).await.is_err() {
+                        return ErrorCode::NoError;
+                    }
+                }
+            }
+        }
+    }
+
+    fn load_permille(&self) -> u32 {
+        let sessions = self.state.counters.sessions.load(Ordering::Relaxed);
+        let max = self.state.max_sessions.max(1);
+        (sessions.saturating_mul(1000) / max).min(1000) as u32
+    }
+
+    async fn control(&mut self, msg: &Message) -> Result<(), quinn::WriteError> {
+        self.core.handle_sent(clock::now());
+        write_control(&mut self.send, msg).await
+    }
+
+    async fn deliver(&mut self, item: Item) -> Result<(), quinn::WriteError> {
+        self.core.handle_sent(clock::now());
+        let c = &self.state.counters;
+        match item {
+            Item::Chunk(chunk) => {
+                write_chunk(&mut self.send, &chunk).await?;
+                let len = chunk.payload.len() as u64;
+                self.delivered += len;
+                c.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                c.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            }
+            Item::Gap { from, to } => {
+                c.gaps_sent.fetch_add(1, Ordering::Relaxed);
+                write_control(&mut self.send, &Message::Gap(crate::wire::Gap { from, to })).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn carry_out(
+        &mut self,
+        action: Action,
+        cursor: &mut Option<streams::Cursor>,
+    ) -> Result<(), ErrorCode> {
+        match action {
+            Action::None => {}
+            Action::Subscribe { stream, from } => {
+                *cursor = Some(
+                    self.state
+                        .registry
+                        .subscribe(&stream, from, clock::unix_us()),
+                );
+            }
+            Action::CheckBind { mac } => {
+                // The exporter exists once the handshake is complete.
+                if !self.core.is_confirmed() {
+                    let wait = PROVISIONAL_TIMEOUT;
+                    tokio::time::timeout(wait, self.hs.complete())
+                        .await
+                        .map_err(|_| ErrorCode::Timeout)?;
+                    if self.conn.close_reason().is_some() {
+                        return Err(ErrorCode::NoError);
+                    }
+                    self.core.handle_handshake_complete();
+                }
+                let ok = crate::proof::exporter(&self.conn)
+                    .is_some_and(|e| crate::proof::verify_bind_mac(&self.secret, &e, &mac));
+                self.core.handle_bind_checked(ok)?;
+                self.control(&Message::Bound(Bound {}))
+                    .await
+                    .map_err(|_| ErrorCode::NoError)?;
+            }
+            Action::Publish { stream } => {
+                self.publishing = Some(self.state.registry.stream(&stream, clock::unix_us()));
+            }
+            Action::Chunk(chunk) => {
+                let len = chunk.payload.len() as u64;
+                let stream = self
+                    .publishing
+                    .as_ref()
+                    .ok_or(ErrorCode::ProtocolViolation)?;
+                if stream
+                    .publish(chunk)
+                    .map_err(|_| ErrorCode::UnknownStream)?
+                {
+                    self.accepted += len;
+                    self.state
+                        .counters
+                        .chunks_published
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn next_item(cursor: &mut Option<streams::Cursor>) -> Option<Item> {
+    match cursor {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
