@@ -50,7 +50,7 @@ pub enum LoadgenError {
     Probe {
         hub: SocketAddr,
         stream: StreamName,
-        source: ClientError,
+        source: Box<ClientError>,
     },
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -181,7 +181,7 @@ pub async fn run(
     answer.map_err(|source| LoadgenError::Probe {
         hub: opts.hub,
         stream,
-        source,
+        source: Box::new(source),
     })?;
 
     let shared = Arc::new(Shared {

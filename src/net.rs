@@ -41,11 +41,16 @@ pub fn server_endpoint(
 /// Accepts an incoming connection with its own `config` and returns it before the handshake
 /// completes when the client sent 0-RTT data, so the server can answer in 0.5-RTT; otherwise
 /// after the handshake.
+/// Also returns, for a connection handed over before its handshake completed, the future that
+/// resolves when it completes (or the connection dies).
 pub async fn accept_early_with(
     incoming: quinn::Incoming,
     config: Arc<quinn::ServerConfig>,
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    early(incoming.accept_with(config)?).await
+) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), quinn::ConnectionError> {
+    match incoming.accept_with(config)?.into_0rtt() {
+        Ok((conn, accepted)) => Ok((conn, Some(accepted))),
+        Err(connecting) => Ok((connecting.await?, None)),
+    }
 }
 
 /// [`accept_early_with`] the endpoint's default configuration.

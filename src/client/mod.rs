@@ -11,6 +11,7 @@
 //! duplicates are dropped and counted, gaps are delivered as [`Delivery::Gap`] and counted. When
 //! every shard of the grant failed, it asks the hub for a new grant.
 
+mod failover;
 mod publish;
 mod receiver;
 mod session;
@@ -40,24 +41,71 @@ pub enum ClientError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot open a UDP socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("refused: {code}: {reason}")]
     Refused { code: ErrorCode, reason: String },
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[from] ProtocolError),
+    #[error("cannot write to the peer: {0}")]
+    Write(#[from] quinn::WriteError),
     #[error("no answer from {addr} within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("gave up after {attempts} attach attempts; last error: {last}")]
     Exhausted { attempts: u32, last: String },
+    #[error("the publisher stopped")]
+    PublisherStopped,
+}
+
+impl ClientError {
+    /// The shoal code the peer refused or closed with, if any.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// What a peer sent that the protocol does not allow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("the grant has no shards or a session secret of the wrong size")]
+    BadGrant,
+    #[error("the grant has no shard {0}")]
+    NoSuchShard(usize),
+    #[error("bad shard address {0:?}")]
+    BadShardAddr(String),
+    #[error("the shard ended the stream")]
+    StreamEnded,
+    #[error("no TLS exporter on the connection")]
+    NoExporter,
+    #[error("the system has no randomness")]
+    NoRandomness,
 }
 
 impl From<WireError> for ClientError {
     fn from(e: WireError) -> Self {
-        ClientError::Protocol(e.to_string())
+        ClientError::Protocol(ProtocolError::Wire(e))
     }
+}
+
+/// What a frame is, for an [`ProtocolError::Unexpected`].
+pub(crate) fn kind_of(frame: &Option<Frame>) -> &'static str {
+    frame.as_ref().map_or("end of stream", Frame::kind)
 }
 
 /// How a client connects and behaves.
@@ -307,7 +355,7 @@ impl Client {
         let shard = grant
             .shards
             .get(rank)
-            .ok_or_else(|| ClientError::Protocol(format!("the grant has no shard {rank}")))?;
+            .ok_or(ProtocolError::NoSuchShard(rank))?;
         let stats = Stats::default();
         let started = crate::clock::now();
         let a = session::attach(&self.inner, grant, shard, None, &stats).await?;
@@ -406,9 +454,9 @@ impl Inner {
         let connecting = self
             .endpoint
             .connect_with(self.quic.clone(), self.hub, &self.opts.cluster)
-            .map_err(|e| ClientError::Connect {
+            .map_err(|source| ClientError::Connect {
                 addr: self.hub,
-                reason: e.to_string(),
+                source,
             })?;
         let hc = match connecting.into_0rtt() {
             Ok((conn, _accepted)) => HubConn { conn, early: true },
@@ -438,7 +486,9 @@ impl Inner {
             match self.request_on(&hc.conn, stream, role).await {
                 // A request sent in 0-RTT is lost when the hub refuses early data (its stream
                 // fails); send it again, now over the completed handshake.
-                Err(ClientError::Protocol(_)) if hc.early && hc.conn.close_reason().is_none() => {
+                Err(ClientError::Protocol(_) | ClientError::Write(_))
+                    if hc.early && hc.conn.close_reason().is_none() =>
+                {
                     self.request_on(&hc.conn, stream, role).await
                 }
                 r => r,
@@ -467,7 +517,7 @@ impl Inner {
         });
         write_control(&mut send, &req)
             .await
-            .map_err(|e| closed_or(conn, ClientError::Protocol(e.to_string())))?;
+            .map_err(|e| closed_or(conn, e.into()))?;
         let _ = send.finish();
         let mut reader = FrameReader::new(recv);
         let grant = match reader.next().await {
@@ -479,17 +529,17 @@ impl Inner {
                 })
             }
             Ok(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a grant, got {}",
-                    other.as_ref().map_or("end of stream", Frame::kind)
-                )))
+                let got = kind_of(&other);
+                return Err(ProtocolError::Unexpected {
+                    expected: "a grant",
+                    got,
+                }
+                .into());
             }
             Err(e) => return Err(closed_or(conn, e.into())),
         };
         if grant.shards.is_empty() || grant.session_secret.len() != crate::proof::SECRET_LEN {
-            return Err(ClientError::Protocol(
-                "grant without shards or secret".into(),
-            ));
+            return Err(ProtocolError::BadGrant.into());
         }
         let mut first_chunks = Vec::new();
         while let Ok(Some(Frame::Chunk(c))) = reader.next().await {
@@ -608,10 +658,7 @@ pub(crate) fn connect_shard(
     let connecting = inner
         .endpoint
         .connect_with(inner.quic.clone(), addr, &inner.opts.cluster)
-        .map_err(|e| ClientError::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
+        .map_err(|source| ClientError::Connect { addr, source })?;
     Stats::inc(&stats.attaches);
     Ok(match connecting.into_0rtt() {
         Ok((conn, accepted)) => {
@@ -628,38 +675,6 @@ pub(crate) fn connect_shard(
 pub(crate) enum Attempt {
     ZeroRtt(quinn::Connection, quinn::ZeroRttAccepted),
     Full(quinn::Connecting),
-}
-
-/// Where a failover should go next; kept small and separate so it can be tested alone.
-#[derive(Debug, Default)]
-pub(crate) struct Rotation {
-    pub rank: usize,
-    pub tried_in_grant: usize,
-    pub failures: u32,
-}
-
-impl Rotation {
-    /// Records a failed or ended attach; returns true when every shard of the grant failed
-    /// since the last progress (time to ask the hub again).
-    pub fn failed(&mut self, shards: usize, made_progress: bool) -> bool {
-        if made_progress {
-            self.failures = 0;
-            self.tried_in_grant = 0;
-        }
-        self.failures += 1;
-        self.tried_in_grant += 1;
-        self.rank = (self.rank + 1) % shards.max(1);
-        self.tried_in_grant >= shards
-    }
-
-    pub fn regranted(&mut self) {
-        self.rank = 0;
-        self.tried_in_grant = 0;
-    }
-
-    pub fn backoff(&self) -> Duration {
-        Duration::from_millis((20u64 << self.failures.min(6)).min(1000))
-    }
 }
 
 /// Remembers the last sequence delivered, and counts gaps and duplicates.
@@ -713,20 +728,5 @@ mod tests {
         assert_eq!(t.accept(5), None);
         assert_eq!(t.accept(14), Some(2));
         assert_eq!(t.next(), Some(15));
-    }
-
-    #[test]
-    fn rotation_walks_the_grant_then_asks_again() {
-        let mut r = Rotation::default();
-        assert!(!r.failed(3, false));
-        assert_eq!(r.rank, 1);
-        assert!(!r.failed(3, false));
-        assert!(r.failed(3, false));
-        r.regranted();
-        assert_eq!(r.rank, 0);
-        // Progress resets the count.
-        assert!(!r.failed(2, true));
-        assert_eq!(r.failures, 1);
-        assert!(r.backoff() <= Duration::from_secs(1));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The publisher numbers its chunks itself, starting from the Unix time in microseconds when it
 //! was opened (so a restarted publisher continues above its predecessor). It keeps the last
-//! chunks it sent; when its shard connection fails it attaches to the next shard of the grant,
+//! chunks it sent; when its shard connection fails it attaches to the next shard of the grant
+//! (or of a new grant, as the shared [`Failover`] rules say — an expired token included),
 //! binds, and sends them again — the shard drops sequences it already has.
 
 use std::collections::VecDeque;
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::failover::{Failover, Next};
 use super::session::{attach, Attachment};
-use super::{closed_or, ClientError, Inner, Rotation, Stats, StatsSnapshot};
+use super::{closed_or, kind_of, ClientError, Inner, ProtocolError, Stats, StatsSnapshot};
 use crate::ids::{Seq, StreamName};
 use crate::proof::{bind_mac, exporter};
 use crate::wire::{
@@ -29,7 +31,7 @@ pub struct Publisher {
     tx: mpsc::Sender<Chunk>,
     next_seq: AtomicU64,
     stats: Arc<Stats>,
-    done: Option<oneshot::Receiver<ClientError>>,
+    done: Option<oneshot::Receiver<Result<(), ClientError>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -39,14 +41,13 @@ impl Publisher {
         let reply = inner.request(&stream, Role::Publish).await?;
         Stats::inc(&stats.grants);
         // Attach and bind before returning, so that errors surface here.
-        let mut rot = Rotation::default();
-        let a = bind_publish(&inner, &reply.grant, rot.rank, &stream, &stats).await?;
+        let a = bind_publish(&inner, &reply.grant, 0, &stream, &stats).await?;
         let (tx, rx) = mpsc::channel(inner.opts.channel_capacity.max(1));
         let (done_tx, done) = oneshot::channel();
         let st = stats.clone();
         let task = tokio::spawn(async move {
-            let err = drive(&inner, reply.grant, &stream, a, rx, &st, &mut rot).await;
-            let _ = done_tx.send(err);
+            let ended = drive(&inner, reply.grant, &stream, a, rx, &st).await;
+            let _ = done_tx.send(ended);
         });
         Ok(Publisher {
             tx,
@@ -74,10 +75,11 @@ impl Publisher {
 
     async fn failure(&mut self) -> ClientError {
         match self.done.take() {
-            Some(rx) => rx
-                .await
-                .unwrap_or_else(|_| ClientError::Protocol("publisher stopped".into())),
-            None => ClientError::Protocol("publisher stopped".into()),
+            Some(rx) => match rx.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) | Err(_) => ClientError::PublisherStopped,
+            },
+            None => ClientError::PublisherStopped,
         }
     }
 
@@ -90,14 +92,7 @@ impl Publisher {
         let (tx, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, tx));
         match self.done.take() {
-            Some(rx) => match rx.await {
-                Ok(ClientError::Refused {
-                    code: ErrorCode::NoError,
-                    ..
-                }) => Ok(()),
-                Ok(e) => Err(e),
-                Err(_) => Ok(()),
-            },
+            Some(rx) => rx.await.unwrap_or(Ok(())),
             None => Ok(()),
         }
     }
@@ -120,22 +115,23 @@ async fn bind_publish(
 ) -> Result<Attachment, ClientError> {
     let shard = &grant.shards[rank % grant.shards.len()];
     let mut a = attach(inner, grant, shard, None, stats).await?;
-    let exp = exporter(&a.conn).ok_or_else(|| ClientError::Protocol("no TLS exporter".into()))?;
+    let exp = exporter(&a.conn).ok_or(ProtocolError::NoExporter)?;
     let bind = Message::Bind(Bind {
         mac: bind_mac(&grant.session_secret, &exp).to_vec(),
     });
-    let wr = |_| closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+    let wr = |e: quinn::WriteError| closed_or(&a.conn, e.into());
     write_control(&mut a.send, &bind).await.map_err(wr)?;
     loop {
         match a.reader.next().await {
             Ok(Some(Frame::Control(Message::Bound(_)))) => break,
             Ok(Some(Frame::Control(Message::Heartbeat(_)))) => continue,
             Ok(other) => {
-                let e = ClientError::Protocol(format!(
-                    "expected bound, got {}",
-                    other.as_ref().map_or("end of stream", Frame::kind)
-                ));
-                return Err(closed_or(&a.conn, e));
+                let got = kind_of(&other);
+                let e = ProtocolError::Unexpected {
+                    expected: "bound",
+                    got,
+                };
+                return Err(closed_or(&a.conn, e.into()));
             }
             Err(e) => return Err(closed_or(&a.conn, e.into())),
         }
@@ -143,26 +139,27 @@ async fn bind_publish(
     let publish = Message::Publish(Publish {
         stream: stream.clone(),
     });
-    let wr = |_| closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+    let wr = |e: quinn::WriteError| closed_or(&a.conn, e.into());
     write_control(&mut a.send, &publish).await.map_err(wr)?;
     Ok(a)
 }
 
-/// Runs until the application finishes (returns a `NoError` refusal) or failover gives up.
+/// Runs until the application finishes (`Ok`) or failover gives up.
 async fn drive(
     inner: &Inner,
-    grant: Grant,
+    mut grant: Grant,
     stream: &StreamName,
     mut a: Attachment,
     mut rx: mpsc::Receiver<Chunk>,
     stats: &Stats,
-    rot: &mut Rotation,
-) -> ClientError {
+) -> Result<(), ClientError> {
     let mut sent: VecDeque<Chunk> = VecDeque::with_capacity(REPLAY);
+    let mut failover = Failover::new(inner.opts.max_failovers);
     let hb = inner.opts.heartbeat_interval;
     loop {
         let mut heartbeat = tokio::time::interval(hb);
         let mut last_rx = crate::clock::tokio_now();
+        let mut progressed = false;
         let failure = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(last_rx + hb * 4) => {
@@ -173,56 +170,82 @@ async fn drive(
                         let _ = a.send.finish();
                         let _ = tokio::time::timeout(hb, a.send.stopped()).await;
                         a.conn.close(ErrorCode::NoError.varint(), b"");
-                        return ClientError::Refused { code: ErrorCode::NoError, reason: "finished".into() };
+                        return Ok(());
                     };
                     if sent.len() == REPLAY {
                         sent.pop_front();
                     }
                     sent.push_back(chunk.clone());
-                    if write_chunk(&mut a.send, &chunk).await.is_err() {
-                        break closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+                    if let Err(e) = write_chunk(&mut a.send, &chunk).await {
+                        break closed_or(&a.conn, e.into());
                     }
+                    progressed = true;
                 }
                 frame = a.reader.next() => match frame {
                     Ok(Some(Frame::Control(Message::Heartbeat(_)))) => last_rx = crate::clock::tokio_now(),
                     Ok(Some(Frame::Control(Message::GoAway(_)))) => {
                         break ClientError::Refused { code: ErrorCode::GoingAway, reason: "go-away".into() };
                     }
-                    Ok(other) => break closed_or(&a.conn, ClientError::Protocol(format!(
-                        "unexpected {}",
-                        other.as_ref().map_or("end of stream", Frame::kind)
-                    ))),
+                    Ok(other) => {
+                        let got = kind_of(&other);
+                        break closed_or(&a.conn, ProtocolError::Unexpected { expected: "a heartbeat", got }.into());
+                    }
                     Err(e) => break closed_or(&a.conn, e.into()),
                 },
                 _ = heartbeat.tick() => {
                     let m = Message::Heartbeat(Heartbeat { at_us: crate::unix_us() });
-                    if write_control(&mut a.send, &m).await.is_err() {
-                        break closed_or(&a.conn, ClientError::Protocol("write failed".into()));
+                    if let Err(e) = write_control(&mut a.send, &m).await {
+                        break closed_or(&a.conn, e.into());
                     }
                 }
             }
         };
         tracing::debug!(error = %failure, "publisher connection failed; failing over");
         a.conn.close(ErrorCode::NoError.varint(), b"");
-        // Re-attach to the next shard and replay what the new shard may lack.
-        loop {
-            rot.failed(grant.shards.len(), false);
-            if rot.failures > inner.opts.max_failovers {
-                return ClientError::Exhausted {
-                    attempts: rot.failures,
-                    last: failure.to_string(),
+        // Re-attach (to the next shard, or through a new grant) and replay what the new shard
+        // may lack.
+        let mut err = failure;
+        a = loop {
+            let (rank, backoff, regrant) =
+                match failover.on_failure(&err, grant.shards.len(), progressed) {
+                    Next::GiveUp => return Err(err),
+                    Next::Exhausted { attempts } => {
+                        let last = err.to_string();
+                        return Err(ClientError::Exhausted { attempts, last });
+                    }
+                    Next::Retry {
+                        rank,
+                        backoff,
+                        regrant,
+                    } => (rank, backoff, regrant),
                 };
-            }
-            tokio::time::sleep(rot.backoff()).await;
-            Stats::inc(&stats.resumes);
-            match bind_publish(inner, &grant, rot.rank, stream, stats).await {
-                Ok(next) => {
-                    a = next;
-                    break;
+            progressed = false;
+            tokio::time::sleep(backoff).await;
+            let mut rank = rank;
+            if regrant {
+                match inner.request(stream, Role::Publish).await {
+                    Ok(r) => {
+                        Stats::inc(&stats.grants);
+                        grant = r.grant;
+                        failover.regranted();
+                        rank = failover.rank();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publisher re-grant failed");
+                        err = e;
+                        continue;
+                    }
                 }
-                Err(e) => tracing::debug!(error = %e, "publisher re-attach failed"),
             }
-        }
+            Stats::inc(&stats.resumes);
+            match bind_publish(inner, &grant, rank, stream, stats).await {
+                Ok(next) => break next,
+                Err(e) => {
+                    tracing::debug!(error = %e, "publisher re-attach failed");
+                    err = e;
+                }
+            }
+        };
         for c in &sent {
             if write_chunk(&mut a.send, c).await.is_err() {
                 break;

@@ -9,9 +9,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use ring::rand::SecureRandom;
 
+use super::failover::{Failover, Next};
 use super::{
-    closed_or, connect_shard, mark_ttfb, refused_or_lost, Attempt, ClientError, Delivery,
-    GrantReply, Inner, Rotation, SeqTracker, Stats, Tx,
+    closed_or, connect_shard, kind_of, mark_ttfb, refused_or_lost, Attempt, ClientError, Delivery,
+    GrantReply, Inner, ProtocolError, SeqTracker, Stats, Tx,
 };
 use crate::ids::StreamName;
 use crate::proof::{attach_proof, NONCE_LEN};
@@ -40,14 +41,14 @@ pub(crate) async fn attach(
     let addr: SocketAddr = shard
         .addr
         .parse()
-        .map_err(|_| ClientError::Protocol(format!("bad shard address {:?}", shard.addr)))?;
+        .map_err(|_| ProtocolError::BadShardAddr(shard.addr.clone()))?;
     // Every flight carries a fresh nonce and proof: the one sent after a refused 0-RTT attempt
     // must not look like a replay of the first (whose copy may have reached the shard).
     let flight = || -> Result<Bytes, ClientError> {
         let mut nonce = [0u8; NONCE_LEN];
         ring::rand::SystemRandom::new()
             .fill(&mut nonce)
-            .map_err(|_| ClientError::Protocol("no randomness".into()))?;
+            .map_err(|_| ProtocolError::NoRandomness)?;
         let msg = Message::Attach(Attach {
             token: grant.token.clone(),
             nonce: nonce.to_vec(),
@@ -75,7 +76,7 @@ pub(crate) async fn attach(
                     let (mut send, recv) = conn.open_bi().await?;
                     send.write_all(&flight()?)
                         .await
-                        .map_err(|_| closed_or(&conn, ClientError::Protocol("write".into())))?;
+                        .map_err(|e| closed_or(&conn, e.into()))?;
                     (conn, send, recv)
                 }
             }
@@ -84,7 +85,7 @@ pub(crate) async fn attach(
                 let (mut send, recv) = conn.open_bi().await?;
                 send.write_all(&flight()?)
                     .await
-                    .map_err(|_| closed_or(&conn, ClientError::Protocol("write".into())))?;
+                    .map_err(|e| closed_or(&conn, e.into()))?;
                 (conn, send, recv)
             }
         };
@@ -100,11 +101,12 @@ pub(crate) async fn attach(
                 })
             }
             Ok(other) => {
-                let e = ClientError::Protocol(format!(
-                    "expected attached, got {}",
-                    other.as_ref().map_or("end of stream", Frame::kind)
-                ));
-                Err(closed_or(&conn, e))
+                let got = kind_of(&other);
+                let e = ProtocolError::Unexpected {
+                    expected: "attached",
+                    got,
+                };
+                Err(closed_or(&conn, e.into()))
             }
             Err(e) => {
                 // Give the close frame a moment to arrive: it says why.
@@ -170,9 +172,9 @@ pub(crate) async fn run_subscription(
         }
     }
     let mut grant = reply.grant;
-    let mut rot = Rotation::default();
+    let mut failover = Failover::new(inner.opts.max_failovers);
     loop {
-        let shard = grant.shards[rot.rank % grant.shards.len()].clone();
+        let shard = grant.shards[failover.rank() % grant.shards.len()].clone();
         let before = stats.chunks.load(Ordering::Relaxed);
         let err = match stream_from(
             &inner, &grant, &shard, &stream, &tx, &stats, &mut seq, started,
@@ -183,36 +185,30 @@ pub(crate) async fn run_subscription(
             End::Failed(e) => e,
         };
         let progressed = stats.chunks.load(Ordering::Relaxed) > before;
-        let code = match &err {
-            ClientError::Refused { code, .. } => Some(*code),
-            _ => None,
-        };
         tracing::debug!(shard = shard.id.0, error = %err, "shard session ended");
-        // A token the cluster refuses will be refused everywhere: give up, except for expiry.
-        let expired = code == Some(ErrorCode::TokenExpired);
-        if code.is_some_and(|c| c.is_admission_failure()) && !expired {
-            let _ = tx.send(Err(err)).await;
-            return;
-        }
-        let regrant = rot.failed(grant.shards.len(), progressed) || expired;
-        if rot.failures > inner.opts.max_failovers {
-            let _ = tx
-                .send(Err(ClientError::Exhausted {
-                    attempts: rot.failures,
-                    last: err.to_string(),
-                }))
-                .await;
-            return;
-        }
-        if rot.failures > 1 {
-            tokio::time::sleep(rot.backoff()).await;
-        }
+        let (backoff, regrant) = match failover.on_failure(&err, grant.shards.len(), progressed) {
+            Next::GiveUp => {
+                let _ = tx.send(Err(err)).await;
+                return;
+            }
+            Next::Exhausted { attempts } => {
+                let last = err.to_string();
+                let _ = tx
+                    .send(Err(ClientError::Exhausted { attempts, last }))
+                    .await;
+                return;
+            }
+            Next::Retry {
+                backoff, regrant, ..
+            } => (backoff, regrant),
+        };
+        tokio::time::sleep(backoff).await;
         if regrant {
             match inner.request(&stream, Role::Subscribe).await {
                 Ok(r) => {
                     Stats::inc(&stats.grants);
                     grant = r.grant;
-                    rot.regranted();
+                    failover.regranted();
                 }
                 Err(e) => tracing::debug!(error = %e, "re-grant failed"),
             }
@@ -280,7 +276,7 @@ async fn stream_from(
                 last_rx = crate::clock::tokio_now();
                 let frame = match frame {
                     Ok(Some(f)) => f,
-                    Ok(None) => break End::Failed(closed_or(&a.conn, ClientError::Protocol("shard ended the stream".into()))),
+                    Ok(None) => break End::Failed(closed_or(&a.conn, ProtocolError::StreamEnded.into())),
                     Err(e) => break End::Failed(closed_or(&a.conn, e.into())),
                 };
                 match frame {
@@ -304,14 +300,14 @@ async fn stream_from(
                     }
                     Frame::Control(Message::Heartbeat(_)) => {}
                     Frame::Control(other) => {
-                        break End::Failed(ClientError::Protocol(format!("unexpected {}", other.kind())));
+                        break End::Failed(ProtocolError::Unexpected { expected: "a chunk", got: other.kind() }.into());
                     }
                 }
             }
             _ = heartbeat.tick() => {
                 let m = Message::Heartbeat(Heartbeat { at_us: crate::unix_us() });
-                if write_control(&mut a.send, &m).await.is_err() {
-                    break End::Failed(closed_or(&a.conn, ClientError::Protocol("write failed".into())));
+                if let Err(e) = write_control(&mut a.send, &m).await {
+                    break End::Failed(closed_or(&a.conn, e.into()));
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! [`Links::accept`] takes a new link; its first message must be a registration, and every
 //! later message goes where it belongs: load into the directory, session outcomes to the
 //! profiler, store entries into the client's book (and on to where the client was sent),
-//! acknowledgements to the grant waiting for them. A link that closes without `drained`
+//! confirmations to the grant waiting for them. A link that closes without `drained`
 //! is a shard that died: it leaves the directory at once. A timer marks shards silent for
 //! longer than the directory's bound as lost.
 //!
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::directory::Directory;
-use crate::ids::{ClientId, ShardId};
+use crate::ids::{ClientId, ShardId, StreamName};
 use crate::link::channel::HubEnd;
 use crate::link::{HubCmd, SessionOutcome, ShardMsg, StoreEntry};
 use crate::tickets::book::{Book, Forward};
@@ -39,8 +39,9 @@ pub struct LinkCounters {
     /// Shards marked lost for silence.
     pub silent: AtomicU64,
     pub commands: AtomicU64,
-    /// Grants whose shards acknowledged the client's entries in time, and those that did not
-    /// (the client then attaches with 1-RTT there).
+    /// Granted shards that confirmed their preparation (stream warm, the client's entries
+    /// held) before the grant left, and those that did not in time (the client may then
+    /// attach with 1-RTT there).
     pub entries_held: AtomicU64,
     pub entries_missed: AtomicU64,
     /// Entry copies sent after a grant, and those dropped because a link was full.
@@ -187,7 +188,7 @@ impl Links {
                     let f = lock(&self.inner.book).add(&ce.client, ce.entries, Some(id), now);
                     self.forward(f);
                 }
-                ShardMsg::EntriesHeld { batch } => {
+                ShardMsg::Prepared { batch } => {
                     if let Some(tx) = lock(&self.inner.pending).remove(&batch) {
                         let _ = tx.send(());
                     }
@@ -224,24 +225,23 @@ impl Links {
         Ok(())
     }
 
-    /// Copies `entries` to every shard of `shards` and waits (at most `wait`) until each
-    /// holds them; returns how many did in time.
-    pub async fn copy_entries(
+    /// Prepares every shard of a grant (one `prepare` each: warm `stream`, hold `entries`)
+    /// and waits (at most `wait`) until each answered; returns how many did in time.
+    pub async fn prepare(
         &self,
         shards: &[ShardId],
+        stream: &StreamName,
         entries: &[StoreEntry],
         wait: Duration,
     ) -> usize {
-        if entries.is_empty() {
-            return shards.len();
-        }
         let mut acks = Vec::with_capacity(shards.len());
         for &shard in shards {
             let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&self.inner.pending).insert(batch, tx);
-            let cmd = HubCmd::StoreEntries {
+            let cmd = HubCmd::Prepare {
                 batch,
+                stream: stream.clone(),
                 entries: entries.to_vec(),
             };
             if self.command(shard, cmd).await.is_ok() {
@@ -295,9 +295,7 @@ impl Links {
             let Some(tx) = senders.get(&shard) else {
                 continue;
             };
-            let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
             let cmd = HubCmd::StoreEntries {
-                batch,
                 entries: f.entries.clone(),
             };
             let counter = match tx.try_send(cmd) {

@@ -22,7 +22,6 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::clock::unix_us;
 use crate::ids::{ShardId, TokenId};
-use crate::link::HubCmd;
 use crate::synthetic::SyntheticSpec;
 use crate::tickets::conn::{ConnConfigs, ConnStore};
 use crate::token::{Claims, Priority, TokenKeys};
@@ -309,8 +308,8 @@ fn session_sink(
     })
 }
 
-/// How long a grant waits for its shards to acknowledge the client's session entries.
-const ENTRY_WAIT: Duration = Duration::from_millis(250);
+/// How long a grant waits for its shards to confirm their preparation.
+const PREPARE_WAIT: Duration = Duration::from_millis(250);
 
 /// What the hub hands the profiler thread.
 enum ProfileMsg {
@@ -460,10 +459,20 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                 };
                 // Answer in 0.5-RTT: a returning client's request rides in 0-RTT and gets its
                 // grant one round trip after its first packet.
-                let conn = match crate::net::accept_early_with(incoming, config).await {
+                let (conn, handshake) = match crate::net::accept_early_with(incoming, config).await
+                {
                     Ok(c) => c,
                     Err(e) => return debug!(error = %e, "handshake failed"),
                 };
+                if let Some(done) = handshake {
+                    // A client answered in 0.5-RTT gets its new tickets when the handshake
+                    // completes: they follow it to its shards then.
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        done.await;
+                        store.flush();
+                    });
+                }
                 state.counters.connections.fetch_add(1, Ordering::Relaxed);
                 // A connection that opens no stream within the request timeout is closed with
                 // `TIMEOUT` (later, an idle client connection is kept for its next request
@@ -524,6 +533,7 @@ async fn handle_request(
     // The connection's session entries are this client's, from now on as they come.
     let (links, client) = (state.links.clone(), req.client_id.clone());
     store.bind(Arc::new(move |entries| links.hub_entries(&client, entries)));
+    store.flush();
     // What the profiles say of the client, before this request is recorded.
     let assessed = assess(state, &req);
     let msg = ProfileMsg::Request {
@@ -642,18 +652,13 @@ fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
 }
 
 /// Before a grant leaves: its shards warm the stream and hold the client's session entries
-/// (acknowledged, or the miss is counted), so its 0-RTT attach finds its ticket.
+/// (confirmed, or the miss is counted), so its 0-RTT attach finds its ticket and its stream.
 async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId]) {
-    for &id in shards {
-        let warm = HubCmd::Warm {
-            stream: req.stream.clone(),
-        };
-        if let Err(e) = state.links.command(id, warm).await {
-            debug!(error = %e, "warm not delivered");
-        }
-    }
     let entries = state.links.grant_entries(&req.client_id, shards);
-    state.links.copy_entries(shards, &entries, ENTRY_WAIT).await;
+    state
+        .links
+        .prepare(shards, &req.stream, &entries, PREPARE_WAIT)
+        .await;
 }
 
 /// Decides a grant: the token and the shards it names.

@@ -6,16 +6,16 @@
 //! in other processes will speak the same messages, MessagePack-encoded, over the control link.
 //!
 //! ```text
-//!  shard ──► hub   register · load · session_ended · entries · entries_held · drained
-//!  hub ──► shard   warm · store_entries · drain · stop
+//!  shard ──► hub   register · load · session_ended · entries · prepared · drained
+//!  hub ──► shard   prepare · store_entries · drain · stop
 //! ```
 //!
 //! Order on one link: a shard's first message is [`ShardMsg::Register`]; the hub refuses
 //! (drops the link) a registration whose [`LINK_VERSION`] it does not speak or whose shard id
-//! is already live. After that, messages flow both ways in any order. `store_entries` is
-//! acknowledged with `entries_held` carrying the same batch number, so the hub can tell a grant
-//! leaves only once its shards hold the client's session entries. A link that closes is a shard
-//! that is gone.
+//! is already live. After that, messages flow both ways in any order. `prepare` (a client was
+//! granted this shard: warm its stream, hold its session entries) is acknowledged with
+//! `prepared` carrying the same batch number, so a grant leaves only once its shards hold the
+//! client's entries. A link that closes is a shard that is gone.
 //!
 //! Which messages may be dropped: load reports, session outcomes and entry copies are
 //! *reports* (the next one supersedes, or losing one costs a statistic or one 0-RTT); a full
@@ -46,8 +46,8 @@ pub enum ShardMsg {
     /// Session-store entries a handshake at this shard produced for a client: the hub keeps
     /// them for the client and copies them where the client goes next.
     Entries(ClientEntries),
-    /// The entries of `store_entries` batch `batch` are in the shard's store.
-    EntriesHeld { batch: u64 },
+    /// `prepare` batch `batch` is done: the stream is warm, the entries are in the store.
+    Prepared { batch: u64 },
     /// The shard finished draining: every session is gone; it stops now.
     Drained,
 }
@@ -56,13 +56,15 @@ pub enum ShardMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HubCmd {
-    /// Start producing `stream` ahead of the first attach (the hub granted it).
-    Warm { stream: StreamName },
-    /// Put these entries in the shard's session store; answer `entries_held { batch }`.
-    StoreEntries {
+    /// A client was granted this shard: start producing `stream` ahead of its attach, put its
+    /// session entries in the store, answer `prepared { batch }`.
+    Prepare {
         batch: u64,
+        stream: StreamName,
         entries: Vec<StoreEntry>,
     },
+    /// More entries of a client that was granted this shard (no answer).
+    StoreEntries { entries: Vec<StoreEntry> },
     /// Send go-away to every session, give them `grace_ms` to move, then stop and report
     /// `drained`.
     Drain { grace_ms: u64 },
@@ -220,16 +222,19 @@ mod tests {
                 client,
                 entries: vec![entry()],
             }),
-            ShardMsg::EntriesHeld { batch: 5 },
+            ShardMsg::Prepared { batch: 5 },
             ShardMsg::Drained,
         ];
         for m in shard_msgs {
             assert_eq!(decode::<ShardMsg>(&encode(&m)).unwrap(), m);
         }
         let cmds = [
-            HubCmd::Warm { stream },
-            HubCmd::StoreEntries {
+            HubCmd::Prepare {
                 batch: 1,
+                stream,
+                entries: vec![entry()],
+            },
+            HubCmd::StoreEntries {
                 entries: vec![entry(), entry()],
             },
             HubCmd::Drain { grace_ms: 2000 },

@@ -1,9 +1,10 @@
 //! The shard's end of the hub↔shard link: it registers, reports load, and carries out the
 //! hub's commands. The shard itself knows nothing of its hub beyond this.
 //!
-//! Order: `register` first (waits for room), then concurrently: load reports on every change
-//! of the session count and at least every [`REPORT_INTERVAL`] (dropped and counted when the
-//! hub is behind — the next one supersedes), and the hub's commands in arrival order. The
+//! Order: `register` first (waits for room), then concurrently: load reports after a change of
+//! the session count (at most one per [`REPORT_GAP`]) and at least every [`REPORT_INTERVAL`]
+//! (dropped and counted when the hub is behind — the next one supersedes), and the hub's
+//! commands in arrival order. The
 //! agent ends when the shard stops (its link closes: the hub sees the shard gone), after a
 //! drain (`drained` is sent first), or when the hub's end closes (the shard keeps serving the
 //! sessions it has; the embedded hub only goes away with its process).
@@ -17,8 +18,10 @@ use super::Shard;
 use crate::link::channel::ShardEnd;
 use crate::link::{HubCmd, Register, ShardMsg, LINK_VERSION};
 
-/// A shard reports its load at least this often (and at once when its session count moves).
+/// A shard reports its load at least this often (and soon after its session count moves).
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
+/// Reports on a change come at most this often (changes in between are in the next one).
+pub const REPORT_GAP: Duration = Duration::from_millis(5);
 
 /// The registration a shard sends first.
 pub fn registration(shard: &Shard) -> ShardMsg {
@@ -50,7 +53,11 @@ async fn run(shard: Shard, mut end: ShardEnd, registered: bool) {
         return;
     }
     let mut drain: Option<JoinHandle<()>> = None;
+    // The last report, and whether a change waits for the next.
+    let mut last = crate::clock::tokio_now();
+    let mut changed = false;
     loop {
+        let due = last + REPORT_GAP;
         tokio::select! {
             biased;
             changed = stopped.changed(), if drain.is_none() => {
@@ -77,10 +84,15 @@ async fn run(shard: Shard, mut end: ShardEnd, registered: bool) {
                     return;
                 }
             },
-            _ = shard.load_changed() => {
+            _ = shard.load_changed(), if !changed => changed = true,
+            _ = tokio::time::sleep_until(due), if changed => {
+                changed = false;
+                last = crate::clock::tokio_now();
                 up.report(ShardMsg::Load(shard.load()));
             }
             _ = tick.tick() => {
+                changed = false;
+                last = crate::clock::tokio_now();
                 up.report(ShardMsg::Load(shard.load()));
             }
         }
@@ -94,13 +106,22 @@ async fn carry_out(
     cmd: HubCmd,
 ) -> Option<JoinHandle<()>> {
     match cmd {
-        HubCmd::Warm { stream } => shard.warm(&stream),
-        HubCmd::StoreEntries { batch, entries } => {
+        HubCmd::Prepare {
+            batch,
+            stream,
+            entries,
+        } => {
+            shard.warm(&stream);
             for e in entries {
                 shard.store().put_entry(e);
             }
             // An acknowledgement must arrive: the hub waits for it before its grant leaves.
-            let _ = up.send(ShardMsg::EntriesHeld { batch }).await;
+            let _ = up.send(ShardMsg::Prepared { batch }).await;
+        }
+        HubCmd::StoreEntries { entries } => {
+            for e in entries {
+                shard.store().put_entry(e);
+            }
         }
         HubCmd::Drain { grace_ms } => {
             let s = shard.clone();

@@ -176,6 +176,10 @@ pub(super) async fn serve(
     }));
     let started = clock::now();
     let provisional = (!hs.is_complete()).then(|| started + PROVISIONAL_TIMEOUT);
+    if provisional.is_none() {
+        // Completed meanwhile: its tickets are in already.
+        conn_store.flush();
+    }
     debug!(token = ?claims.id, client = %claims.client, zero_rtt, provisional = provisional.is_some(), "admitted");
     let mut session = Session {
         state: state.clone(),
@@ -183,12 +187,14 @@ pub(super) async fn serve(
         send,
         secret: claims.secret,
         hs,
+        store: conn_store.clone(),
         core: SessionCore::new(started, state.heartbeat, provisional),
         publishing: None,
         delivered: 0,
         accepted: 0,
     };
     let code = session.run(reader, zero_rtt).await;
+    conn_store.flush();
     if code != ErrorCode::NoError {
         state.counters.reject(code);
     }
@@ -230,6 +236,8 @@ struct Session {
     send: quinn::SendStream,
     secret: [u8; 32],
     hs: Handshake,
+    /// This connection's view of the shard's session store.
+    store: Arc<crate::tickets::conn::ConnStore>,
     core: SessionCore,
     publishing: Option<Arc<streams::StreamState>>,
     /// Payload bytes delivered to the subscriber and accepted from the publisher.
@@ -292,6 +300,8 @@ impl Session {
                         return ErrorCode::NoError;
                     }
                     self.core.handle_handshake_complete();
+                    // The tickets rustls issued at completion go to the hub in one report.
+                    self.store.flush();
                 }
                 frame = reader.next() => {
                     let frame = match frame {
@@ -383,6 +393,7 @@ impl Session {
                         return Err(ErrorCode::NoError);
                     }
                     self.core.handle_handshake_complete();
+                    self.store.flush();
                 }
                 let ok = crate::proof::exporter(&self.conn)
                     .is_some_and(|e| crate::proof::verify_bind_mac(&self.secret, &e, &mac));

@@ -5,7 +5,8 @@
 //! store is a [`ConnStore`]: it puts into the endpoint's [`SessionStore`] and records the entry
 //! for this connection. Until the connection names its client (the hub: the stream request;
 //! a shard: the admitted token), entries wait in the record; [`ConnStore::bind`] then hands
-//! them, and every later one, to a sink that knows the client.
+//! them to a sink that knows the client, and [`ConnStore::flush`] hands over later ones (the
+//! driver flushes when the handshake completes, which is when rustls issues its tickets).
 
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +24,11 @@ pub type EntrySink = Arc<dyn Fn(Vec<StoreEntry>) + Send + Sync>;
 
 enum Record {
     Pending(Vec<StoreEntry>),
-    Bound(EntrySink),
+    /// Bound to a client: entries collect in `held` until the next [`ConnStore::flush`].
+    Bound {
+        sink: EntrySink,
+        held: Vec<StoreEntry>,
+    },
 }
 
 /// A per-connection view of an endpoint's store (see the module doc).
@@ -53,20 +58,38 @@ impl ConnStore {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands what was recorded, and every later entry, to `sink`. Only the first bind counts
-    /// (a connection serves one client); returns whether this was it.
+    /// Hands what was recorded to `sink`, and from then on what each [`ConnStore::flush`]
+    /// finds (rustls puts one ticket at a time; a flush hands them over together). Only the
+    /// first bind counts (a connection serves one client); returns whether this was it.
     pub fn bind(&self, sink: EntrySink) -> bool {
         let mut r = self.record();
         let Record::Pending(pending) = &mut *r else {
             return false;
         };
         let pending = std::mem::take(pending);
-        *r = Record::Bound(sink.clone());
+        *r = Record::Bound {
+            sink: sink.clone(),
+            held: Vec::new(),
+        };
         drop(r);
         if !pending.is_empty() {
             sink(pending);
         }
         true
+    }
+
+    /// Hands the entries put since the last flush to the bound sink (nothing before a bind).
+    pub fn flush(&self) {
+        let mut r = self.record();
+        let Record::Bound { sink, held } = &mut *r else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        let (sink, held) = (sink.clone(), std::mem::take(held));
+        drop(r);
+        sink(held);
     }
 
     /// Whether this connection's handshake resumed a stored session. rustls takes the stored
@@ -80,7 +103,7 @@ impl ConnStore {
     pub fn pending(&self) -> usize {
         match &*self.record() {
             Record::Pending(p) => p.len(),
-            Record::Bound(_) => 0,
+            Record::Bound { held, .. } => held.len(),
         }
     }
 }
@@ -92,17 +115,13 @@ impl StoresServerSessions for ConnStore {
             value: value.clone(),
         };
         let stored = self.store.put(key, value);
-        let sink = match &mut *self.record() {
-            Record::Pending(p) => {
+        match &mut *self.record() {
+            Record::Pending(p) | Record::Bound { held: p, .. } => {
                 if p.len() < MAX_PENDING {
                     p.push(entry);
                 }
-                return stored;
             }
-            Record::Bound(sink) => sink.clone(),
-        };
-        // Outside the lock: the sink may take other locks.
-        sink(vec![entry]);
+        }
         stored
     }
 
@@ -202,8 +221,16 @@ mod tests {
         })));
         assert!(!conn.bind(Arc::new(|_| {})), "one client per connection");
         conn.put(b"k2".to_vec(), b"v2".to_vec());
+        conn.put(b"k3".to_vec(), b"v3".to_vec());
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "later entries wait for a flush"
+        );
+        conn.flush();
+        conn.flush();
         let keys: Vec<Vec<u8>> = seen.lock().unwrap().iter().map(|e| e.key.clone()).collect();
-        assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
+        assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]);
         // Reads go to the endpoint's store, single-use.
         assert_eq!(conn.take(b"k1"), Some(b"v1".to_vec()));
         assert_eq!(conn.take(b"k1"), None);

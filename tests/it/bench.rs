@@ -163,7 +163,7 @@ async fn loadgen_against_a_refusing_hub_stops_before_the_load() {
     match &err {
         LoadgenError::Probe { source, .. } => {
             assert!(
-                matches!(source, shoal::client::ClientError::Refused { .. }),
+                matches!(**source, shoal::client::ClientError::Refused { .. }),
                 "{source}"
             )
         }

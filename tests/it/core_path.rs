@@ -104,6 +104,70 @@ async fn published_chunks_reach_subscribers_in_order() {
 }
 
 #[tokio::test]
+async fn a_publisher_whose_token_expired_gets_a_new_grant_when_it_fails_over() {
+    let mut cfg = config();
+    cfg.hub.token_ttl = Duration::from_millis(800);
+    let tc = TestCluster::with(cfg);
+    let stream = StreamName::new("live/expiring").unwrap();
+    let client = tc.client("expiring-publisher");
+    let mut publisher = client.publish(&stream).await.unwrap();
+    for i in 0..10 {
+        publisher.send(payload(32 + i)).await.unwrap();
+    }
+    // Past the token's expiry, its shard dies: the next shard refuses the old token with
+    // TOKEN_EXPIRED, and the publisher asks the hub again instead of giving up.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut serving = None;
+    for _ in 0..100 {
+        serving = tc
+            .cluster
+            .shards()
+            .into_iter()
+            .find(|s| s.counters().chunks_published.load(Ordering::Relaxed) >= 10);
+        if serving.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let serving = serving.expect("a shard took the publisher's chunks");
+    tc.kill(&serving).await;
+    for i in 0..10 {
+        publisher.send(payload(64 + i)).await.unwrap();
+    }
+    let mut regranted = false;
+    for _ in 0..250 {
+        let s = publisher.stats();
+        if s.grants >= 2 && s.resumes >= 1 {
+            regranted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = publisher.stats();
+    assert!(regranted, "{s:?}");
+    publisher.finish().await.unwrap();
+    let mut published = 0;
+    for _ in 0..100 {
+        published = tc
+            .cluster
+            .shards()
+            .iter()
+            .filter(|x| x.id() != serving.id())
+            .map(|x| x.counters().chunks_published.load(Ordering::Relaxed))
+            .sum::<u64>();
+        if published >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        published >= 10,
+        "the new shard took the chunks: {published}"
+    );
+    tc.shutdown().await;
+}
+
+#[tokio::test]
 async fn hub_refuses_bad_hints_with_its_code() {
     let tc = TestCluster::start();
     let mut o = shoal::client::ClientOptions::new(
