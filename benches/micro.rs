@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use shoal::ids::{ClientId, GroupId, ShardId, TokenId};
-use shoal::keys::{ClusterSecret, KeySchedule};
+use shoal::security::keys::{ClusterSecret, KeySchedule};
+use shoal::security::token::{Claims, TokenKeys};
 use shoal::tickets::StoreCore;
-use shoal::token::{Claims, TokenKeys};
 use shoal::wire::{
     encode_chunk_header, encode_control, Chunk, Frame, FrameReader, Grant, Message, ShardAddr,
 };
@@ -24,7 +24,7 @@ fn claims(now_ms: u64) -> Claims {
         secret: [9; 32],
         issued_at_ms: now_ms,
         expires_at_ms: now_ms + 600_000,
-        priority: shoal::token::Priority::Normal,
+        priority: shoal::security::token::Priority::Normal,
         expect_kbps: 0,
     }
 }

@@ -18,9 +18,8 @@
 
 pub mod clock;
 pub mod ids;
-pub mod proof;
+pub mod security;
 pub mod synthetic;
-pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "client")]
@@ -30,24 +29,12 @@ pub mod mirror;
 
 #[cfg(all(feature = "server", feature = "client"))]
 pub mod admin;
-#[cfg(feature = "tools")]
-pub mod bench;
-#[cfg(feature = "server")]
-pub mod certs;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]
-pub mod config;
-#[cfg(feature = "tools")]
-pub mod demo;
-#[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]
-pub mod keys;
-#[cfg(feature = "server")]
 pub mod link;
-#[cfg(feature = "tools")]
-pub mod loadgen;
 #[cfg(feature = "server")]
 pub mod net;
 #[cfg(feature = "server")]
@@ -56,10 +43,8 @@ pub mod pool;
 pub mod shard;
 #[cfg(feature = "server")]
 pub mod tickets;
-#[cfg(feature = "server")]
-pub mod token;
 #[cfg(feature = "tools")]
-pub mod traffic;
+pub mod tools;
 
 /// ALPN of the hub and the shards.
 pub const ALPN: &[u8] = b"shoal/1";

@@ -346,7 +346,7 @@ pub fn source_shard(shards: &[ShardView], stream: &StreamName) -> Option<ShardId
         stream,
         role: crate::wire::Role::Subscribe,
         hints: &hints,
-        priority: crate::token::Priority::High,
+        priority: crate::security::token::Priority::High,
         expect_kbps: 0,
     };
     match HeadroomPlacer::default().place(&req, shards, 1, crate::clock::now()) {

@@ -13,7 +13,6 @@
 
 mod failover;
 mod publish;
-mod receiver;
 mod session;
 
 use std::net::SocketAddr;
@@ -31,14 +30,13 @@ use crate::wire::{
 };
 
 pub use publish::Publisher;
-pub use receiver::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     #[error("TLS setup: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::security::tls::TlsError),
     #[error("cannot open a UDP socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot connect to {addr}: {source}")]
@@ -264,8 +262,8 @@ struct HubConn {
 impl Client {
     /// A client of the hub at `hub`. Binds its UDP socket now.
     pub fn new(hub: SocketAddr, opts: ClientOptions) -> Result<Client, ClientError> {
-        let crypto = crate::tls::client_crypto(&opts.ca)?;
-        let quic = crate::tls::client_config(crypto, opts.idle_timeout)?;
+        let crypto = crate::security::tls::client_crypto(&opts.ca)?;
+        let quic = crate::security::tls::client_config(crypto, opts.idle_timeout)?;
         let bind = match (hub, opts.bind) {
             (SocketAddr::V6(_), SocketAddr::V4(b)) if b.ip().is_unspecified() => {
                 SocketAddr::from(([0u16; 8], b.port()))
@@ -538,7 +536,9 @@ impl Inner {
             }
             Err(e) => return Err(closed_or(conn, e.into())),
         };
-        if grant.shards.is_empty() || grant.session_secret.len() != crate::proof::SECRET_LEN {
+        if grant.shards.is_empty()
+            || grant.session_secret.len() != crate::security::proof::SECRET_LEN
+        {
             return Err(ProtocolError::BadGrant.into());
         }
         let mut first_chunks = Vec::new();

@@ -17,7 +17,7 @@ use super::failover::{Failover, Next};
 use super::session::{attach, Attachment};
 use super::{closed_or, kind_of, ClientError, Inner, ProtocolError, Stats, StatsSnapshot};
 use crate::ids::{Seq, StreamName};
-use crate::proof::{bind_mac, exporter};
+use crate::security::proof::{bind_mac, exporter};
 use crate::wire::{
     write_chunk, write_control, Bind, Chunk, ErrorCode, Frame, Grant, Heartbeat, Message, Publish,
     Role,

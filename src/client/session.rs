@@ -15,7 +15,7 @@ use super::{
     GrantReply, Inner, ProtocolError, SeqTracker, Stats, Tx,
 };
 use crate::ids::StreamName;
-use crate::proof::{attach_proof, NONCE_LEN};
+use crate::security::proof::{attach_proof, NONCE_LEN};
 use crate::wire::{
     encode_control, write_control, Attach, Attached, Chunk, ErrorCode, Frame, FrameReader, Grant,
     Heartbeat, Message, Role, ShardAddr, Subscribe,

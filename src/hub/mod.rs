@@ -22,9 +22,9 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::clock::unix_us;
 use crate::ids::{ShardId, TokenId};
+use crate::security::token::{Claims, Priority, TokenKeys};
 use crate::synthetic::SyntheticSpec;
 use crate::tickets::conn::{ConnConfigs, ConnStore};
-use crate::token::{Claims, Priority, TokenKeys};
 use crate::wire::{
     write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject, ShardAddr,
     StreamRequest,

@@ -26,8 +26,8 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::ids::{ClientId, GroupId, ShardId, StreamName};
+use crate::security::token::Priority;
 use crate::shard::admit_limit;
-use crate::token::Priority;
 use crate::wire::{ErrorCode, Hints, Role};
 
 /// What placement knows about one shard.

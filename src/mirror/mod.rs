@@ -6,11 +6,12 @@
 //! - [`sender`] — the tokio driver: one QUIC endpoint and connection per receiver (so each can
 //!   migrate alone), probes as QUIC datagrams, chunks on one bidirectional stream.
 //!
-//! Receivers are [`crate::client::Receiver`] (ALPN `shoal-mirror/1`). Senders authenticate with
+//! Receivers are [`Receiver`] (ALPN `shoal-mirror/1`). Senders authenticate with
 //! a client certificate issued by the cluster CA (mutual TLS); see `PROTOCOL.md` section 9.
 
 pub mod health;
 pub mod machine;
+pub mod receiver;
 pub mod sender;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use health::HealthConfig;
 pub use machine::{EndpointState, Event, Mirror, MirrorSnapshot, PushError, SwitchCause};
+pub use receiver::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 pub use sender::{ConnectError, MirrorSender, SenderError, SenderOptions};
 
 /// ALPN of mirror receivers.

@@ -88,7 +88,7 @@ pub enum SenderError {
     #[error(transparent)]
     Mirror(#[from] MirrorError),
     #[error("TLS setup: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::security::tls::TlsError),
     #[error(transparent)]
     Push(#[from] PushError),
     #[error("socket: {0}")]
@@ -219,15 +219,15 @@ impl MirrorSender {
     /// Starts mirroring `opts.stream` to `endpoints`, best first. Must run in a tokio runtime.
     pub fn start(opts: SenderOptions, endpoints: &[SocketAddr]) -> Result<Self, SenderError> {
         let machine = Mirror::new(opts.config, endpoints, crate::clock::now())?;
-        let crypto = crate::tls::mirror_client_crypto(
+        let crypto = crate::security::tls::mirror_client_crypto(
             &opts.ca,
             opts.cert_chain.clone(),
             opts.key.clone_key(),
         )?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-            .map_err(|e| crate::tls::TlsError::Quic(e.to_string()))?;
+            .map_err(|e| crate::security::tls::TlsError::Quic(e.to_string()))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(quic));
-        quic.transport_config(crate::tls::transport_config(opts.idle_timeout));
+        quic.transport_config(crate::security::tls::transport_config(opts.idle_timeout));
         let shared = Arc::new(Shared {
             machine: Mutex::new(machine),
             opts,

@@ -9,8 +9,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::ids::{GroupId, ShardId, TokenId};
-use crate::proof::{verify_attach_proof, NONCE_LEN};
-use crate::token::{Claims, TokenKeys};
+use crate::security::proof::{verify_attach_proof, NONCE_LEN};
+use crate::security::token::{Claims, TokenKeys};
 use crate::wire::{Attach, ErrorCode};
 
 /// Remembers admitted (token, nonce) pairs until their token expires; bounded, oldest first.
@@ -109,8 +109,8 @@ impl Admission {
 mod tests {
     use super::*;
     use crate::ids::ClientId;
-    use crate::keys::{ClusterSecret, KeySchedule};
-    use crate::proof::attach_proof;
+    use crate::security::keys::{ClusterSecret, KeySchedule};
+    use crate::security::proof::attach_proof;
 
     const NOW: u64 = 1_800_000_000_000;
 
@@ -127,7 +127,7 @@ mod tests {
             secret,
             issued_at_ms: NOW,
             expires_at_ms: NOW + 10_000,
-            priority: crate::token::Priority::Normal,
+            priority: crate::security::token::Priority::Normal,
             expect_kbps: 0,
         };
         let token = keys.seal(&claims, NOW).unwrap();

@@ -395,8 +395,9 @@ impl Session {
                     self.core.handle_handshake_complete();
                     self.store.flush();
                 }
-                let ok = crate::proof::exporter(&self.conn)
-                    .is_some_and(|e| crate::proof::verify_bind_mac(&self.secret, &e, &mac));
+                let ok = crate::security::proof::exporter(&self.conn).is_some_and(|e| {
+                    crate::security::proof::verify_bind_mac(&self.secret, &e, &mac)
+                });
                 self.core.handle_bind_checked(ok)?;
                 self.control(&Message::Bound(Bound {}))
                     .await

@@ -325,8 +325,8 @@ async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
 /// quota (rounded down, so none on shards under 10 sessions) is kept for high-priority clients,
 /// and low-priority ones stop a tenth earlier still. A shard near its quota so admits the
 /// clients the hub prioritized first; the hub's placement uses the same limits.
-pub fn admit_limit(capacity: u64, priority: crate::token::Priority) -> u64 {
-    use crate::token::Priority;
+pub fn admit_limit(capacity: u64, priority: crate::security::token::Priority) -> u64 {
+    use crate::security::token::Priority;
     let reserve = capacity / 10;
     match priority {
         Priority::High => capacity,

@@ -174,7 +174,7 @@ impl ConnConfigs {
     }
 
     /// The endpoint's default configuration (its store records nothing).
-    pub fn endpoint_default(&self) -> Result<quinn::ServerConfig, crate::tls::TlsError> {
+    pub fn endpoint_default(&self) -> Result<quinn::ServerConfig, crate::security::tls::TlsError> {
         let mut crypto = (*self.crypto).clone();
         crypto.session_storage = self.store.clone();
         self.quinn(crypto)
@@ -183,7 +183,7 @@ impl ConnConfigs {
     /// A configuration for one connection, and the record of what its handshake stores.
     pub fn for_connection(
         &self,
-    ) -> Result<(Arc<quinn::ServerConfig>, Arc<ConnStore>), crate::tls::TlsError> {
+    ) -> Result<(Arc<quinn::ServerConfig>, Arc<ConnStore>), crate::security::tls::TlsError> {
         let conn = Arc::new(ConnStore::new(self.store.clone()));
         let mut crypto = (*self.crypto).clone();
         crypto.session_storage = conn.clone();
@@ -193,9 +193,9 @@ impl ConnConfigs {
     fn quinn(
         &self,
         crypto: rustls::ServerConfig,
-    ) -> Result<quinn::ServerConfig, crate::tls::TlsError> {
+    ) -> Result<quinn::ServerConfig, crate::security::tls::TlsError> {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(crypto))
-            .map_err(|e| crate::tls::TlsError::Quic(e.to_string()))?;
+            .map_err(|e| crate::security::tls::TlsError::Quic(e.to_string()))?;
         let mut sc = quinn::ServerConfig::new(Arc::new(quic), self.token_key.clone());
         sc.transport_config(self.transport.clone());
         Ok(sc)

@@ -149,7 +149,7 @@ pub struct Reject {
 }
 
 /// Client → shard, in the first (0-RTT) flight: the token and the shard-bound proof
-/// `HMAC-SHA256(secret, "shoal attach" | shard_id:u32be | nonce)` (see [`crate::proof`]).
+/// `HMAC-SHA256(secret, "shoal attach" | shard_id:u32be | nonce)` (see [`crate::security::proof`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attach {
     #[serde(with = "serde_bytes")]

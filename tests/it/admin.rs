@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shoal::admin::client::{request, HttpResponse};
 use shoal::admin::{Admin, AdminState};
-use shoal::client::{Receiver, ReceiverEvent, ReceiverOptions};
+use shoal::mirror::{Receiver, ReceiverEvent, ReceiverOptions};
 
 use crate::common::{self, TestCluster};
 
@@ -34,8 +34,8 @@ pub(crate) fn receiver() -> Receiver {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
     let opts = ReceiverOptions::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        shoal::tls::read_certs(&dir.join("cluster.pem")).unwrap(),
-        shoal::tls::read_key(&dir.join("cluster.key")).unwrap(),
+        shoal::security::tls::read_certs(&dir.join("cluster.pem")).unwrap(),
+        shoal::security::tls::read_key(&dir.join("cluster.key")).unwrap(),
         common::ca(),
     );
     Receiver::bind(opts).unwrap()

@@ -44,7 +44,7 @@ async fn forged_tokens_are_refused_without_allocation() {
         .await;
     assert_eq!(code, Some(ErrorCode::TokenMalformed));
     // Well-formed header, current epoch, forged ciphertext.
-    let mut forged = vec![shoal::token::TOKEN_VERSION];
+    let mut forged = vec![shoal::security::token::TOKEN_VERSION];
     forged.extend(tc.tokens().epoch_at(now_ms()).to_be_bytes());
     forged.extend(rand16().repeat(7));
     let code = raw
@@ -52,18 +52,20 @@ async fn forged_tokens_are_refused_without_allocation() {
         .await;
     assert_eq!(code, Some(ErrorCode::TokenInvalid));
     // Sealed with another cluster's secret.
-    let other = shoal::token::TokenKeys::new(
-        shoal::keys::KeySchedule::new(&shoal::keys::ClusterSecret::from_bytes([1; 32])),
+    let other = shoal::security::token::TokenKeys::new(
+        shoal::security::keys::KeySchedule::new(&shoal::security::keys::ClusterSecret::from_bytes(
+            [1; 32],
+        )),
         3600,
     );
-    let claims = shoal::token::Claims {
+    let claims = shoal::security::token::Claims {
         id: shoal::ids::TokenId(rand16()),
         group: shard.group(),
         client: shoal::ids::ClientId::new("x").unwrap(),
         secret: [2; 32],
         issued_at_ms: now_ms(),
         expires_at_ms: now_ms() + 60_000,
-        priority: shoal::token::Priority::Normal,
+        priority: shoal::security::token::Priority::Normal,
         expect_kbps: 0,
     };
     let token = other.seal(&claims, now_ms()).unwrap();

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal::client::{Client, ClientOptions};
-use shoal::loadgen::{self, LoadgenError, LoadgenOptions};
+use shoal::tools::loadgen::{self, LoadgenError, LoadgenOptions};
 use shoal::wire::{Hints, Role};
 
 use crate::common::{ca, TestCluster};
@@ -179,7 +179,7 @@ async fn a_returning_client_asks_the_hub_in_0rtt_and_idle_sessions_stay_up() {
     let tc = TestCluster::start();
     // Through a delay relay, so that the request is surely written before the handshake
     // completes (on bare loopback it may race the server's first answer).
-    let relay = shoal::bench::DelayRelay::start(tc.hub(), Duration::from_millis(20))
+    let relay = shoal::tools::bench::DelayRelay::start(tc.hub(), Duration::from_millis(20))
         .await
         .unwrap();
     let mut o = ClientOptions::new(

@@ -62,14 +62,15 @@ fn certs_and_config_round_trip_through_the_cli() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(shoal::tls::read_certs(&dir.path().join("ca.pem")).is_ok());
+    assert!(shoal::security::tls::read_certs(&dir.path().join("ca.pem")).is_ok());
     let out = shoal()
         .args(["up", "--print-config", "--shards", "6", "--groups", "3"])
         .output()
         .unwrap();
     assert!(out.status.success());
     let cfg =
-        shoal::config::Config::parse(&String::from_utf8(out.stdout).unwrap(), "stdout").unwrap();
+        shoal::cluster::config::Config::parse(&String::from_utf8(out.stdout).unwrap(), "stdout")
+            .unwrap();
     assert_eq!((cfg.shards.count, cfg.shards.groups), (6, 3));
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[hub]\nnope = 1\n").unwrap();

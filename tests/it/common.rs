@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal::client::{Client, ClientOptions};
+use shoal::cluster::config::Config;
 use shoal::cluster::{Cluster, Material};
-use shoal::config::Config;
 use shoal::ids::{ClientId, GroupId, ShardId, TokenId};
-use shoal::keys::{ClusterSecret, KeySchedule};
+use shoal::security::keys::{ClusterSecret, KeySchedule};
+use shoal::security::token::{Claims, Priority, TokenKeys};
 use shoal::shard::Shard;
-use shoal::token::{Claims, Priority, TokenKeys};
 use shoal::wire::{encode_control, Attach, ErrorCode, Frame, FrameReader, Message};
 
 pub const SECRET: [u8; 32] = [0x5a; 32];
@@ -24,14 +24,15 @@ fn certs_dir() -> PathBuf {
 }
 
 pub fn ca() -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    shoal::tls::read_certs(&certs_dir().join("ca.pem")).expect("committed test CA")
+    shoal::security::tls::read_certs(&certs_dir().join("ca.pem")).expect("committed test CA")
 }
 
 pub fn material() -> Material {
     Material {
         secret: ClusterSecret::from_bytes(SECRET),
-        chain: shoal::tls::read_certs(&certs_dir().join("cluster.pem")).expect("test chain"),
-        key: shoal::tls::read_key(&certs_dir().join("cluster.key")).expect("test key"),
+        chain: shoal::security::tls::read_certs(&certs_dir().join("cluster.pem"))
+            .expect("test chain"),
+        key: shoal::security::tls::read_key(&certs_dir().join("cluster.key")).expect("test key"),
         ca: ca(),
     }
 }
@@ -176,8 +177,8 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn new() -> Self {
-        let crypto = shoal::tls::client_crypto(&ca()).unwrap();
-        let config = shoal::tls::client_config(crypto, Duration::from_secs(10)).unwrap();
+        let crypto = shoal::security::tls::client_crypto(&ca()).unwrap();
+        let config = shoal::security::tls::client_config(crypto, Duration::from_secs(10)).unwrap();
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         Self { endpoint, config }
     }
@@ -248,7 +249,7 @@ pub fn attach_msg(token: &[u8], secret: &[u8], shard: ShardId, nonce: [u8; 16]) 
     Message::Attach(Attach {
         token: token.to_vec(),
         nonce: nonce.to_vec(),
-        proof: shoal::proof::attach_proof(secret, shard, &nonce).to_vec(),
+        proof: shoal::security::proof::attach_proof(secret, shard, &nonce).to_vec(),
     })
 }
 

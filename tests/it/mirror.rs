@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shoal::bench::failover::{broadcast_options, Rig, RigCerts, RigOptions};
-use shoal::client::Receiver;
 use shoal::mirror::machine::{EndpointState, Event};
+use shoal::mirror::Receiver;
 use shoal::mirror::{MirrorConfig, MirrorError, SenderError, SwitchCause};
+use shoal::tools::bench::failover::{broadcast_options, Rig, RigCerts, RigOptions};
 
 fn certs() -> RigCerts {
     RigCerts::generate().expect("certificates")
@@ -171,10 +171,12 @@ async fn endpoints_added_and_removed_live() {
     // The extra receiver's deliveries belong to the same application.
     let mut ledger = rig.finish(Duration::from_secs(3)).await;
     let extra_seqs = extra.await.unwrap();
-    ledger.receivers.push(shoal::bench::failover::ReceiverLog {
-        seqs: extra_seqs,
-        gaps: vec![],
-    });
+    ledger
+        .receivers
+        .push(shoal::tools::bench::failover::ReceiverLog {
+            seqs: extra_seqs,
+            gaps: vec![],
+        });
     let t = ledger.tally_union();
     assert_eq!((t.lost, t.duplicated, t.out_of_order), (0, 0, 0), "{t:?}");
     assert_eq!(t.overlap, 0, "planned switches send nothing twice: {t:?}");
@@ -188,7 +190,7 @@ async fn drain_until_idle(mut r: Receiver) -> Vec<u64> {
         let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), r.next()).await else {
             break;
         };
-        if let shoal::client::ReceiverEvent::Chunk { chunk, .. } = ev {
+        if let shoal::mirror::ReceiverEvent::Chunk { chunk, .. } = ev {
             seqs.push(chunk.seq);
         }
     }
@@ -320,8 +322,12 @@ async fn raw_mirror_conn(
     with_cert: bool,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
     let crypto = if with_cert {
-        shoal::tls::mirror_client_crypto(&certs.ca, certs.chain.clone(), certs.key.clone_key())
-            .unwrap()
+        shoal::security::tls::mirror_client_crypto(
+            &certs.ca,
+            certs.chain.clone(),
+            certs.key.clone_key(),
+        )
+        .unwrap()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for c in &certs.ca {

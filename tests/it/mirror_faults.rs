@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal::bench::failover::{Rig, RigCerts, RigOptions};
 use shoal::mirror::machine::Event;
 use shoal::mirror::{MirrorConfig, MirrorSender, SwitchCause};
 use shoal::synthetic::SyntheticSpec;
+use shoal::tools::bench::failover::{Rig, RigCerts, RigOptions};
 
 /// A network namespace with its loopback up; deleted on drop.
 struct Netns {
@@ -165,7 +165,7 @@ fn ten_percent_loss_on_every_path_loses_and_duplicates_nothing() {
             // No relay here: every path is exactly one lossy hop each way.
             let o = RigOptions {
                 one_way: Duration::ZERO,
-                ..shoal::bench::failover::broadcast_options()
+                ..shoal::tools::bench::failover::broadcast_options()
             };
             let rig = Rig::start(&o, certs).await.expect("rig");
             tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -293,8 +293,8 @@ async fn killed_receiver_process_loses_nothing() {
     let procs: Vec<_> = (0..3).map(|_| ReceiverProcess::spawn()).collect();
     let addrs: Vec<_> = procs.iter().map(|p| p.addr).collect();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-    let read = |f: &str| shoal::tls::read_certs(&dir.join(f)).unwrap();
-    let key = shoal::tls::read_key(&dir.join("cluster.key")).unwrap();
+    let read = |f: &str| shoal::security::tls::read_certs(&dir.join(f)).unwrap();
+    let key = shoal::security::tls::read_key(&dir.join("cluster.key")).unwrap();
     let stream = shoal::ids::StreamName::new("synth/killed").unwrap();
     let mut opts = shoal::mirror::SenderOptions::new(
         stream.clone(),

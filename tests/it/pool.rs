@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use shoal::pool::policy::Policy;
-use shoal::traffic::{self, Shape, TrafficOptions};
+use shoal::tools::traffic::{self, Shape, TrafficOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_grows_real_shards_with_a_ramp_and_loses_nothing() {
@@ -209,7 +209,7 @@ async fn metrics_and_mirrors_follow_the_shards_the_pool_starts_drains_and_loses(
     use std::net::SocketAddr;
 
     use shoal::admin::{Admin, AdminState};
-    use shoal::config::PoolSettings;
+    use shoal::cluster::config::PoolSettings;
     use shoal::pool::driver::PoolDriver;
 
     use crate::common::{self, TestCluster};

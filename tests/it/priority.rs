@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shoal::token::Priority;
+use shoal::security::token::Priority;
 use shoal::wire::{encode_control, ErrorCode, Frame, FrameReader, Message};
 
 use crate::common::*;

@@ -254,7 +254,7 @@ async fn a_token_as_an_integer_array_is_a_malformed_frame() {
     let token = tc.mint(shard.group(), secret, now_ms(), now_ms() + 60_000);
     // The nonce travels as `nonce` (normally bin); the proof covers its bytes.
     let attach = |token: V, nonce: V, nonce_bytes: &[u8]| {
-        let proof = shoal::proof::attach_proof(&secret, shard.id(), nonce_bytes);
+        let proof = shoal::security::proof::attach_proof(&secret, shard.id(), nonce_bytes);
         frame(
             V::Str("attach"),
             fields(&[

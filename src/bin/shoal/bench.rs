@@ -68,7 +68,7 @@ pub struct BenchArgs {
 }
 
 pub async fn run(a: BenchArgs) -> Result<()> {
-    use shoal::bench::{self, BenchOptions, Figure, Scenario};
+    use shoal::tools::bench::{self, BenchOptions, Figure, Scenario};
     if a.rounds == 0 || a.rounds > 100 {
         bail!("--rounds must be in 1..=100");
     }
@@ -131,7 +131,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
 }
 
 async fn bench_placement(a: &BenchArgs) -> Result<()> {
-    use shoal::bench::placement::{self, SimOptions, Trace};
+    use shoal::tools::bench::placement::{self, SimOptions, Trace};
     if a.steps < 60 || a.steps > 1_000_000 {
         bail!("--steps must be in 60..=1000000");
     }
@@ -233,7 +233,7 @@ async fn bench_failover(a: &BenchArgs) -> Result<()> {
         "bench: failover ({rounds} rounds, relay RTT {} ms, {} chunks/s)",
         a.rtt_ms, a.rate_hz
     );
-    let f = shoal::bench::failover::run(
+    let f = shoal::tools::bench::failover::run(
         rounds,
         Duration::from_millis(a.rtt_ms),
         a.rate_hz,

@@ -14,8 +14,8 @@ pub struct CertsArgs {
 }
 
 pub fn run(a: CertsArgs) -> Result<()> {
-    let c = shoal::certs::generate(&a.cluster)?;
-    for p in shoal::certs::write(&a.out, &c)? {
+    let c = shoal::security::certs::generate(&a.cluster)?;
+    for p in shoal::security::certs::write(&a.out, &c)? {
         println!("wrote {}", p.display());
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use shoal::demo::{self, DemoOptions};
+use shoal::tools::demo::{self, DemoOptions};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -72,7 +72,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
 
 async fn run_traffic(a: &DemoArgs, shape: TrafficArg) -> Result<()> {
     use shoal::pool::policy::Policy;
-    use shoal::traffic::{self, Shape, TrafficOptions};
+    use shoal::tools::traffic::{self, Shape, TrafficOptions};
     let o = TrafficOptions {
         shape: match shape {
             TrafficArg::Ramp => Shape::Ramp,

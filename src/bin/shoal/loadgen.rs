@@ -46,12 +46,12 @@ pub struct LoadgenArgs {
 }
 
 pub async fn run(a: LoadgenArgs) -> Result<()> {
-    use shoal::loadgen::{self, LoadgenOptions};
+    use shoal::tools::loadgen::{self, LoadgenOptions};
     if !((0.0..=3600.0).contains(&a.hold) && a.timeout > 0.0 && a.timeout <= 600.0) {
         bail!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
     }
     let mix = loadgen::parse_mix(&a.streams).map_err(|e| anyhow::anyhow!("--streams: {e}"))?;
-    let ca = shoal::tls::read_certs(&a.conn.ca)
+    let ca = shoal::security::tls::read_certs(&a.conn.ca)
         .context("reading the CA (start `shoal up` first, or pass --ca)")?;
     let opts = LoadgenOptions {
         hub: a.conn.hub,

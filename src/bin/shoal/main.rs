@@ -123,13 +123,13 @@ fn main() -> Result<()> {
             Cmd::Mirror(a) => mirror::mirror(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Loadgen(a) => loadgen::run(a).await,
-            Cmd::BenchServe { spec } => Ok(shoal::bench::serve_child(&spec).await?),
+            Cmd::BenchServe { spec } => Ok(shoal::tools::bench::serve_child(&spec).await?),
         }
     })
 }
 
 fn client(c: &ConnectArgs) -> Result<Client> {
-    let ca = shoal::tls::read_certs(&c.ca)
+    let ca = shoal::security::tls::read_certs(&c.ca)
         .context("reading the CA (start `shoal up` first, or pass --ca)")?;
     let id = ClientId::new(c.client_id.clone())?;
     Ok(Client::new(

@@ -11,9 +11,9 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use shoal::admin::client::{encode_segment, request};
-use shoal::client::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions};
 use shoal::ids::StreamName;
 use shoal::mirror::{Mode, Overflow};
+use shoal::mirror::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions};
 
 /// Time limit of one admin request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,10 +60,11 @@ pub async fn receive(a: ReceiveArgs) -> Result<()> {
     if !(0.0..=86_400.0).contains(&a.seconds) {
         bail!("--seconds must be in [0, 86400]");
     }
-    let chain = shoal::tls::read_certs(&a.cert)
+    let chain = shoal::security::tls::read_certs(&a.cert)
         .with_context(|| cert_context("receiver certificate", &a.cert))?;
-    let key = shoal::tls::read_key(&a.key).with_context(|| cert_context("receiver key", &a.key))?;
-    let ca = shoal::tls::read_certs(&a.ca).with_context(|| cert_context("CA", &a.ca))?;
+    let key = shoal::security::tls::read_key(&a.key)
+        .with_context(|| cert_context("receiver key", &a.key))?;
+    let ca = shoal::security::tls::read_certs(&a.ca).with_context(|| cert_context("CA", &a.ca))?;
     let mut opts = ReceiverOptions::new(a.listen, chain, key, ca);
     opts.verify = a.verify;
     opts.only_stream = a.stream.clone().map(StreamName::new).transpose()?;

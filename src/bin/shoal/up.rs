@@ -16,8 +16,8 @@ use clap::Args;
 use tokio::task::{Id, JoinSet};
 
 use shoal::admin::{Admin, AdminState};
+use shoal::cluster::config::Config;
 use shoal::cluster::{Cluster, Material};
-use shoal::config::Config;
 
 use crate::wait_for_signal;
 
@@ -64,7 +64,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         cfg.data_dir = d;
     }
     if let Some(admin) = &a.admin {
-        cfg.admin.listen = shoal::config::parse_admin_listen(admin)
+        cfg.admin.listen = shoal::cluster::config::parse_admin_listen(admin)
             .map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
     }
     cfg.validate()
@@ -90,9 +90,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let mirror_identity = match cfg.admin.listen {
         Some(_) => {
             let (cert, key) = (cfg.mirror_cert_path(), cfg.mirror_key_path());
-            let chain = shoal::tls::read_certs(&cert)
+            let chain = shoal::security::tls::read_certs(&cert)
                 .with_context(|| format!("reading admin.mirror_cert {}", cert.display()))?;
-            let key = shoal::tls::read_key(&key)
+            let key = shoal::security::tls::read_key(&key)
                 .with_context(|| format!("reading admin.mirror_key {}", key.display()))?;
             Some((chain, key))
         }

@@ -11,7 +11,7 @@ use super::load::{self, cpu_per_op, Target};
 use super::relay::DelayRelay;
 use super::{median, BenchError, BenchOptions, Figure, Round, Scenario};
 use crate::client::Delivery;
-use crate::config::Config;
+use crate::cluster::config::Config;
 use crate::ids::{ClientId, StreamName};
 use crate::wire::{
     encode_control, Attach, Attached, Message, Role, StreamRequest, CHUNK_HEADER_LEN,
@@ -147,7 +147,7 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
 fn attach_sizes(token_len: usize) -> (usize, usize) {
     let attach = encode_control(&Message::Attach(Attach {
         token: vec![0; token_len],
-        nonce: vec![0; crate::proof::NONCE_LEN],
+        nonce: vec![0; crate::security::proof::NONCE_LEN],
         proof: vec![0; 32],
     }))
     .len();

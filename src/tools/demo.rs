@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::client::{Client, ClientOptions, Delivery, StatsSnapshot};
+use crate::cluster::config::Config;
 use crate::cluster::{Cluster, ClusterError, Material};
-use crate::config::Config;
 use crate::ids::{ClientId, StreamName};
 use crate::synthetic::{stream_seed, verify};
 

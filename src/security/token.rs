@@ -15,7 +15,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::ids::{ClientId, GroupId, TokenId};
-use crate::keys::KeySchedule;
+use crate::security::keys::KeySchedule;
 use crate::wire::ErrorCode;
 
 pub const TOKEN_VERSION: u8 = 2;
@@ -223,7 +223,7 @@ impl TokenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::ClusterSecret;
+    use crate::security::keys::ClusterSecret;
 
     fn keys(secs: u64) -> TokenKeys {
         TokenKeys::new(KeySchedule::new(&ClusterSecret::from_bytes([3; 32])), secs)

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::client::{Client, ClientOptions, Delivery};
+use crate::cluster::config::{Config, PoolSettings};
 use crate::cluster::{Cluster, ClusterError, Material};
-use crate::config::{Config, PoolSettings};
 use crate::ids::{ClientId, GroupId, StreamName};
 use crate::pool::driver::PoolDriver;
 use crate::pool::policy::Policy;

@@ -384,7 +384,7 @@ pub async fn measure_warm_ttfb(clients: usize) -> Result<Duration, super::BenchE
     use crate::client::{Client, ClientOptions};
     use crate::ids::{ClientId, StreamName};
     let load = |e: &dyn std::fmt::Display| super::BenchError::Load(e.to_string());
-    let mut cfg = crate::config::Config::default();
+    let mut cfg = crate::cluster::config::Config::default();
     cfg.hub.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let material = crate::cluster::Material::generate(&cfg.cluster).map_err(|e| load(&e))?;
     let ca = material.ca.clone();

@@ -24,10 +24,10 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::{BenchError, DelayRelay};
-use crate::client::{Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 use crate::ids::{Seq, StreamName};
 use crate::mirror::machine::Event;
 use crate::mirror::{EndpointId, MirrorConfig, MirrorSender, Mode, SenderOptions};
+use crate::mirror::{Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 use crate::synthetic::SyntheticSpec;
 
 /// Certificates for a rig: one CA; receivers and sender use the cluster certificate.

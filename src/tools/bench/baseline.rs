@@ -1,5 +1,5 @@
 //! The raw-quinn baseline: a minimal server and client doing the same work as shoal with the
-//! same crypto (the TLS configuration of [`crate::tls`], the same stateful session store type,
+//! same crypto (the TLS configuration of [`crate::security::tls`], the same stateful session store type,
 //! the same number of tickets per handshake), the same transport settings and the same socket
 //! buffers — and nothing else: no tokens, no placement, no framing beyond a length.
 //!
@@ -48,17 +48,19 @@ pub struct Server {
 impl Server {
     pub fn start(spec: &BaselineSpec, m: Material) -> Result<Server, BenchError> {
         let err = |e: &dyn std::fmt::Display| BenchError::Child(format!("baseline server: {e}"));
-        let cfg = crate::config::Config::default();
+        let cfg = crate::cluster::config::Config::default();
         let store = Arc::new(SessionStore::new(
             cfg.streams.session_store_entries,
             cfg.streams.session_ttl,
         ));
-        let crypto =
-            crate::tls::server_crypto(m.chain, m.key, store, spec.tickets).map_err(|e| err(&e))?;
+        let crypto = crate::security::tls::server_crypto(m.chain, m.key, store, spec.tickets)
+            .map_err(|e| err(&e))?;
         let quic =
             quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| err(&e))?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        sc.transport_config(crate::tls::transport_config(cfg.transport.idle_timeout));
+        sc.transport_config(crate::security::tls::transport_config(
+            cfg.transport.idle_timeout,
+        ));
         let (endpoint, addr) = crate::net::server_endpoint(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             cfg.shards.socket_buffer_bytes,

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, Instrument};
 
-use super::ClientError;
+use crate::client::ClientError;
 use crate::ids::{Seq, StreamName};
 use crate::wire::datagram::{decode_probe, Feedback};
 use crate::wire::{
@@ -155,15 +155,15 @@ pub struct Receiver {
 impl Receiver {
     /// Binds the listener. Must run in a tokio runtime.
     pub fn bind(opts: ReceiverOptions) -> Result<Receiver, ClientError> {
-        let crypto = crate::tls::mirror_server_crypto(
+        let crypto = crate::security::tls::mirror_server_crypto(
             opts.cert_chain.clone(),
             opts.key.clone_key(),
             &opts.client_ca,
         )?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
-            .map_err(|e| crate::tls::TlsError::Quic(e.to_string()))?;
+            .map_err(|e| crate::security::tls::TlsError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server.transport_config(crate::tls::transport_config(opts.idle_timeout));
+        server.transport_config(crate::security::tls::transport_config(opts.idle_timeout));
         let endpoint = quinn::Endpoint::server(server, opts.listen)?;
         let addr = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));

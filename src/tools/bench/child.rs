@@ -18,9 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::baseline;
 use super::BenchError;
+use crate::cluster::config::Config;
 use crate::cluster::{pem_certs, Cluster, Material};
-use crate::config::Config;
-use crate::keys::ClusterSecret;
+use crate::security::keys::ClusterSecret;
 use crate::tickets::SessionStore;
 
 /// What a child serves.
@@ -154,8 +154,8 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
     let spec: ServerSpec = serde_json::from_str(spec_json)
         .map_err(|e| BenchError::Child(format!("bad server spec: {e}")))?;
     let cluster_name = crate::DEFAULT_CLUSTER;
-    let certs =
-        crate::certs::generate(cluster_name).map_err(|e| BenchError::Child(e.to_string()))?;
+    let certs = crate::security::certs::generate(cluster_name)
+        .map_err(|e| BenchError::Child(e.to_string()))?;
     let material = Material::from_certs(
         ClusterSecret::random().map_err(|e| BenchError::Child(e.to_string()))?,
         &certs,

@@ -44,9 +44,9 @@ impl Target {
     /// A fresh raw-quinn client endpoint with the same TLS and transport settings.
     pub fn quinn_endpoint(&self) -> Result<quinn::Endpoint, BenchError> {
         let err = |e: &dyn std::fmt::Display| BenchError::Load(format!("baseline client: {e}"));
-        let crypto = crate::tls::client_crypto(&self.ca).map_err(|e| err(&e))?;
-        let cfg =
-            crate::tls::client_config(crypto, Duration::from_secs(30)).map_err(|e| err(&e))?;
+        let crypto = crate::security::tls::client_crypto(&self.ca).map_err(|e| err(&e))?;
+        let cfg = crate::security::tls::client_config(crypto, Duration::from_secs(30))
+            .map_err(|e| err(&e))?;
         let mut ep =
             quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| err(&e))?;
         ep.set_default_client_config(cfg);

@@ -4,28 +4,32 @@
 //! shard → bind the hub. Shutdown: the hub stops granting, shards send go-away and drain within
 //! the grace period, then everything closes.
 
-use std::collections::BTreeMap;
+pub mod config;
+mod embedded;
+
+pub use embedded::EmbeddedLauncher;
+use embedded::LauncherInner;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::info;
 
-use crate::config::Config;
+use crate::cluster::config::Config;
 use crate::hub::directory::Directory;
-use crate::hub::links::Links;
 use crate::hub::placement::{HeadroomPlacer, Placer};
 use crate::hub::profiler::Profiler;
 use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
-use crate::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
 use crate::pool::launcher::{LaunchError, Launcher};
+use crate::security::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
+use crate::security::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
+use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
-use crate::shard::{Admission, Shard, ShardParams};
+use crate::shard::Shard;
 use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
-use crate::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
-use crate::token::TokenKeys;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -35,7 +39,7 @@ pub enum ClusterError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
-    Certs(#[from] crate::certs::CertError),
+    Certs(#[from] crate::security::certs::CertError),
     #[error("client profiles: {0}")]
     Profiles(#[from] crate::hub::profiler::ProfilerError),
     #[error(transparent)]
@@ -67,13 +71,16 @@ pub fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
 impl Material {
     /// Fresh in-memory material: a random secret and a new CA and cluster certificate.
     pub fn generate(cluster: &str) -> Result<Self, ClusterError> {
-        Self::from_certs(ClusterSecret::random()?, &crate::certs::generate(cluster)?)
+        Self::from_certs(
+            ClusterSecret::random()?,
+            &crate::security::certs::generate(cluster)?,
+        )
     }
 
     /// Material from a secret and freshly made certificates.
     pub fn from_certs(
         secret: ClusterSecret,
-        c: &crate::certs::ClusterCerts,
+        c: &crate::security::certs::ClusterCerts,
     ) -> Result<Self, ClusterError> {
         let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
             .ok()
@@ -108,8 +115,8 @@ impl Material {
         };
         let cert = cfg.cert_path();
         if cfg.tls.cert.is_none() && !cert.exists() {
-            let certs = crate::certs::generate(&cfg.cluster)?;
-            crate::certs::write(&cfg.data_dir, &certs)?;
+            let certs = crate::security::certs::generate(&cfg.cluster)?;
+            crate::security::certs::write(&cfg.data_dir, &certs)?;
             notes.push(format!(
                 "created dev certificates for {} in {} (clients trust {})",
                 cfg.cluster,
@@ -124,145 +131,6 @@ impl Material {
             ca: read_certs(&cfg.ca_path())?,
         };
         Ok((m, notes))
-    }
-}
-
-/// The embedded launcher: starts shards inside this process, each with its own UDP socket, its
-/// own session store and its own in-process link to the hub. Ports come from
-/// `shards.base_port` upwards (the lowest free one; see [`EmbeddedLauncher::port_range`]), or
-/// are ephemeral when it is 0.
-#[derive(Clone)]
-pub struct EmbeddedLauncher {
-    inner: Arc<LauncherInner>,
-}
-
-struct LauncherInner {
-    crypto: Arc<rustls::ServerConfig>,
-    transport: Arc<quinn::TransportConfig>,
-    token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
-    endpoint_config: quinn::EndpointConfig,
-    tokens: Arc<TokenKeys>,
-    streams: StreamSettings,
-    shards: crate::config::ShardsConfig,
-    heartbeat: Duration,
-    store_entries: usize,
-    store_ttl: Duration,
-    links: Links,
-    /// How many ports from `base_port` the shards may use.
-    port_span: u32,
-    running: Mutex<BTreeMap<ShardId, Running>>,
-}
-
-struct Running {
-    shard: Shard,
-    port: u16,
-}
-
-impl EmbeddedLauncher {
-    /// Ports the shards may bind: `base_port .. base_port + span` (none fixed when
-    /// `base_port` is 0).
-    pub fn port_range(&self) -> std::ops::Range<u32> {
-        let first = u32::from(self.inner.shards.base_port);
-        first..first + self.inner.port_span
-    }
-
-    fn free_port(&self, running: &BTreeMap<ShardId, Running>) -> Result<u16, LaunchError> {
-        let base = self.inner.shards.base_port;
-        if base == 0 {
-            return Ok(0);
-        }
-        let range = self.port_range();
-        range
-            .clone()
-            .filter_map(|p| u16::try_from(p).ok())
-            .find(|p| !running.values().any(|r| r.port == *p))
-            .ok_or(LaunchError::NoPort {
-                first: base,
-                end: range.end,
-            })
-    }
-
-    /// Binds and starts shard `id` of `group`, links it to the hub (registered when this
-    /// returns) and starts its link agent.
-    pub fn start(&self, id: ShardId, group: GroupId) -> Result<Shard, LaunchError> {
-        let f = &self.inner;
-        let mut running = lock(&f.running);
-        let port = self.free_port(&running)?;
-        let bind = std::net::SocketAddr::new(f.shards.listen_ip, port);
-        let store = Arc::new(SessionStore::new(f.store_entries, f.store_ttl));
-        let configs = ConnConfigs::new(
-            f.crypto.clone(),
-            f.transport.clone(),
-            f.token_key.clone(),
-            store,
-        );
-        let (hub_end, shard_end) = crate::link::channel::pair();
-        let s = &f.shards;
-        let shard = Shard::start(ShardParams {
-            id,
-            group,
-            bind,
-            socket_buffer: s.socket_buffer_bytes,
-            configs,
-            endpoint_config: f.endpoint_config.clone(),
-            admission: Admission::new(id, group, f.tokens.clone(), s.replay_cache),
-            streams: f.streams,
-            heartbeat_interval: f.heartbeat,
-            attach_timeout: s.attach_timeout,
-            max_sessions: u64::from(s.max_sessions),
-            uplink: shard_end.up.clone(),
-        })
-        .map_err(|source| LaunchError::Start {
-            shard: id,
-            source: Box::new(ClusterError::Bind {
-                what: format!("shard {}", id.0),
-                addr: bind,
-                source,
-            }),
-        })?;
-        // The registration goes first on the fresh link, so the hub places on the shard as
-        // soon as it takes the link.
-        shard_end
-            .up
-            .report(crate::shard::agent::registration(&shard));
-        f.links.accept(hub_end);
-        crate::shard::agent::spawn(shard.clone(), shard_end, true);
-        let port = shard.addr().port();
-        running.insert(
-            id,
-            Running {
-                shard: shard.clone(),
-                port,
-            },
-        );
-        Ok(shard)
-    }
-
-    /// The embedded shard `id`, while it runs (or until reaped).
-    pub fn shard(&self, id: ShardId) -> Option<Shard> {
-        lock(&self.inner.running).get(&id).map(|r| r.shard.clone())
-    }
-
-    /// Every embedded shard not yet reaped, by id.
-    pub fn shards(&self) -> Vec<Shard> {
-        lock(&self.inner.running)
-            .values()
-            .map(|r| r.shard.clone())
-            .collect()
-    }
-}
-
-impl Launcher for EmbeddedLauncher {
-    fn launch(&self, id: ShardId, group: GroupId) -> Result<(), LaunchError> {
-        self.start(id, group).map(|_| ())
-    }
-
-    fn reap(&self, id: ShardId) {
-        if let Some(r) = lock(&self.inner.running).remove(&id) {
-            if r.shard.is_alive() {
-                r.shard.kill();
-            }
-        }
     }
 }
 
