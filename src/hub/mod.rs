@@ -8,6 +8,7 @@
 //! code; a connection that sends garbage is closed with the frame error's code.
 
 pub mod directory;
+pub mod grant;
 pub mod links;
 pub mod placement;
 pub mod predictor;
@@ -21,12 +22,12 @@ use std::time::Duration;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::clock::unix_us;
-use crate::ids::{ShardId, TokenId};
-use crate::security::token::{Claims, Priority, TokenKeys};
+use crate::ids::ShardId;
+use crate::security::token::TokenKeys;
 use crate::synthetic::SyntheticSpec;
 use crate::tickets::conn::{ConnConfigs, ConnStore};
 use crate::wire::{
-    write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject, ShardAddr,
+    write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject,
     StreamRequest,
 };
 use directory::Directory;
@@ -402,24 +403,12 @@ fn record_outcome(side: &ProfilerSide, o: crate::shard::SessionOutcome) {
     p.record_session(&o.client, record, now_ms);
     drop(p);
     if o.role == crate::wire::Role::Subscribe {
-        let fallback = model_features(&before);
+        let fallback = grant::model_features(&before);
         if !lock(&side.models).learn_grant(o.grant.0, &fallback, o.duration_ms, o.bytes) {
             side.counters
                 .grants_forgotten
                 .fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// The profile's view of a request, as the request models take it.
-fn model_features(f: &profiler::RequestFeatures) -> predictor::RequestFeatures {
-    predictor::RequestFeatures {
-        declared_bitrate_kbps: f.declared_bitrate_kbps,
-        history_bitrate_kbps: f.mean_bitrate_kbps,
-        history_duration_s: f.mean_duration_s,
-        sessions_seen: f.sessions,
-        device_bucket: f.device_bucket,
-        region_bucket: f.region_bucket,
     }
 }
 
@@ -598,57 +587,27 @@ async fn handle_request(
     Ok(())
 }
 
-/// The hub's prediction for one request: the client's priority and the bitrate it is expected
-/// to pull.
-#[derive(Debug, Clone, Copy, Default)]
-struct Assessed {
-    priority: Priority,
-    expect_kbps: u32,
-    /// What the request models were asked (subscriptions): remembered with the grant so the
-    /// models later learn from the session against exactly this.
-    features: Option<predictor::RequestFeatures>,
-}
-
-/// Reads the client's profile (without waiting: when the profiler is busy flushing, the
-/// request is judged on its hints alone, the request models included) and decides:
-/// - priority: publishers and returning clients (a profile with past requests) high, a client
-///   over its request rate low, everyone else normal;
-/// - expected bitrate of a subscription: the learned request model's, once it has learned from
-///   enough ended sessions; before that (and for publishers) the client's delivered mean, else
-///   its (valid) bitrate hint, else unknown.
-fn assess(state: &HubState, req: &StreamRequest) -> Assessed {
+/// Reads the client's profile without waiting (when the profiler is busy flushing, the request
+/// is judged on its hints alone, the request models included) and lets [`grant::assess`]
+/// decide.
+fn assess(state: &HubState, req: &StreamRequest) -> grant::Assessed {
+    let now_ms = crate::clock::unix_ms();
     let read = state.profiler.try_lock().ok().map(|p| {
         let cap = f64::from(p.config().max_requests_per_minute);
-        (
-            p.features(&req.client_id, &req.hints, unix_us() / 1000),
-            cap,
-        )
+        (p.features(&req.client_id, &req.hints, now_ms), cap)
     });
-    // Invalid hints never reach a token: `grant` rejects them first.
-    let priority = match &read {
-        _ if req.role == crate::wire::Role::Publish => Priority::High,
-        None => Priority::Normal,
-        Some((f, cap)) if f.requests_per_minute >= *cap => Priority::Low,
-        Some((f, _)) if f.known_client => Priority::High,
-        Some(_) => Priority::Normal,
-    };
-    let f = read.map_or_else(|| profiler::Profiler::hint_features(&req.hints), |(f, _)| f);
-    let features = (req.role == crate::wire::Role::Subscribe).then(|| model_features(&f));
-    let learned = features.and_then(|m| lock(&state.models).bitrate_kbps(&m));
-    if learned.is_some() {
+    let profile = read.as_ref().map(|(f, cap)| grant::Profile {
+        features: f,
+        max_requests_per_minute: *cap,
+    });
+    let hints = || profiler::Profiler::hint_features(&req.hints);
+    let learned = |m: &predictor::RequestFeatures| lock(&state.models).bitrate_kbps(m);
+    let (assessed, from_model) = grant::assess(req, profile, hints, learned);
+    if from_model {
         let c = &state.counters.model_expectations;
         c.fetch_add(1, Ordering::Relaxed);
     }
-    let expect = learned
-        .or(f.mean_bitrate_kbps)
-        .or(f.declared_bitrate_kbps)
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map_or(0, |v| v.min(f64::from(u32::MAX)) as u32);
-    Assessed {
-        priority,
-        expect_kbps: expect,
-        features,
-    }
+    assessed
 }
 
 /// Before a grant leaves: its shards warm the stream and hold the client's session entries
@@ -661,19 +620,13 @@ async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId
         .await;
 }
 
-/// Decides a grant: the token and the shards it names.
+/// Decides a grant ([`grant`]'s steps around placement): the grant and the shards it names.
 fn grant(
     state: &HubState,
     req: &StreamRequest,
-    assessed: Assessed,
-) -> Result<(Grant, Vec<ShardId>), (ErrorCode, String)> {
-    req.hints
-        .validate()
-        .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-    if req.role == crate::wire::Role::Publish && req.stream.is_synthetic() {
-        let reason = "synthetic streams (synth/…) cannot be published to".to_string();
-        return Err((ErrorCode::BadRequest, reason));
-    }
+    assessed: grant::Assessed,
+) -> Result<(Grant, Vec<ShardId>), grant::Refusal> {
+    grant::check(req)?;
     let views = lock(state.links.directory()).views();
     let preq = PlacementRequest {
         client: &req.client_id,
@@ -683,44 +636,23 @@ fn grant(
         priority: assessed.priority,
         expect_kbps: assessed.expect_kbps,
     };
-    let decision = state
-        .placer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let decision = lock(&state.placer)
         .place(&preq, &views, state.grant_shards, crate::clock::now())
         .map_err(|e| (e.code(), e.to_string()))?;
     state.arrivals.count(decision.group);
     let internal = |_| (ErrorCode::Internal, "no randomness".to_string());
-    let now_ms = unix_us() / 1000;
-    let claims = Claims {
-        id: TokenId(state.tokens.random_bytes().map_err(internal)?),
-        group: decision.group,
-        client: req.client_id.clone(),
-        secret: state.tokens.random_bytes().map_err(internal)?,
-        issued_at_ms: now_ms,
-        expires_at_ms: now_ms + state.token_ttl.as_millis() as u64,
-        priority: assessed.priority,
-        expect_kbps: assessed.expect_kbps,
-    };
+    let random = (
+        state.tokens.random_bytes().map_err(internal)?,
+        state.tokens.random_bytes().map_err(internal)?,
+    );
+    let now_ms = crate::clock::unix_ms();
+    let ttl_ms = u64::try_from(state.token_ttl.as_millis()).unwrap_or(u64::MAX);
+    let claims = grant::claims(req, &decision, &assessed, random, now_ms, ttl_ms);
     let token = state.tokens.seal(&claims, now_ms).map_err(internal)?;
     if let Some(f) = assessed.features {
         lock(&state.models).remember(claims.id.0, f);
     }
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
     let ids = decision.shards.iter().map(|s| s.id).collect();
-    let grant = Grant {
-        group: decision.group,
-        shards: decision
-            .shards
-            .iter()
-            .map(|s| ShardAddr {
-                id: s.id,
-                addr: s.addr.to_string(),
-            })
-            .collect(),
-        token,
-        session_secret: claims.secret.to_vec(),
-        expires_at_ms: claims.expires_at_ms,
-    };
-    Ok((grant, ids))
+    Ok((grant::reply(&decision, &claims, token), ids))
 }
