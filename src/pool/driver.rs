@@ -222,6 +222,15 @@ async fn run(
         let mut out = Vec::with_capacity(groups.len());
         for g in &mut groups {
             let group = g.pool.group();
+            // A warm or active shard that left the directory died (a drained one is draining
+            // in the pool): it leaves the pool, which replaces it if it is short.
+            for slot in g.pool.snapshot(now) {
+                let gone = !shards.iter().any(|s| s.0 == slot.id);
+                if gone && g.pool.handle_lost(slot.id).is_ok() {
+                    warn!(shard = slot.id.0, group = group.0, "pool lost a shard");
+                    ctx.launcher.reap(slot.id);
+                }
+            }
             let (mut cpu, mut send_bps, mut buffer_bytes) = (0.0, 0.0, 0);
             for &(id, _, u) in shards.iter().filter(|s| s.1 == group) {
                 let prev = last.insert(id, u).unwrap_or(u);

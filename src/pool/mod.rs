@@ -9,6 +9,8 @@
 //! Starting ──started──► Warm ──first session──► Active ──idle──► Warm
 //!    │                   │                        │
 //!    └──────────── stop ─┴──────── drain ─────────┴──► Draining ──empty or grace──► Stopped
+//!
+//!  Warm / Active ──lost (died without a drain)──► removed at once
 //! ```
 //!
 //! Rules, in the order [`Pool::handle_timeout`] applies them:
@@ -167,6 +169,8 @@ pub struct PoolCounters {
     pub drained: u64,
     /// Admissions that found no warm capacity.
     pub cold_admissions: u64,
+    /// Shards that died without a drain.
+    pub lost: u64,
 }
 
 /// The pool of one group.
@@ -292,6 +296,22 @@ impl Pool {
         self.actions
             .retain(|a| *a != PoolAction::Stop { shard: id });
         self.slots.retain(|s| s.id != id);
+        Ok(())
+    }
+
+    /// A warm or active shard died (it left the directory without a drain): it leaves the
+    /// pool at once, and the next [`Pool::handle_timeout`] starts another if the pool is short.
+    pub fn handle_lost(&mut self, id: ShardId) -> Result<(), PoolError> {
+        let s = self.slot(id)?;
+        if !matches!(s.life, Life::Warm | Life::Active) {
+            return Err(PoolError::IllegalTransition {
+                shard: id,
+                from: s.life,
+                to: Life::Stopped,
+            });
+        }
+        self.slots.retain(|s| s.id != id);
+        self.counters.lost += 1;
         Ok(())
     }
 

@@ -211,3 +211,30 @@ fn a_drain_that_never_empties_stops_after_the_grace_period() {
     // The pool keeps its minimum: a replacement was started.
     assert_eq!(p.live_shards(), 1);
 }
+
+#[test]
+fn a_shard_that_died_is_replaced() {
+    let t0 = crate::clock::now();
+    let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
+    p.set_desired(2);
+    p.handle_timeout(t0);
+    let started: Vec<ShardId> = std::iter::from_fn(|| p.poll_action())
+        .filter_map(|a| match a {
+            PoolAction::Start { shard } => Some(shard),
+            _ => None,
+        })
+        .collect();
+    for &id in &started {
+        p.handle_started(id, t0).unwrap();
+    }
+    assert_eq!(p.live_shards(), 2);
+    p.handle_lost(started[0]).unwrap();
+    assert_eq!(p.live_shards(), 1);
+    assert_eq!(p.counters().lost, 1);
+    assert!(p.handle_lost(started[0]).is_err(), "already gone");
+    p.handle_timeout(t0 + Duration::from_millis(1));
+    assert!(
+        std::iter::from_fn(|| p.poll_action()).any(|a| matches!(a, PoolAction::Start { .. })),
+        "the pool starts a replacement"
+    );
+}
