@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use shoal::ids::{ClientId, GroupId, ShardId, TokenId};
+use shoal::ids::{ClientId, GroupId, Seq, ShardId, TokenId};
 use shoal::security::keys::{ClusterSecret, KeySchedule};
 use shoal::security::token::{Claims, TokenKeys};
 use shoal::tickets::StoreCore;
@@ -76,7 +76,7 @@ fn frames(c: &mut Criterion) {
         b.iter(|| read_one(black_box(&encoded)))
     });
     let chunk = Chunk {
-        seq: 123_456,
+        seq: Seq::new(123_456),
         timestamp_us: 1_900_000_000_000_000,
         payload: Bytes::from(vec![0x11; 1024]),
     };

@@ -15,18 +15,20 @@ pub struct SyntheticSpec {
 }
 
 impl SyntheticSpec {
+    /// At least 1 µs (a rate above 1 MHz is served at 1 MHz).
     pub fn period_us(&self) -> u64 {
-        1_000_000 / u64::from(self.rate_hz.max(1))
+        (1_000_000 / u64::from(self.rate_hz.max(1))).max(1)
     }
 
-    /// The newest sequence produced at `now_us` (microseconds since the Unix epoch).
+    /// The newest sequence produced at `now_us` (microseconds since the Unix epoch); at most
+    /// [`Seq::LAST`], the highest a chunk may carry.
     pub fn live_seq(&self, now_us: u64) -> Seq {
-        now_us / self.period_us()
+        Seq::new(now_us / self.period_us()).min(Seq::LAST)
     }
 
     /// When chunk `seq` is due, in microseconds since the Unix epoch.
     pub fn due_us(&self, seq: Seq) -> u64 {
-        seq.saturating_mul(self.period_us())
+        seq.get().saturating_mul(self.period_us())
     }
 
     pub fn chunk(&self, stream: &StreamName, seq: Seq) -> Chunk {
@@ -57,7 +59,7 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 fn fill(seed: u64, seq: Seq, out: &mut [u8]) {
-    let base = splitmix64(seed ^ seq.wrapping_mul(0xd6e8_feb8_6659_fd93));
+    let base = splitmix64(seed ^ seq.get().wrapping_mul(0xd6e8_feb8_6659_fd93));
     for (i, word) in out.chunks_mut(8).enumerate() {
         let v = splitmix64(base.wrapping_add(i as u64)).to_le_bytes();
         word.copy_from_slice(&v[..word.len()]);
@@ -73,7 +75,7 @@ pub fn payload(seed: u64, seq: Seq, len: usize) -> Bytes {
 
 /// Whether `payload` is the synthetic payload of chunk `seq` (any length).
 pub fn verify(seed: u64, seq: Seq, payload: &[u8]) -> bool {
-    let base = splitmix64(seed ^ seq.wrapping_mul(0xd6e8_feb8_6659_fd93));
+    let base = splitmix64(seed ^ seq.get().wrapping_mul(0xd6e8_feb8_6659_fd93));
     payload.chunks(8).enumerate().all(|(i, word)| {
         let v = splitmix64(base.wrapping_add(i as u64)).to_le_bytes();
         word == &v[..word.len()]
@@ -92,14 +94,26 @@ mod tests {
         };
         let s = StreamName::new("synth/a").unwrap();
         let seed = stream_seed(&s);
-        let c = spec.chunk(&s, 5);
+        let (five, six) = (Seq::new(5), Seq::new(6));
+        let c = spec.chunk(&s, five);
         assert_eq!(c.payload.len(), 37);
-        assert!(verify(seed, 5, &c.payload));
-        assert!(!verify(seed, 6, &c.payload));
-        assert!(!verify(seed ^ 1, 5, &c.payload));
+        assert!(verify(seed, five, &c.payload));
+        assert!(!verify(seed, six, &c.payload));
+        assert!(!verify(seed ^ 1, five, &c.payload));
         let mut bad = c.payload.to_vec();
         bad[36] ^= 1;
-        assert!(!verify(seed, 5, &bad));
-        assert_eq!(spec.live_seq(spec.due_us(99)), 99);
+        assert!(!verify(seed, five, &bad));
+        assert_eq!(spec.live_seq(spec.due_us(Seq::new(99))), Seq::new(99));
+    }
+
+    #[test]
+    fn the_live_edge_stays_below_the_end_of_the_sequence_space() {
+        let fast = SyntheticSpec {
+            rate_hz: u32::MAX,
+            chunk_bytes: 1,
+        };
+        assert_eq!(fast.period_us(), 1);
+        assert_eq!(fast.live_seq(u64::MAX), Seq::LAST);
+        assert_eq!(fast.due_us(Seq::MAX), u64::MAX);
     }
 }

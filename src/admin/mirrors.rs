@@ -387,7 +387,8 @@ async fn forward(
             info!(%stream, from = next.id().0, was = shard.id().0, "mirror source moved");
             shard = next;
             *lock(&source) = shard.id();
-            cursor = shard.subscribe(&stream, last.map(|l| l + 1));
+            // Exact: `last` is a chunk's sequence or a gap's `to - 1`, never `Seq::MAX`.
+            cursor = shard.subscribe(&stream, last.map(Seq::saturating_next));
             continue;
         };
         let r = match item {
@@ -400,9 +401,10 @@ async fn forward(
                 sender.push(c).await
             }
             Item::Gap { from, to } => {
-                let from = last.map_or(from, |l| from.max(l + 1));
-                if to > from {
-                    last = Some(to - 1);
+                let from = last.map_or(from, |l| from.max(l.saturating_next()));
+                // Not empty (`to > from`), so `to - 1` exists.
+                if let Some(to_last) = to.prev().filter(|_| to > from) {
+                    last = Some(to_last);
                     sender.push_gap(from, to);
                 }
                 Ok(())

@@ -207,6 +207,8 @@ pub struct Admin {
     inner: Arc<Inner>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
+    /// Set when the server stops serving on its own (the error, as text).
+    ended: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Admin {
@@ -224,16 +226,24 @@ impl Admin {
         });
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(inner.clone());
+        let (ended_tx, ended) = tokio::sync::watch::channel(None);
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
+            let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
                 })
-                .await
+                .await;
+            let why = match &r {
+                Ok(()) => "stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            ended_tx.send_replace(Some(why));
+            r
         });
         info!(addr = %bound, "admin API listening");
         let admin = Admin {
             addr: bound,
+            ended,
             inner,
             shutdown: Some(tx),
             server,
@@ -252,6 +262,18 @@ impl Admin {
 
     /// Graceful stop: no new connections, requests in flight finish (at most `grace`), then
     /// every mirror stops within `grace`.
+    /// Resolves when the server stopped serving (on its own or after [`Admin::stop`]), with
+    /// why; a supervisor treats it as a failure while the service runs.
+    pub fn ended(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.ended.clone();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => "the admin server task is gone".to_string(),
+            }
+        }
+    }
+
     pub async fn stop(mut self, grace: Duration) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -7,7 +7,6 @@
 //! binds, and sends them again — the shard drops sequences it already has.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,7 +28,8 @@ const REPLAY: usize = 1024;
 /// A publisher of one live stream. Dropping it ends the publication.
 pub struct Publisher {
     tx: mpsc::Sender<Chunk>,
-    next_seq: AtomicU64,
+    /// The sequence of the next chunk; [`Seq::MAX`] once [`Seq::LAST`] was sent.
+    next_seq: Seq,
     stats: Arc<Stats>,
     done: Option<oneshot::Receiver<Result<(), ClientError>>>,
     task: tokio::task::JoinHandle<()>,
@@ -51,16 +51,17 @@ impl Publisher {
         });
         Ok(Publisher {
             tx,
-            next_seq: AtomicU64::new(crate::unix_us()),
+            next_seq: Seq::new(crate::unix_us()),
             stats,
             done: Some(done),
             task,
         })
     }
 
-    /// Queues `payload` as the next chunk; returns its sequence number.
+    /// Queues `payload` as the next chunk; returns its sequence number. After [`Seq::LAST`]
+    /// every send fails with [`ClientError::SeqExhausted`] (no chunk may carry [`Seq::MAX`]).
     pub async fn send(&mut self, payload: Bytes) -> Result<Seq, ClientError> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let seq = claim(&mut self.next_seq)?;
         let chunk = Chunk {
             seq,
             timestamp_us: crate::unix_us(),
@@ -96,6 +97,17 @@ impl Publisher {
             None => Ok(()),
         }
     }
+}
+
+/// Takes the sequence for the next chunk and moves `next` past it.
+fn claim(next: &mut Seq) -> Result<Seq, ClientError> {
+    let seq = *next;
+    if !seq.is_chunk_seq() {
+        return Err(ClientError::SeqExhausted);
+    }
+    // Exact: `seq` is not `Seq::MAX`.
+    *next = seq.saturating_next();
+    Ok(seq)
 }
 
 impl Drop for Publisher {
@@ -250,6 +262,25 @@ async fn drive(
             if write_chunk(&mut a.send, c).await.is_err() {
                 break;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_end_at_the_last_one() {
+        let mut next = Seq::new(7);
+        assert_eq!(claim(&mut next).unwrap(), Seq::new(7));
+        assert_eq!(next, Seq::new(8));
+        let mut next = Seq::LAST;
+        assert_eq!(claim(&mut next).unwrap(), Seq::LAST);
+        assert_eq!(next, Seq::MAX);
+        for _ in 0..2 {
+            assert!(matches!(claim(&mut next), Err(ClientError::SeqExhausted)));
+            assert_eq!(next, Seq::MAX);
         }
     }
 }

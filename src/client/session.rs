@@ -228,11 +228,11 @@ async fn deliver(
         Stats::inc(&stats.duplicates);
         return Ok(());
     };
-    if skipped > 0 {
-        stats.missing.fetch_add(skipped, Ordering::Relaxed);
+    if let Some(n) = skipped.start.distance(skipped.end).filter(|&n| n > 0) {
+        stats.missing.fetch_add(n, Ordering::Relaxed);
         let gap = Delivery::Gap {
-            from: chunk.seq - skipped,
-            to: chunk.seq,
+            from: skipped.start,
+            to: skipped.end,
         };
         tx.send(Ok(gap)).await.map_err(|_| ())?;
     }
@@ -286,9 +286,8 @@ async fn stream_from(
                         }
                     }
                     Frame::Control(Message::Gap(g)) => {
-                        if g.to > g.from && seq.next().is_none_or(|n| g.from >= n) {
-                            stats.missing.fetch_add(g.to - g.from, Ordering::Relaxed);
-                            seq.last = Some(g.to - 1);
+                        if let Some(n) = seq.gap(g.from, g.to) {
+                            stats.missing.fetch_add(n, Ordering::Relaxed);
                             if tx.send(Ok(Delivery::Gap { from: g.from, to: g.to })).await.is_err() {
                                 break End::ReceiverGone;
                             }

@@ -154,16 +154,13 @@ pub struct Hub {
     state: Arc<HubState>,
     task: tokio::task::JoinHandle<()>,
     silence: tokio::task::JoinHandle<()>,
+    /// True once the accept loop ended (the endpoint closed).
+    accepting: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Hub {
     pub fn start(p: HubParams) -> std::io::Result<Hub> {
-        let default = p
-            .configs
-            .endpoint_default()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let (endpoint, addr) =
-            crate::net::server_endpoint(p.bind, p.socket_buffer, p.endpoint_config, default)?;
+        let (endpoint, addr) = p.configs.bind(p.bind, p.socket_buffer, p.endpoint_config)?;
         let (profile_tx, profile_rx) = std::sync::mpsc::sync_channel(PROFILE_QUEUE);
         let counters = Arc::new(HubCounters::default());
         let directory = Arc::new(Mutex::new(Directory::new(p.shard_silence)));
@@ -194,8 +191,14 @@ impl Hub {
             profile_tx,
             models: Arc::default(),
         });
+        let (ended_tx, accepting) = tokio::sync::watch::channel(false);
+        let (state_for_loop, endpoint_for_loop) = (state.clone(), endpoint.clone());
         let task = tokio::spawn(
-            accept_loop(state.clone(), endpoint.clone()).instrument(info_span!("hub", %addr)),
+            async move {
+                accept_loop(state_for_loop, endpoint_for_loop).await;
+                ended_tx.send_replace(true);
+            }
+            .instrument(info_span!("hub", %addr)),
         );
         let side = ProfilerSide {
             profiler: state.profiler.clone(),
@@ -212,7 +215,17 @@ impl Hub {
             state,
             task,
             silence,
+            accepting,
         })
+    }
+
+    /// Resolves when the hub stopped accepting connections (its endpoint closed); a supervisor
+    /// treats that as a failure while the service runs.
+    pub fn stopped_accepting(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.accepting.clone();
+        async move {
+            let _ = rx.wait_for(|ended| *ended).await;
+        }
     }
 
     /// The hub's grant counts per group (the pool driver's arrivals).

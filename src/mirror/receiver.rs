@@ -200,7 +200,8 @@ impl Receiver {
         let ev = self.rx.recv().await?;
         self.untaken = match &ev {
             ReceiverEvent::Chunk { stream, chunk } => Some((stream.clone(), chunk.seq)),
-            ReceiverEvent::Gap { stream, to, .. } => Some((stream.clone(), to.saturating_sub(1))),
+            // A gap is never empty (`to > from`), so `to - 1` exists.
+            ReceiverEvent::Gap { stream, to, .. } => to.prev().map(|p| (stream.clone(), p)),
             _ => None,
         };
         Some(ev)
@@ -426,10 +427,10 @@ impl StreamSession<'_> {
                 Verdict::Duplicate
             }
             last => {
-                // `l < c.seq` here, so `l + 1` cannot overflow.
-                let jump_from = last.filter(|l| c.seq > l + 1).map(|l| l + 1);
+                // `l < c.seq` here, so `l + 1` exists.
+                let jump_from = last.and_then(Seq::next).filter(|&n| c.seq > n);
                 if let Some(from) = jump_from {
-                    s.missing += c.seq - from;
+                    s.missing = s.missing.saturating_add(from.distance(c.seq).unwrap_or(0));
                 }
                 s.last_seq = Some(c.seq);
                 s.delivered += 1;
@@ -456,18 +457,17 @@ impl StreamSession<'_> {
     }
 
     /// `from..to` will not come: the stream's position moves to `to - 1`. Everything between
-    /// the position and `from` is missing too and reported in the same gap.
+    /// the position and `from` is missing too and reported in the same gap. A gap may end at
+    /// `Seq::MAX` (the stream then cannot go on); an empty or old one changes nothing.
     fn gap(&mut self, from: Seq, to: Seq, out: &mut VecDeque<ReceiverEvent>) {
         let fresh = self.streams.with(self.stream, |s| {
             let start = match s.last_seq {
-                Some(l) => l.checked_add(1)?,
+                Some(l) => l.next()?,
                 None => from,
             };
-            if to <= start {
-                return None;
-            }
-            s.missing += to - start;
-            s.last_seq = Some(to - 1);
+            let count = start.distance(to).filter(|&n| n > 0)?;
+            s.missing = s.missing.saturating_add(count);
+            s.last_seq = to.prev();
             Some(start)
         });
         if let Some(start) = fresh {

@@ -134,6 +134,10 @@ pub enum ConnectError {
     UnexpectedAnswer { kind: Option<&'static str> },
     #[error("reading the welcome: {0}")]
     Welcome(#[source] crate::wire::WireError),
+    /// The welcome's `last_seq` is [`Seq::MAX`], which no chunk carries; the connection is
+    /// closed with `SEQ_EXHAUSTED`.
+    #[error("the welcome claims sequence {}, which no chunk carries", Seq::MAX)]
+    WelcomeSeqExhausted,
     /// The whole attempt (handshake, hello, welcome) took longer than `connect_timeout`.
     #[error("unreachable: no answer within {0:?}")]
     Timeout(Duration),
@@ -488,7 +492,7 @@ fn log_event(ev: &Event) {
             ..
         } => info!(?from, %to, ?cause, ?from_seq, "active endpoint switched"),
         Event::NoEndpoint => warn!("no endpoint can take the stream; buffering"),
-        Event::Gap { ep, from, to } => warn!(%ep, from, to, "gap reported to a receiver"),
+        Event::Gap { ep, from, to } => warn!(%ep, %from, %to, "gap reported to a receiver"),
         other => debug!(?other, "mirror event"),
     }
 }
@@ -559,7 +563,14 @@ async fn connect(
         let mut reader = FrameReader::new(recv);
         // When the receiver closed the connection, its reason explains the answer best.
         match reader.next().await {
-            Ok(Some(Frame::Control(Message::MirrorWelcome(w)))) => Ok((conn, send, w.last_seq)),
+            Ok(Some(Frame::Control(Message::MirrorWelcome(w)))) => match w.last_seq {
+                Some(l) if !l.is_chunk_seq() => {
+                    let code = ErrorCode::SeqExhausted;
+                    conn.close(code.varint(), code.reason().as_bytes());
+                    Err(ConnectError::WelcomeSeqExhausted)
+                }
+                last_seq => Ok((conn, send, last_seq)),
+            },
             Ok(other) => Err(conn.close_reason().map_or_else(
                 || ConnectError::UnexpectedAnswer {
                     kind: other.map(|f| f.kind()),

@@ -412,10 +412,7 @@ impl Session {
                     .publishing
                     .as_ref()
                     .ok_or(ErrorCode::ProtocolViolation)?;
-                if stream
-                    .publish(chunk)
-                    .map_err(|_| ErrorCode::UnknownStream)?
-                {
+                if stream.publish(chunk).map_err(streams::PublishError::code)? {
                     self.accepted += len;
                     self.state
                         .counters

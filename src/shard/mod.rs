@@ -144,12 +144,7 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Binds the shard's socket and starts serving.
     pub fn start(p: ShardParams) -> std::io::Result<Shard> {
-        let default = p
-            .configs
-            .endpoint_default()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let (endpoint, addr) =
-            crate::net::server_endpoint(p.bind, p.socket_buffer, p.endpoint_config, default)?;
+        let (endpoint, addr) = p.configs.bind(p.bind, p.socket_buffer, p.endpoint_config)?;
         let state = Arc::new(ShardState {
             id: p.id,
             group: p.group,

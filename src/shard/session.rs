@@ -218,7 +218,7 @@ mod tests {
 
     fn chunk() -> Frame {
         Frame::Chunk(Chunk {
-            seq: 1,
+            seq: Seq::new(1),
             timestamp_us: 0,
             payload: bytes::Bytes::from_static(b"x"),
         })

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::ids::{Seq, StreamName};
 use crate::synthetic::{stream_seed, SyntheticSpec};
-use crate::wire::Chunk;
+use crate::wire::{Chunk, ErrorCode};
 
 /// Settings of a shard's streams.
 #[derive(Debug, Clone, Copy)]
@@ -125,25 +125,36 @@ impl StreamState {
             Kind::Synthetic { seed } => seed,
             Kind::Live { .. } => return 0,
         };
-        let from = inner
-            .last
-            .map_or(live, |l| l + 1)
-            .max(live.saturating_sub(7));
-        if from > live {
+        let after_last = match inner.last {
+            Some(l) => match l.next() {
+                Some(n) => n,
+                // Not reached: `live_seq` stays at or below `Seq::LAST`.
+                None => return 0,
+            },
+            None => live,
+        };
+        let from = after_last.max(live.saturating_sub(7));
+        let Some(behind) = from.distance(live) else {
             return 0;
-        }
+        };
         inner.last = Some(live);
         drop(inner);
-        for seq in from..=live {
+        for seq in (from.get()..=live.get()).map(Seq::new) {
             // No receivers is fine: the chunk is simply not wanted right now.
             let _ = self.tx.send(spec.chunk_seeded(seed, seq));
         }
-        (live - from + 1) as usize
+        // At most 8: `from` is at least `live - 7`.
+        behind as usize + 1
     }
 
     /// Live streams: accept a published chunk. Returns false (and drops it) if its sequence is
-    /// not above the newest one, as happens when a publisher resumes and replays.
+    /// not above the newest one, as happens when a publisher resumes and replays. A chunk at
+    /// [`Seq::MAX`] is refused (frame readers refuse it already): it would leave no position
+    /// after the stream's newest chunk.
     pub fn publish(&self, chunk: Chunk) -> Result<bool, PublishError> {
+        if !chunk.seq.is_chunk_seq() {
+            return Err(PublishError::SeqExhausted);
+        }
         let mut inner = self.lock();
         if inner.last.is_some_and(|l| chunk.seq <= l) {
             return Ok(false);
@@ -172,7 +183,9 @@ impl StreamState {
 
     fn backlog(&self, seq: Seq) -> Backlog {
         let inner = self.lock();
-        let last = inner.last.unwrap_or(0);
+        let last = inner.last.unwrap_or(Seq::ZERO);
+        // The position after the newest chunk (exact: no chunk carries `Seq::MAX`).
+        let after_last = last.saturating_next();
         match &inner.kind {
             Kind::Synthetic { seed } => {
                 let oldest = last.saturating_sub(self.settings.replay_window);
@@ -183,7 +196,7 @@ impl StreamState {
             }
             Kind::Live { buffer } => {
                 let Some(front) = buffer.front() else {
-                    return Backlog::Missing { until: last + 1 };
+                    return Backlog::Missing { until: after_last };
                 };
                 if seq < front.seq {
                     return Backlog::Missing { until: front.seq };
@@ -193,7 +206,7 @@ impl StreamState {
                 match buffer.get(idx) {
                     Some(c) if c.seq == seq => Backlog::Chunk(c.clone()),
                     Some(c) => Backlog::Missing { until: c.seq },
-                    None => Backlog::Missing { until: last + 1 },
+                    None => Backlog::Missing { until: after_last },
                 }
             }
         }
@@ -201,9 +214,22 @@ impl StreamState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     #[error("synthetic streams cannot be published to")]
     Synthetic,
+    #[error("a chunk at sequence {}, which has no successor", Seq::MAX)]
+    SeqExhausted,
+}
+
+impl PublishError {
+    /// The code the shard closes the publisher's connection with.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            PublishError::Synthetic => ErrorCode::UnknownStream,
+            PublishError::SeqExhausted => ErrorCode::SeqExhausted,
+        }
+    }
 }
 
 /// What a cursor yields.
@@ -236,7 +262,7 @@ impl Cursor {
         let rx = state.tx.subscribe();
         let last = state.last_seq();
         let next = from.or(last);
-        let catch_up_end = last.map_or(0, |l| l + 1);
+        let catch_up_end = last.map_or(Seq::ZERO, Seq::saturating_next);
         Self {
             state,
             rx,
@@ -251,13 +277,15 @@ impl Cursor {
         loop {
             if let Some(n) = self.next {
                 if n < self.catch_up_end {
+                    // `n` is below an end, so `n + 1` exists.
+                    let after = n.saturating_next();
                     return Some(match self.state.backlog(n) {
                         Backlog::Chunk(c) => {
-                            self.next = Some(n + 1);
+                            self.next = Some(after);
                             Item::Chunk(c)
                         }
                         Backlog::Missing { until } => {
-                            let until = until.min(self.catch_up_end).max(n + 1);
+                            let until = until.min(self.catch_up_end).max(after);
                             self.next = Some(until);
                             Item::Gap { from: n, to: until }
                         }
@@ -272,7 +300,7 @@ impl Cursor {
                         let inner = self.state.lock();
                         // A cursor that joined before the first chunk wants it from there.
                         self.next = self.next.or(inner.first);
-                        self.catch_up_end = inner.last.map_or(0, |l| l + 1);
+                        self.catch_up_end = inner.last.map_or(Seq::ZERO, Seq::saturating_next);
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -285,7 +313,8 @@ impl Cursor {
                     self.held = Some(c);
                 }
                 _ => {
-                    self.next = Some(c.seq + 1);
+                    // Exact: a stream never holds a chunk at `Seq::MAX` (see `publish`).
+                    self.next = Some(c.seq.saturating_next());
                     return Some(Item::Chunk(c));
                 }
             }
@@ -397,7 +426,8 @@ mod tests {
         let name = StreamName::new("synth/t").unwrap();
         let spec = settings().synthetic;
         let live = spec.live_seq(NOW);
-        let mut cur = reg.subscribe(&name, Some(live - 5), NOW);
+        let start = live.checked_sub(5).unwrap();
+        let mut cur = reg.subscribe(&name, Some(start), NOW);
         reg.tick(NOW + 3000); // three periods later
         let mut got = Vec::new();
         for _ in 0..9 {
@@ -413,15 +443,16 @@ mod tests {
                 g => panic!("unexpected {g:?}"),
             }
         }
-        assert_eq!(got, ((live - 5)..=(live + 3)).collect::<Vec<_>>());
+        let want: Vec<_> = (start.get()..=live.get() + 3).map(Seq::new).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
     fn buffered_bytes_follow_what_streams_hold() {
         let reg = StreamRegistry::new(settings());
         let live = reg.stream(&StreamName::new("live/b").unwrap(), NOW);
-        let chunk = |seq, len| Chunk {
-            seq,
+        let chunk = |seq: u64, len| Chunk {
+            seq: Seq::new(seq),
             timestamp_us: seq,
             payload: bytes::Bytes::from(vec![0; len]),
         };
@@ -455,11 +486,12 @@ mod tests {
         let reg = StreamRegistry::new(settings());
         let name = StreamName::new("synth/t").unwrap();
         let live = settings().synthetic.live_seq(NOW);
-        let mut cur = reg.subscribe(&name, Some(live - 500), NOW);
+        let start = live.checked_sub(500).unwrap();
+        let mut cur = reg.subscribe(&name, Some(start), NOW);
         match cur.next().await.unwrap() {
             Item::Gap { from, to } => {
-                assert_eq!(from, live - 500);
-                assert_eq!(to, live - 1 - 100);
+                assert_eq!(from, start);
+                assert_eq!(to, live.checked_sub(1 + 100).unwrap());
             }
             other => panic!("expected a gap, got {other:?}"),
         }
@@ -471,8 +503,8 @@ mod tests {
         let name = StreamName::new("live/t").unwrap();
         let s = reg.stream(&name, NOW);
         let mut early = reg.subscribe(&name, None, NOW);
-        let chunk = |seq| Chunk {
-            seq,
+        let chunk = |seq: u64| Chunk {
+            seq: Seq::new(seq),
             timestamp_us: seq,
             payload: bytes::Bytes::new(),
         };
@@ -485,12 +517,129 @@ mod tests {
         while items.len() < 9 {
             items.push(early.next().await.unwrap());
         }
-        assert_eq!(items[0], Item::Gap { from: 10, to: 32 }, "{items:?}");
+        let gap = Item::Gap {
+            from: Seq::new(10),
+            to: Seq::new(32),
+        };
+        assert_eq!(items[0], gap, "{items:?}");
         let tail: Vec<_> = (32..40).map(|s| Item::Chunk(chunk(s))).collect();
         assert_eq!(items[1..], tail[..]);
         // A late cursor resuming inside the buffer gets exactly the rest.
-        let mut late = reg.subscribe(&name, Some(38), NOW);
+        let mut late = reg.subscribe(&name, Some(Seq::new(38)), NOW);
         assert_eq!(late.next().await, Some(Item::Chunk(chunk(38))));
         assert_eq!(late.next().await, Some(Item::Chunk(chunk(39))));
+    }
+}
+
+#[cfg(test)]
+mod seq_limits {
+    use std::time::Duration;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000_000;
+
+    fn settings() -> StreamSettings {
+        StreamSettings {
+            synthetic: SyntheticSpec {
+                rate_hz: 1000,
+                chunk_bytes: 16,
+            },
+            buffer_chunks: 8,
+            replay_window: 100,
+        }
+    }
+
+    fn chunk(seq: Seq) -> Chunk {
+        Chunk {
+            seq,
+            timestamp_us: 1,
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    async fn next_soon(cur: &mut Cursor) -> Option<Option<Item>> {
+        tokio::time::timeout(Duration::from_millis(50), cur.next())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_live_stream_ends_at_the_last_sequence_and_refuses_max() {
+        let reg = StreamRegistry::new(settings());
+        let name = StreamName::new("live/end").unwrap();
+        let s = reg.stream(&name, NOW);
+        let mut early = reg.subscribe(&name, None, NOW);
+        let before = Seq::LAST.prev().unwrap();
+        assert_eq!(s.publish(chunk(Seq::MAX)), Err(PublishError::SeqExhausted));
+        assert_eq!(PublishError::SeqExhausted.code(), ErrorCode::SeqExhausted);
+        assert_eq!(s.last_seq(), None, "a refused chunk changes nothing");
+        assert_eq!(s.publish(chunk(before)), Ok(true));
+        assert_eq!(s.publish(chunk(Seq::LAST)), Ok(true));
+        assert_eq!(s.publish(chunk(Seq::MAX)), Err(PublishError::SeqExhausted));
+        assert_eq!(
+            s.publish(chunk(Seq::LAST)),
+            Ok(false),
+            "a replay is dropped"
+        );
+        assert_eq!(s.last_seq(), Some(Seq::LAST));
+        // The cursor delivers both, then waits at `Seq::MAX`: nothing can follow.
+        assert_eq!(early.next().await, Some(Item::Chunk(chunk(before))));
+        assert_eq!(early.next().await, Some(Item::Chunk(chunk(Seq::LAST))));
+        assert_eq!(next_soon(&mut early).await, None);
+        // A late cursor from before the buffer gets a gap, then the tail.
+        let mut late = reg.subscribe(&name, Some(Seq::ZERO), NOW);
+        let gap = Item::Gap {
+            from: Seq::ZERO,
+            to: before,
+        };
+        assert_eq!(late.next().await, Some(gap));
+        assert_eq!(late.next().await, Some(Item::Chunk(chunk(before))));
+        assert_eq!(late.next().await, Some(Item::Chunk(chunk(Seq::LAST))));
+        assert_eq!(next_soon(&mut late).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_from_max_waits_without_delivering() {
+        let reg = StreamRegistry::new(settings());
+        for name in ["live/max", "synth/max"] {
+            let name = StreamName::new(name).unwrap();
+            let s = reg.stream(&name, NOW);
+            if !name.is_synthetic() {
+                s.publish(chunk(Seq::new(5))).unwrap();
+            }
+            let mut cur = reg.subscribe(&name, Some(Seq::MAX), NOW);
+            reg.tick(NOW + 5_000);
+            if !name.is_synthetic() {
+                s.publish(chunk(Seq::new(6))).unwrap();
+                s.publish(chunk(Seq::LAST)).unwrap();
+            }
+            assert_eq!(next_soon(&mut cur).await, None, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_cursor_near_the_end_catches_up() {
+        let reg = StreamRegistry::new(StreamSettings {
+            buffer_chunks: 4,
+            ..settings()
+        });
+        let name = StreamName::new("live/lag").unwrap();
+        let s = reg.stream(&name, NOW);
+        let mut cur = reg.subscribe(&name, None, NOW);
+        // More than the broadcast channel holds (16), ending at `Seq::LAST`.
+        let first = Seq::LAST.checked_sub(39).unwrap();
+        for n in 0..40 {
+            s.publish(chunk(first.checked_add(n).unwrap())).unwrap();
+        }
+        let mut got = Vec::new();
+        while let Some(Some(item)) = next_soon(&mut cur).await {
+            got.push(item);
+        }
+        assert_eq!(got.last(), Some(&Item::Chunk(chunk(Seq::LAST))), "{got:?}");
+        assert!(
+            matches!(got[0], Item::Gap { from, .. } if from == first),
+            "{got:?}"
+        );
     }
 }

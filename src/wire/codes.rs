@@ -79,6 +79,9 @@ codes! {
     NoCapacity = 0x32, "no capacity";
     /// The requested sequence is no longer available and the stream cannot resume there.
     SeqUnavailable = 0x33, "sequence unavailable";
+    /// A chunk carried sequence 2^64 − 1, which has no successor: no chunk may carry it (every
+    /// frame reader refuses it; see [`crate::ids::Seq`]).
+    SeqExhausted = 0x34, "sequence exhausted";
     /// The server is shutting down; reconnect elsewhere.
     GoingAway = 0x40, "going away";
     /// The shard was stopped.

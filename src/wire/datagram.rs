@@ -45,7 +45,8 @@ impl Feedback {
         let mut b = BytesMut::with_capacity(17);
         b.put_u8(FEEDBACK);
         b.put_u64(self.echo.unwrap_or(0));
-        b.put_u64(self.acked.map_or(0, |a| a.saturating_add(1)));
+        // Exact: an acknowledged sequence is a chunk's, never `Seq::MAX`.
+        b.put_u64(self.acked.map_or(0, |a| a.saturating_next().get()));
         b.freeze()
     }
 
@@ -61,7 +62,7 @@ impl Feedback {
         let acked = u64::from_be_bytes(rest[8..].try_into().ok()?);
         Some(Feedback {
             echo: (echo != 0).then_some(echo),
-            acked: acked.checked_sub(1),
+            acked: Seq::new(acked).prev(),
         })
     }
 }
@@ -75,9 +76,16 @@ mod tests {
         assert_eq!(decode_probe(&encode_probe(7)), Some(7));
         let f = Feedback {
             echo: Some(3),
-            acked: Some(0),
+            acked: Some(Seq::ZERO),
         };
         assert_eq!(Feedback::decode(&f.encode()), Some(f));
+        // The highest acknowledgement a chunk allows travels as `acked_plus_one = 2^64 - 1`.
+        let last = Feedback {
+            echo: None,
+            acked: Some(Seq::LAST),
+        };
+        assert_eq!(&last.encode()[9..], &[0xff; 8]);
+        assert_eq!(Feedback::decode(&last.encode()), Some(last));
         let none = Feedback {
             echo: None,
             acked: None,

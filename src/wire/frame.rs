@@ -5,6 +5,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::strict::{self, DecodeError};
 use super::{Chunk, ErrorCode, Message};
+use crate::ids::Seq;
 
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
@@ -52,6 +53,9 @@ pub enum WireError {
     },
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// A chunk at sequence 2^64 − 1, which no chunk may carry (it has no successor).
+    #[error("chunk at sequence {0}, which has no successor")]
+    SeqExhausted(Seq),
     /// A control body that is not a message in the documented encoding (see [`strict`]).
     #[error("malformed control message: {0}")]
     Control(#[from] DecodeError),
@@ -68,6 +72,7 @@ impl WireError {
             }
             WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             WireError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            WireError::SeqExhausted(_) => ErrorCode::SeqExhausted,
             WireError::Io(_) => ErrorCode::ProtocolViolation,
         }
     }
@@ -84,7 +89,8 @@ pub fn encode_control(msg: &Message) -> Bytes {
     out.freeze()
 }
 
-/// The bytes that go in front of `chunk.payload` on the wire.
+/// The bytes that go in front of `chunk.payload` on the wire. A reader refuses a chunk at
+/// [`Seq::MAX`]; nothing here sends one.
 pub fn encode_chunk_header(chunk: &Chunk) -> [u8; CHUNK_HEADER_LEN] {
     let mut h = [0u8; CHUNK_HEADER_LEN];
     let mut w = &mut h[..];
@@ -93,7 +99,7 @@ pub fn encode_chunk_header(chunk: &Chunk) -> [u8; CHUNK_HEADER_LEN] {
     w.put_u8(KIND_CHUNK);
     w.put_u8(0x93); // fixarray, 3 elements
     w.put_u8(0xcf); // uint64
-    w.put_u64(chunk.seq);
+    w.put_u64(chunk.seq.get());
     w.put_u8(0xcf);
     w.put_u64(chunk.timestamp_us);
     w.put_u8(0xc6); // bin32
@@ -131,7 +137,7 @@ fn decode_chunk(mut body: Bytes) -> Result<Chunk, WireError> {
     if body.get_u8() != 0xcf {
         return Err(bad("seq must be encoded as uint64"));
     }
-    let seq = body.get_u64();
+    let seq = Seq::new(body.get_u64());
     if body.get_u8() != 0xcf {
         return Err(bad("timestamp must be encoded as uint64"));
     }
@@ -142,6 +148,10 @@ fn decode_chunk(mut body: Bytes) -> Result<Chunk, WireError> {
     let len = body.get_u32() as usize;
     if len != body.len() {
         return Err(bad("payload length disagrees with the frame length"));
+    }
+    // Well-formed, but out of range: refused with its own code (see `Seq`).
+    if !seq.is_chunk_seq() {
+        return Err(WireError::SeqExhausted(seq));
     }
     Ok(Chunk {
         seq,
@@ -270,10 +280,10 @@ mod tests {
     async fn round_trip_control_and_chunks() {
         let sub = Message::Subscribe(Subscribe {
             stream: StreamName::new("synth/x").unwrap(),
-            from_seq: Some(7),
+            from_seq: Some(Seq::new(7)),
         });
         let c = Chunk {
-            seq: 42,
+            seq: Seq::new(42),
             timestamp_us: 1_700_000_000_000_000,
             payload: Bytes::from_static(b"hello"),
         };
@@ -289,7 +299,7 @@ mod tests {
     #[tokio::test]
     async fn chunk_is_valid_messagepack() {
         let c = Chunk {
-            seq: 1,
+            seq: Seq::new(1),
             timestamp_us: 2,
             payload: Bytes::from_static(&[7, 8, 9]),
         };
@@ -297,6 +307,23 @@ mod tests {
         let (seq, ts, payload): (u64, u64, serde_bytes::ByteBuf) =
             rmp_serde::from_slice(&v[6..]).unwrap();
         assert_eq!((seq, ts, payload.into_vec()), (1, 2, vec![7, 8, 9]));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_at_the_end_of_the_sequence_space_is_refused() {
+        let at = |seq| Chunk {
+            seq,
+            timestamp_us: 1,
+            payload: Bytes::from_static(b"x"),
+        };
+        let last = chunk_bytes(&at(Seq::LAST));
+        assert_eq!(read_all(&last).await, vec![Ok(Frame::Chunk(at(Seq::LAST)))]);
+        let err = FrameReader::new(&chunk_bytes(&at(Seq::MAX))[..])
+            .next()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WireError::SeqExhausted(Seq::MAX)), "{err}");
+        assert_eq!(err.code(), ErrorCode::SeqExhausted);
     }
 
     #[tokio::test]
@@ -337,7 +364,7 @@ mod tests {
         // A poor man's fuzz: truncations and single-byte corruptions of a valid stream never
         // panic and never yield more frames than were sent.
         let c = Chunk {
-            seq: 3,
+            seq: Seq::new(3),
             timestamp_us: 4,
             payload: Bytes::from(vec![5u8; 40]),
         };

@@ -53,7 +53,7 @@ async fn collect(mut r: Receiver, mut stop: tokio::sync::oneshot::Receiver<()>) 
             ev = tokio::time::timeout(Duration::from_millis(wait), r.next()) => ev,
         };
         match ev {
-            Ok(Some(ReceiverEvent::Chunk { chunk, .. })) => seqs.push(chunk.seq),
+            Ok(Some(ReceiverEvent::Chunk { chunk, .. })) => seqs.push(chunk.seq.get()),
             Ok(Some(_)) => {}
             _ => break,
         }

@@ -203,14 +203,7 @@ impl RawClient {
         let _ = send.write_all(bytes).await;
         let mut reader = FrameReader::new(recv);
         let frame = first_frame(&mut reader).await;
-        let code = if frame.is_none() {
-            tokio::time::timeout(Duration::from_secs(3), conn.closed())
-                .await
-                .ok()
-                .and_then(|e| ErrorCode::of_close(&e))
-        } else {
-            None
-        };
+        let code = close_code_unless(&frame, &conn).await;
         (frame, code, conn)
     }
 
@@ -234,6 +227,20 @@ impl RawClient {
             _ => Some(code.expect("a refused attach closes with a shoal code")),
         }
     }
+}
+
+/// When no `frame` came: the shoal code `conn` closed with (within 3 s), if any.
+pub async fn close_code_unless(
+    frame: &Option<Frame>,
+    conn: &quinn::Connection,
+) -> Option<ErrorCode> {
+    if frame.is_some() {
+        return None;
+    }
+    tokio::time::timeout(Duration::from_secs(3), conn.closed())
+        .await
+        .ok()
+        .and_then(|e| ErrorCode::of_close(&e))
 }
 
 /// The next frame on `reader` within 3 s, if any.
@@ -344,7 +351,7 @@ pub async fn read_chunks(
                         c.seq
                     );
                 }
-                seqs.push(c.seq);
+                seqs.push(c.seq.get());
             }
             shoal::client::Delivery::Gap { from, to } => panic!("unexpected gap {from}..{to}"),
         }

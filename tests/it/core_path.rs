@@ -94,7 +94,7 @@ async fn published_chunks_reach_subscribers_in_order() {
     let mut publisher = pub_client.publish(&stream).await.unwrap();
     let mut sent = Vec::new();
     for i in 0..20 {
-        sent.push(publisher.send(payload(64 + i)).await.unwrap());
+        sent.push(publisher.send(payload(64 + i)).await.unwrap().get());
     }
     let got = read_chunks(&mut sub, &stream, 20).await;
     assert_eq!(got, sent);

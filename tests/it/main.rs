@@ -11,5 +11,6 @@ mod mirror_faults;
 mod pool;
 mod priority;
 mod profiles;
+mod seq_limits;
 mod wire_strict;
 mod zero_rtt;

@@ -183,7 +183,7 @@ async fn endpoints_added_and_removed_live() {
 }
 
 /// What a receiver delivers until it has been idle for a second (bounded: 60 s).
-async fn drain_until_idle(mut r: Receiver) -> Vec<u64> {
+async fn drain_until_idle(mut r: Receiver) -> Vec<shoal::ids::Seq> {
     let mut seqs = Vec::new();
     let until = shoal::clock::now() + Duration::from_secs(60);
     while shoal::clock::now() < until {

@@ -72,14 +72,7 @@ impl EarlyClient {
         let mut reader = FrameReader::new(recv);
         let frame = first_frame(&mut reader).await;
         let accepted = accepted.await;
-        let code = if frame.is_none() {
-            tokio::time::timeout(Duration::from_secs(3), conn.closed())
-                .await
-                .ok()
-                .and_then(|e| ErrorCode::of_close(&e))
-        } else {
-            None
-        };
+        let code = close_code_unless(&frame, &conn).await;
         Early {
             accepted,
             frame,

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use shoal::admin::client::{encode_segment, request};
-use shoal::ids::StreamName;
+use shoal::ids::{Seq, StreamName};
 use shoal::mirror::{Mode, Overflow};
 use shoal::mirror::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions};
 
@@ -120,7 +120,7 @@ pub async fn receive(a: ReceiveArgs) -> Result<()> {
     Ok(())
 }
 
-fn seq_text(s: Option<u64>) -> String {
+fn seq_text(s: Option<Seq>) -> String {
     s.map_or_else(|| "-".into(), |s| s.to_string())
 }
 

@@ -50,7 +50,7 @@ pub async fn run(a: PublishArgs) -> Result<()> {
             Bytes::from(format!("{stream} chunk {sent} ").repeat(a.size / 16 + 1)).slice(..a.size);
         let seq = publisher.send(payload).await?;
         sent += 1;
-        tracing::debug!(seq, "published");
+        tracing::debug!(%seq, "published");
         if a.count > 0 && sent >= a.count {
             break;
         }

@@ -120,10 +120,21 @@ pub async fn run(a: UpArgs) -> Result<()> {
         cluster.hub.addr()
     );
     let pool = cfg.pool.enabled.then(|| start_pool(&cfg, &cluster));
-    // Tasks that run beside the cluster; the first one to end is a failure and ends `up` (the
-    // drain below still runs). None yet: the admin server, hub and pool driver keep their
-    // tasks inside the library, which gives no way to await them.
+    // What runs beside the signal wait; the first one to end is a failure and ends `up` (the
+    // drain below still runs).
     let mut tasks = Supervisor::default();
+    let hub_stopped = cluster.hub.stopped_accepting();
+    tasks.spawn("the hub", async move {
+        hub_stopped.await;
+        Err(anyhow!("its endpoint closed"))
+    });
+    if let Some(admin) = &admin {
+        let ended = admin.ended();
+        tasks.spawn("the admin API", async move {
+            let why = ended.await;
+            Err(anyhow!("it stopped serving: {why}"))
+        });
+    }
     let outcome = tasks.wait(wait_for_signal()).await;
     if let Err(e) = &outcome {
         tracing::error!(
@@ -156,10 +167,6 @@ struct Supervisor {
 
 impl Supervisor {
     /// Runs `task` under supervision; `name` says what failed in the error that ends `up`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the library does not hand out its tasks yet")
-    )]
     fn spawn(
         &mut self,
         name: &'static str,

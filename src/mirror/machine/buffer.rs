@@ -27,8 +27,12 @@ impl Entry {
 }
 
 impl Mirror {
-    /// Adds the provider's next chunk. `key` names the value it carries, for conflation.
+    /// Adds the provider's next chunk. `key` names the value it carries, for conflation. A
+    /// chunk at [`Seq::MAX`] is refused: no chunk may carry it (receivers refuse it).
     pub fn push(&mut self, chunk: Chunk, key: Option<u64>, _now: Instant) -> Result<(), PushError> {
+        let Some(end) = chunk.seq.next() else {
+            return Err(PushError::SeqExhausted);
+        };
         if let Some(head) = self.head() {
             if chunk.seq <= head {
                 return Err(PushError::NotIncreasing {
@@ -41,10 +45,10 @@ impl Mirror {
             self.counters.blocked += 1;
             return Err(PushError::Full);
         }
-        if let Some(head) = self.head() {
-            if chunk.seq > head + 1 {
+        if let Some(after_head) = self.head_next() {
+            if chunk.seq > after_head {
                 self.buf.push_back(Entry {
-                    seq: head + 1,
+                    seq: after_head,
                     end: chunk.seq,
                     chunk: None,
                     key: None,
@@ -57,7 +61,7 @@ impl Mirror {
         }
         self.buf.push_back(Entry {
             seq,
-            end: seq + 1,
+            end,
             chunk: Some(chunk),
             key,
         });
@@ -70,7 +74,7 @@ impl Mirror {
     /// The provider lost `from..to` itself (for example a shard's gap); receivers are told.
     pub fn push_gap(&mut self, from: Seq, to: Seq) {
         // Contiguous with what is buffered: the gap covers everything after the head.
-        let from = self.head().map_or(from, |h| h + 1);
+        let from = self.head_next().unwrap_or(from);
         if to > from {
             self.buf.push_back(Entry {
                 seq: from,
@@ -84,12 +88,12 @@ impl Mirror {
 
     /// Whether a push would be accepted under overflow policy `block`.
     pub fn can_push(&self) -> bool {
-        let head_next = self.head().map_or(0, |h| h + 1);
+        let head_next = self.head_next().unwrap_or(Seq::ZERO);
         let max = self.cfg.max_pending as u64;
         for e in &self.eps {
             if matches!(e.state, EndpointState::Active | EndpointState::Draining) {
                 let next = e.next_seq.or(self.base()).unwrap_or(head_next);
-                if head_next.saturating_sub(next) >= max {
+                if next.distance(head_next).unwrap_or(0) >= max {
                     return false;
                 }
             }
@@ -99,7 +103,7 @@ impl Mirror {
         // receiver in broadcast mode).
         let evict = (self.buf.len() + 2).saturating_sub(self.cfg.buffer_chunks);
         if evict > 0 {
-            let Some(last_evicted) = self.buf.get(evict - 1).map(|e| e.end - 1) else {
+            let Some(last_evicted) = self.buf.get(evict - 1).and_then(|e| e.end.prev()) else {
                 return true;
             };
             let acked = match self.cfg.mode {
@@ -120,8 +124,9 @@ impl Mirror {
     }
 
     fn apply_overflow(&mut self) {
-        let Some(head) = self.head() else { return };
-        let base = self.base().unwrap_or(head);
+        let (Some(base), Some(head_next)) = (self.base(), self.head_next()) else {
+            return;
+        };
         let max = self.cfg.max_pending as u64;
         if self.cfg.overflow == Overflow::Block {
             return;
@@ -131,12 +136,15 @@ impl Mirror {
                 continue;
             }
             let next = e.next_seq.unwrap_or(base);
-            let pending = (head + 1).saturating_sub(next);
+            let pending = next.distance(head_next).unwrap_or(0);
             if pending > max {
-                let new_next = head + 1 - max;
+                // `head_next - max` is above `next`, as `pending > max`.
+                let Some(new_next) = head_next.checked_sub(max) else {
+                    continue;
+                };
                 e.gap_from.get_or_insert(next);
                 e.next_seq = Some(new_next);
-                let n = new_next - next;
+                let n = next.distance(new_next).unwrap_or(0);
                 e.counters.dropped += n;
                 self.counters.dropped += n;
             }

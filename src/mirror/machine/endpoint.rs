@@ -202,11 +202,14 @@ impl Mirror {
             return;
         }
         ep.acked = Some(a);
+        // The position after the acknowledged chunk; `Seq::MAX` for a (bogus) acknowledgement
+        // of `Seq::MAX`, which leaves nothing to send.
+        let after = a.saturating_next();
         if ep.next_seq.is_some_and(|n| n <= a) {
-            ep.next_seq = Some(a + 1);
+            ep.next_seq = Some(after);
         }
-        let from = old.map_or_else(|| self.base().unwrap_or(a), |o| o + 1);
-        let bytes = self.bytes_between(from, a + 1);
+        let from = old.map_or_else(|| self.base().unwrap_or(a), Seq::saturating_next);
+        let bytes = self.bytes_between(from, after);
         let ep = &mut self.eps[i];
         ep.health.on_acked_bytes(bytes);
         *self.acked_in_rate_window.entry(id).or_default() += bytes;
@@ -222,7 +225,7 @@ impl Mirror {
             }
         }
         let drained = self.planned.as_ref().is_some_and(|p| p.from == id)
-            && self.eps[i].next_seq.is_none_or(|n| a + 1 >= n);
+            && self.eps[i].next_seq.is_none_or(|n| after >= n);
         if drained {
             if let Some(p) = self.planned.take() {
                 self.finish_switch(p, now);

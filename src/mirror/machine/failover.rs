@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::rate::RATE_INTERVAL;
 use super::{EndpointState, Event, Mirror, SwitchCause};
+use crate::ids::Seq;
 use crate::mirror::health::Degradation;
 use crate::mirror::{EndpointId, Mode};
 
@@ -224,7 +225,7 @@ impl Mirror {
         let ep = &self.eps[i];
         let drained = match (ep.acked, ep.next_seq) {
             (_, None) => true,
-            (Some(a), Some(n)) => a + 1 >= n,
+            (Some(a), Some(n)) => a.saturating_next() >= n,
             (None, Some(_)) => false,
         };
         if drained {
@@ -303,15 +304,15 @@ impl Mirror {
         now: Instant,
     ) {
         let Some(i) = self.index(to) else { return };
-        let head_next = self.head().map(|h| h + 1);
+        let head_next = self.head_next();
         let start = match self.cfg.mode {
             // Everything after what any receiver acknowledged; from the oldest buffered chunk
             // when nobody acknowledged anything yet.
-            Mode::Failover => self.committed.map(|c| c + 1),
+            Mode::Failover => self.committed.map(Seq::saturating_next),
             Mode::Broadcast => {
                 let ep = &self.eps[i];
                 match (ep.acked, ep.high_sent) {
-                    (Some(a), _) => Some(a + 1),
+                    (Some(a), _) => Some(a.saturating_next()),
                     (None, Some(_)) => ep.next_seq,
                     // A new endpoint joins at the live edge; before anyone was sent anything,
                     // at the oldest buffered chunk.
@@ -322,8 +323,8 @@ impl Mirror {
         };
         let ep = &mut self.eps[i];
         let start = match (start, ep.acked) {
-            (Some(s), Some(a)) => Some(s.max(a + 1)),
-            (s, Some(a)) => s.or(Some(a + 1)),
+            (Some(s), Some(a)) => Some(s.max(a.saturating_next())),
+            (s, Some(a)) => s.or(Some(a.saturating_next())),
             (s, None) => s,
         };
         ep.next_seq = start;

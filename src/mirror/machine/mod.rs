@@ -121,7 +121,13 @@ impl Mirror {
 
     /// The newest pushed sequence.
     pub fn head(&self) -> Option<Seq> {
-        self.buf.back().map(|e| e.end - 1)
+        // An entry ends above its start, so `end - 1` exists.
+        self.buf.back().and_then(|e| e.end.prev())
+    }
+
+    /// The position after the newest pushed sequence (the end of the buffer).
+    fn head_next(&self) -> Option<Seq> {
+        self.buf.back().map(|e| e.end)
     }
 
     fn base(&self) -> Option<Seq> {
@@ -167,7 +173,7 @@ impl Mirror {
     }
 
     pub fn snapshot(&self, now: Instant) -> MirrorSnapshot {
-        let head_next = self.head().map_or(0, |h| h + 1);
+        let head_next = self.head_next().unwrap_or(Seq::ZERO);
         let base = self.base();
         let endpoints = self
             .eps
@@ -184,7 +190,8 @@ impl Mirror {
                 acked_seq: e.acked,
                 next_seq: e.next_seq,
                 pending: if e.state == EndpointState::Active {
-                    head_next.saturating_sub(e.next_seq.or(base).unwrap_or(head_next))
+                    let next = e.next_seq.or(base).unwrap_or(head_next);
+                    next.distance(head_next).unwrap_or(0)
                 } else {
                     0
                 },

@@ -64,7 +64,9 @@ impl Mirror {
         let (id, acked, next) = (self.eps[i].id, self.eps[i].acked, self.eps[i].next_seq);
         let delivered = self.acked_in_rate_window.get(&id).copied().unwrap_or(0) as f64 / span;
         let inflight = match (acked, next) {
-            (Some(a), Some(n)) if n > a + 1 => self.bytes_between(a + 1, n) as f64,
+            (Some(a), Some(n)) if n > a.saturating_next() => {
+                self.bytes_between(a.saturating_next(), n) as f64
+            }
             _ => 0.0,
         };
         let (min, max) = (self.cfg.min_rate_bps as f64, self.cfg.max_rate_bps as f64);

@@ -13,9 +13,10 @@ fn addr(i: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9000 + i))
 }
 
-fn chunk(seq: Seq) -> Chunk {
+// The helpers speak plain integers; `Seq` is checked at the machine's boundary.
+fn chunk(seq: u64) -> Chunk {
     Chunk {
-        seq,
+        seq: Seq::new(seq),
         timestamp_us: seq,
         payload: Bytes::from(vec![seq as u8; 100]),
     }
@@ -47,12 +48,12 @@ impl Sim {
     }
 
     /// Everything `id` would write now (probes excluded): chunk seqs and gaps.
-    fn drain(&mut self, id: EndpointId) -> (Vec<Seq>, Vec<(Seq, Seq)>) {
+    fn drain(&mut self, id: EndpointId) -> (Vec<u64>, Vec<(u64, u64)>) {
         let (mut seqs, mut gaps) = (Vec::new(), Vec::new());
         for _ in 0..100_000 {
             match self.m.poll_transmit(id, self.now) {
-                Transmit::Chunk(c) => seqs.push(c.seq),
-                Transmit::Gap { from, to } => gaps.push((from, to)),
+                Transmit::Chunk(c) => seqs.push(c.seq.get()),
+                Transmit::Gap { from, to } => gaps.push((from.get(), to.get())),
                 Transmit::Wait(_) => return (seqs, gaps),
             }
         }
@@ -60,22 +61,23 @@ impl Sim {
     }
 
     /// Feedback from `id`: acknowledges `acked` and answers every outstanding probe.
-    fn feedback(&mut self, id: EndpointId, acked: Option<Seq>) {
-        self.m.handle_feedback(id, None, acked, self.now);
+    fn feedback(&mut self, id: EndpointId, acked: Option<u64>) {
+        self.m
+            .handle_feedback(id, None, acked.map(Seq::new), self.now);
     }
 
     fn events(&mut self) -> Vec<Event> {
         std::iter::from_fn(|| self.m.poll_event()).collect()
     }
 
-    fn push(&mut self, range: std::ops::RangeInclusive<Seq>) {
+    fn push(&mut self, range: std::ops::RangeInclusive<u64>) {
         for s in range {
             self.m.push(chunk(s), None, self.now).unwrap();
         }
     }
 }
 
-fn switched(ev: &[Event]) -> Vec<(Option<EndpointId>, EndpointId, SwitchCause, Option<Seq>)> {
+fn switched(ev: &[Event]) -> Vec<(Option<EndpointId>, EndpointId, SwitchCause, Option<u64>)> {
     ev.iter()
         .filter_map(|e| match e {
             Event::Switched {
@@ -84,7 +86,7 @@ fn switched(ev: &[Event]) -> Vec<(Option<EndpointId>, EndpointId, SwitchCause, O
                 cause,
                 from_seq,
                 ..
-            } => Some((*from, *to, *cause, *from_seq)),
+            } => Some((*from, *to, *cause, from_seq.map(Seq::get))),
             _ => None,
         })
         .collect()
@@ -105,7 +107,7 @@ fn first_connected_best_rank_becomes_active_and_gets_everything() {
     // Standbys are probed but sent no data.
     assert!(s.m.poll_probe(s.ids[0], s.now).is_ok());
     assert!(s.m.poll_probe(s.ids[0], s.now).is_err(), "one per interval");
-    assert_eq!(s.drain(s.ids[0]).0, Vec::<Seq>::new());
+    assert_eq!(s.drain(s.ids[0]).0, Vec::<u64>::new());
 }
 
 #[test]
@@ -161,10 +163,9 @@ fn silence_over_the_bound_fails_over_to_the_next_rank_from_the_last_ack() {
     assert_eq!(s.m.counters().replayed, 4);
     assert_eq!(s.m.counters().switches, 1);
     s.feedback(b, Some(7));
-    assert!(s
-        .events()
-        .iter()
-        .any(|e| matches!(e, Event::SwitchConfirmed { ep, seq: 7, .. } if *ep == b)));
+    assert!(s.events().iter().any(
+        |e| matches!(e, Event::SwitchConfirmed { ep, seq, .. } if *ep == b && *seq == Seq::new(7))
+    ));
 }
 
 #[test]
@@ -193,8 +194,8 @@ fn revert_waits_for_the_old_active_to_acknowledge_then_sends_nothing_twice() {
     }
     assert_eq!(s.m.state(b), Some(EndpointState::Draining));
     s.push(7..=8);
-    assert_eq!(s.drain(b).0, Vec::<Seq>::new());
-    assert_eq!(s.drain(a).0, Vec::<Seq>::new());
+    assert_eq!(s.drain(b).0, Vec::<u64>::new());
+    assert_eq!(s.drain(a).0, Vec::<u64>::new());
     s.feedback(b, Some(6));
     assert_eq!(s.m.state(a), Some(EndpointState::Active));
     assert_eq!(s.m.state(b), Some(EndpointState::Standby));
@@ -277,7 +278,10 @@ fn overflow_policies() {
     s.m.push(chunk(5), None, s.now).unwrap();
     assert_eq!(
         s.m.push(chunk(5), None, s.now),
-        Err(PushError::NotIncreasing { seq: 5, head: 5 })
+        Err(PushError::NotIncreasing {
+            seq: Seq::new(5),
+            head: Seq::new(5)
+        })
     );
 
     // conflate: a queued value superseded by a newer one with the same key is skipped.
@@ -343,7 +347,7 @@ fn broadcast_sends_to_all_and_resumes_a_recovered_endpoint_from_its_ack() {
     // Endpoint 2 drops its connection; it reconnects and says it has up to 4.
     s.m.handle_closed(s.ids[2], "gone".into(), s.now);
     s.push(6..=7);
-    s.m.handle_connected(s.ids[2], Some(4), s.now);
+    s.m.handle_connected(s.ids[2], Some(Seq::new(4)), s.now);
     assert_eq!(s.drain(s.ids[2]).0, vec![5, 6, 7]);
     assert_eq!(s.drain(s.ids[0]).0, vec![6, 7]);
     // A late joiner starts at the live edge.
@@ -394,8 +398,8 @@ fn invalid_configs_and_lists_are_refused() {
 #[test]
 fn send_rate_follows_the_measured_delivery() {
     // 1 kB chunks, 1 MB/s offered; the receiver takes 20 chunks per 100 ms (200 kB/s).
-    let big = |seq: Seq| Chunk {
-        seq,
+    let big = |seq: u64| Chunk {
+        seq: Seq::new(seq),
         timestamp_us: seq,
         payload: Bytes::from(vec![0u8; 1000]),
     };
@@ -420,7 +424,7 @@ fn send_rate_follows_the_measured_delivery() {
         s.advance(Duration::from_millis(100));
         let took: Vec<_> = sent.drain(..take.min(sent.len())).collect();
         if let Some(&last) = took.last() {
-            s.m.handle_feedback(id, None, Some(last), s.now);
+            s.m.handle_feedback(id, None, Some(Seq::new(last)), s.now);
         }
         s.m.handle_timeout(s.now);
     };
@@ -483,7 +487,7 @@ fn provider_gaps_leave_no_hole_and_broadcast_gets_what_was_pushed_before_connect
         2,
     );
     s.push(1..=3);
-    s.m.push_gap(7, 9);
+    s.m.push_gap(Seq::new(7), Seq::new(9));
     s.connect_all();
     for &id in &s.ids.clone() {
         let (seqs, gaps) = s.drain(id);
@@ -492,4 +496,99 @@ fn provider_gaps_leave_no_hole_and_broadcast_gets_what_was_pushed_before_connect
     }
     s.push(9..=9);
     assert_eq!(s.drain(s.ids[0]).0, vec![9]);
+}
+
+/// The end of the sequence space: the machine refuses a chunk at `u64::MAX`, serves one at
+/// `u64::MAX - 1`, and takes bogus acknowledgements up there without wrapping or panicking.
+const LAST: u64 = u64::MAX - 1;
+
+#[test]
+fn a_chunk_at_max_is_refused_and_the_last_one_is_served() {
+    let mut s = Sim::new(MirrorConfig::default(), 1);
+    s.connect_all();
+    let id = s.ids[0];
+    assert_eq!(
+        s.m.push(chunk(u64::MAX), None, s.now),
+        Err(PushError::SeqExhausted)
+    );
+    assert_eq!(s.m.head(), None, "a refused push changes nothing");
+    s.push(LAST - 2..=LAST);
+    assert_eq!(
+        s.m.push(chunk(u64::MAX), None, s.now),
+        Err(PushError::SeqExhausted)
+    );
+    assert_eq!(s.m.head(), Some(Seq::LAST));
+    assert_eq!(s.drain(id).0, vec![LAST - 2, LAST - 1, LAST]);
+    assert_eq!(s.m.snapshot(s.now).endpoints[0].pending, 0);
+    assert!(!s.m.settled());
+    s.feedback(id, Some(LAST));
+    assert!(s.m.settled());
+    assert_eq!(s.m.committed(), Some(Seq::LAST));
+    assert_eq!(s.m.snapshot(s.now).endpoints[0].next_seq, Some(Seq::MAX));
+    assert_eq!(s.drain(id), (vec![], vec![]));
+    // A provider gap to the end leaves nothing after it.
+    let mut g = Sim::new(MirrorConfig::default(), 1);
+    g.connect_all();
+    g.push(1..=2);
+    g.m.push_gap(Seq::new(3), Seq::MAX);
+    assert_eq!(g.m.head(), Some(Seq::LAST));
+    assert_eq!(g.drain(g.ids[0]), (vec![1, 2], vec![(3, u64::MAX)]));
+    assert_eq!(
+        g.m.push(chunk(LAST), None, g.now),
+        Err(PushError::NotIncreasing {
+            seq: Seq::LAST,
+            head: Seq::LAST
+        })
+    );
+}
+
+#[test]
+fn overflow_and_switches_near_the_end_do_not_wrap() {
+    // drop-oldest with the last chunks of the space.
+    let mut s = Sim::new(
+        MirrorConfig {
+            overflow: Overflow::DropOldest,
+            max_pending: 4,
+            ..MirrorConfig::default()
+        },
+        2,
+    );
+    s.connect_all();
+    let (a, b) = (s.ids[0], s.ids[1]);
+    s.push(LAST - 9..=LAST);
+    let (seqs, gaps) = s.drain(a);
+    assert_eq!(gaps, vec![(LAST - 9, LAST - 3)]);
+    assert_eq!(seqs, (LAST - 3..=LAST).collect::<Vec<_>>());
+    // Failure switch after an acknowledgement of the last chunk: B starts at the end.
+    s.feedback(a, Some(LAST));
+    s.m.handle_closed(a, "gone".into(), s.now);
+    assert_eq!(s.m.state(b), Some(EndpointState::Active));
+    let sw = switched(&s.events());
+    assert_eq!(sw.last().map(|w| w.3), Some(Some(u64::MAX)));
+    assert_eq!(s.drain(b), (vec![], vec![]));
+}
+
+#[test]
+fn bogus_acknowledgements_at_the_end_are_absorbed() {
+    // A welcome claiming `u64::MAX` (the driver refuses it; the machine survives it) and
+    // feedback acknowledging far past the head.
+    let mut s = Sim::new(
+        MirrorConfig {
+            mode: Mode::Broadcast,
+            ..MirrorConfig::default()
+        },
+        2,
+    );
+    let (a, b) = (s.ids[0], s.ids[1]);
+    s.push(1..=3);
+    s.m.handle_connected(a, Some(Seq::MAX), s.now);
+    s.m.handle_connected(b, None, s.now);
+    assert_eq!(s.drain(a), (vec![], vec![]), "a claims to have everything");
+    assert_eq!(s.drain(b).0, vec![1, 2, 3]);
+    s.feedback(b, Some(LAST));
+    s.push(4..=4);
+    assert_eq!(s.drain(b), (vec![], vec![]));
+    assert!(s.m.settled());
+    let snap = s.m.snapshot(s.now);
+    assert!(snap.endpoints.iter().all(|e| e.pending == 0), "{snap:?}");
 }

@@ -64,7 +64,7 @@ impl Mirror {
             return Transmit::Wait(probe_due);
         }
         if next < base {
-            let n = base - next;
+            let n = next.distance(base).unwrap_or(0);
             let ep = &mut self.eps[i];
             ep.next_seq = Some(base);
             ep.counters.gap_chunks += n;
@@ -94,7 +94,7 @@ impl Mirror {
                 next = e.end;
             }
             if next > start {
-                let n = next - start;
+                let n = start.distance(next).unwrap_or(0);
                 let ep = &mut self.eps[i];
                 ep.next_seq = Some(next);
                 ep.counters.conflated += n;
@@ -108,8 +108,10 @@ impl Mirror {
         let Some(entry) = self.entry_at(next) else {
             return Transmit::Wait(probe_due);
         };
+        // A chunk's entry ends right after it (`next` is its sequence).
+        let end = entry.end;
         let Some(chunk) = entry.chunk.clone() else {
-            let (from, to) = (next, entry.end);
+            let (from, to) = (next, end);
             self.eps[i].next_seq = Some(to);
             return Transmit::Gap { from, to };
         };
@@ -125,7 +127,7 @@ impl Mirror {
             ep.counters.replayed += 1;
             self.counters.replayed += 1;
         }
-        ep.next_seq = Some(next + 1);
+        ep.next_seq = Some(end);
         ep.high_sent = Some(ep.high_sent.map_or(next, |h| h.max(next)));
         ep.counters.chunks_sent += 1;
         ep.counters.bytes_sent += chunk.payload.len() as u64;

@@ -116,6 +116,10 @@ pub enum PushError {
     Full,
     #[error("chunk {seq} is not after the newest pushed ({head})")]
     NotIncreasing { seq: Seq, head: Seq },
+    /// A chunk at [`Seq::MAX`], which no chunk may carry (it has no successor; receivers
+    /// refuse it with `SEQ_EXHAUSTED`).
+    #[error("chunk at sequence {}, which has no successor", Seq::MAX)]
+    SeqExhausted,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]

@@ -159,7 +159,7 @@ async fn serve_stream(
                 };
                 let mut h = BytesMut::with_capacity(PUSH_HEADER);
                 h.put_u32(c.payload.len() as u32);
-                h.put_u64(c.seq);
+                h.put_u64(c.seq.get());
                 h.put_u64(c.timestamp_us);
                 uni.write_all_chunks(&mut [h.freeze(), c.payload]).await?;
             }

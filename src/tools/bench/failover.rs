@@ -127,7 +127,11 @@ impl Ledger {
                 last = Some(s);
                 *seen.entry(s).or_default() += 1;
             }
-            t.gap_chunks += r.gaps.iter().map(|(a, b)| b - a).sum::<u64>();
+            t.gap_chunks += r
+                .gaps
+                .iter()
+                .map(|(a, b)| a.distance(*b).unwrap_or(0))
+                .sum::<u64>();
         }
         t.overlap = seen.values().filter(|&&n| n > 1).count() as u64;
         t.lost = self.pushed.iter().filter(|s| !seen.contains_key(s)).count() as u64;
@@ -325,7 +329,8 @@ async fn produce(
             .unwrap_or_else(|p| p.into_inner())
             .pushed
             .push(seq);
-        seq += 1;
+        let Some(next) = seq.next() else { return };
+        seq = next;
     }
 }
 

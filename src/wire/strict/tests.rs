@@ -1,5 +1,5 @@
 use super::*;
-use crate::ids::{ClientId, GroupId, ShardId, StreamName};
+use crate::ids::{ClientId, GroupId, Seq, ShardId, StreamName};
 use crate::wire::{
     Attach, Attached, Bind, Bound, Gap, GoAway, Grant, Heartbeat, Hints, Message, MirrorHello,
     MirrorWelcome, Publish, Reject, Role, ShardAddr, StreamRequest, Subscribe,
@@ -162,9 +162,14 @@ fn every_message_round_trips_through_the_strict_decoder() {
             code: 0x40,
             grace_ms: 2000,
         }),
-        Message::Gap(Gap { from: 1, to: 9 }),
+        Message::Gap(Gap {
+            from: Seq::new(1),
+            to: Seq::new(9),
+        }),
         Message::MirrorHello(MirrorHello { stream: name() }),
-        Message::MirrorWelcome(MirrorWelcome { last_seq: Some(0) }),
+        Message::MirrorWelcome(MirrorWelcome {
+            last_seq: Some(Seq::ZERO),
+        }),
     ];
     for m in all {
         let b = rmp_serde::to_vec_named(&m).unwrap();
