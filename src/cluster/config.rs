@@ -391,7 +391,9 @@ impl Default for StreamsConfig {
             buffer_chunks: 1024,
             replay_window_chunks: 30_000,
             session_store_entries: 100_000,
-            session_ttl: Duration::from_secs(3600),
+            // rustls advertises 86 400 s in every stateful ticket and cannot be told
+            // otherwise: keep them that long, so what a ticket says is true.
+            session_ttl: Duration::from_secs(86_400),
         }
     }
 }

@@ -466,6 +466,9 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                     Ok(c) => c,
                     Err(e) => return debug!(error = %e, "handshake failed"),
                 };
+                // Whether the handshake completed: a close decided on 0-RTT data waits for it,
+                // or it would lose its code (RFC 9000 section 10.2.3).
+                let (complete_tx, complete) = tokio::sync::watch::channel(handshake.is_none());
                 if let Some(done) = handshake {
                     // A client answered in 0.5-RTT gets its new tickets when the handshake
                     // completes: they follow it to its shards then.
@@ -473,6 +476,7 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                     tokio::spawn(async move {
                         done.await;
                         store.flush();
+                        complete_tx.send_replace(true);
                     });
                 }
                 state.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -499,8 +503,11 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                         },
                     };
                     let (state, conn, store) = (state.clone(), conn.clone(), store.clone());
+                    let mut complete = complete.clone();
                     tokio::spawn(async move {
                         if let Err(code) = handle_request(&state, &store, send, recv).await {
+                            let wait = state.request_timeout;
+                            let _ = tokio::time::timeout(wait, complete.wait_for(|c| *c)).await;
                             conn.close(code.varint(), code.reason().as_bytes());
                         }
                     });

@@ -150,14 +150,13 @@ pub struct ClientEntries {
 }
 
 /// One TLS session-store entry (rustls `StoresServerSessions`): the ticket id and the
-/// encoded session it resumes. Secret: never logged (`Debug` shows sizes only).
+/// encoded session it resumes (shared buffers: an entry copied to several shards is not
+/// copied in memory). Secret: never logged (`Debug` shows sizes only).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreEntry {
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    pub key: bytes::Bytes,
+    pub value: bytes::Bytes,
 }
 
 impl std::fmt::Debug for StoreEntry {
@@ -187,8 +186,8 @@ mod tests {
 
     fn entry() -> StoreEntry {
         StoreEntry {
-            key: vec![1; 32],
-            value: vec![2; 90],
+            key: vec![1; 32].into(),
+            value: vec![2; 90].into(),
         }
     }
 

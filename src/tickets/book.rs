@@ -152,8 +152,8 @@ mod tests {
 
     fn e(k: u8) -> StoreEntry {
         StoreEntry {
-            key: vec![k],
-            value: vec![k; 4],
+            key: vec![k].into(),
+            value: vec![k; 4].into(),
         }
     }
 

@@ -111,8 +111,8 @@ impl ConnStore {
 impl StoresServerSessions for ConnStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let entry = StoreEntry {
-            key: key.clone(),
-            value: value.clone(),
+            key: bytes::Bytes::copy_from_slice(&key),
+            value: bytes::Bytes::copy_from_slice(&value),
         };
         let stored = self.store.put(key, value);
         match &mut *self.record() {
@@ -243,7 +243,12 @@ mod tests {
         );
         conn.flush();
         conn.flush();
-        let keys: Vec<Vec<u8>> = seen.lock().unwrap().iter().map(|e| e.key.clone()).collect();
+        let keys: Vec<Vec<u8>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.key.to_vec())
+            .collect();
         assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]);
         // Reads go to the endpoint's store, single-use.
         assert_eq!(conn.take(b"k1"), Some(b"v1".to_vec()));

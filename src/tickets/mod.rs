@@ -201,7 +201,7 @@ impl SessionStore {
 impl SessionStore {
     /// Puts an entry that another endpoint's handshake produced (it arrived over the link).
     pub fn put_entry(&self, entry: crate::link::StoreEntry) {
-        StoresServerSessions::put(self, entry.key, entry.value);
+        StoresServerSessions::put(self, entry.key.to_vec(), entry.value.to_vec());
     }
 }
 

@@ -364,3 +364,74 @@ pub fn assert_contiguous(seqs: &[u64]) {
         assert_eq!(w[1], w[0] + 1, "sequence jumps in {seqs:?}");
     }
 }
+
+/// A bare client that holds tickets for the shards of its grant (the hub copied its session
+/// entries there before the grant left).
+pub struct EarlyClient {
+    pub raw: RawClient,
+    pub grant: shoal::wire::Grant,
+}
+
+/// What one early attempt saw.
+#[derive(Debug)]
+pub struct Early {
+    /// The shard accepted the early data.
+    pub accepted: bool,
+    pub frame: Option<Frame>,
+    /// The code the connection closed with (within 3 s), if it closed.
+    pub code: Option<ErrorCode>,
+    pub conn: quinn::Connection,
+}
+
+impl EarlyClient {
+    pub async fn new(tc: &TestCluster, id: &str) -> Self {
+        let raw = RawClient::new();
+        let conn = raw.connect(tc.hub()).await;
+        let req = Message::StreamRequest(shoal::wire::StreamRequest {
+            client_id: shoal::ids::ClientId::new(id).unwrap(),
+            stream: shoal::ids::StreamName::new("synth/early").unwrap(),
+            role: shoal::wire::Role::Subscribe,
+            hints: Default::default(),
+        });
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode_control(&req)).await.unwrap();
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv);
+        let grant = match first_frame(&mut reader).await {
+            Some(Frame::Control(Message::Grant(g))) => g,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        conn.close(0u32.into(), b"");
+        Self { raw, grant }
+    }
+
+    pub fn shard(&self, rank: usize) -> (ShardId, SocketAddr) {
+        let s = &self.grant.shards[rank];
+        (s.id, s.addr.parse().unwrap())
+    }
+
+    /// Connects to `addr` resuming a ticket, writes `bytes` as early data and reports what
+    /// happened.
+    pub async fn early(&self, addr: std::net::SocketAddr, bytes: &[u8]) -> Early {
+        let connecting = self
+            .raw
+            .endpoint
+            .connect_with(self.raw.config.clone(), addr, shoal::DEFAULT_CLUSTER)
+            .unwrap();
+        let (conn, accepted) = connecting
+            .into_0rtt()
+            .unwrap_or_else(|_| panic!("the client holds a ticket for {addr}"));
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        let mut reader = FrameReader::new(recv);
+        let frame = first_frame(&mut reader).await;
+        let accepted = accepted.await;
+        let code = close_code_unless(&frame, &conn).await;
+        Early {
+            accepted,
+            frame,
+            code,
+            conn,
+        }
+    }
+}

@@ -300,3 +300,41 @@ async fn a_token_as_an_integer_array_is_a_malformed_frame() {
     conn.close(0u32.into(), b"");
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn hub_requests_in_zero_rtt_get_their_documented_answers() {
+    let tc = TestCluster::start();
+    let client = EarlyClient::new(&tc, "strict").await;
+    // `hints: nil` is no hints: a grant.
+    let e = client.early(tc.hub(), &request(&[("hints", V::Nil)])).await;
+    assert!(e.accepted, "the request rode in accepted 0-RTT");
+    assert!(
+        matches!(e.frame, Some(Frame::Control(Message::Grant(_)))),
+        "{:?}",
+        e.frame
+    );
+    // A bitrate beyond u32: BAD_REQUEST, as a reject on the stream.
+    let huge = request(&[hints(&[("bitrate_kbps", V::Int(1 << 40))])]);
+    let e = client.early(tc.hub(), &huge).await;
+    assert!(e.accepted);
+    match e.frame {
+        Some(Frame::Control(Message::Reject(r))) => {
+            assert_eq!(r.code, ErrorCode::BadRequest.as_u32())
+        }
+        other => panic!("expected a reject, got {other:?}"),
+    }
+    // A positional array for the map closes the connection, and the close keeps its code
+    // although it was decided on 0-RTT data.
+    let positional = frame(
+        V::Str("stream_request"),
+        V::Arr(vec![
+            V::Str("strict"),
+            V::Str("synth/strict"),
+            V::Str("subscribe"),
+        ]),
+    );
+    let e = client.early(tc.hub(), &positional).await;
+    assert!(e.accepted);
+    assert_eq!(e.code, Some(ErrorCode::MalformedFrame));
+    tc.shutdown().await;
+}

@@ -4,83 +4,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shoal::ids::{ClientId, GroupId, ShardId, StreamName};
-use shoal::wire::{
-    encode_control, ErrorCode, Frame, FrameReader, Grant, Message, Role, StreamRequest,
-};
+use shoal::ids::{GroupId, StreamName};
+use shoal::wire::{encode_control, ErrorCode, Frame, Message, Role};
 
 use crate::common::*;
-
-/// A bare client that holds tickets for the shards of its grant (the hub copied its session
-/// entries there before the grant left).
-struct EarlyClient {
-    raw: RawClient,
-    grant: Grant,
-}
-
-/// What one early attempt saw.
-#[derive(Debug)]
-struct Early {
-    /// The shard accepted the early data.
-    accepted: bool,
-    frame: Option<Frame>,
-    /// The code the connection closed with (within 3 s), if it closed.
-    code: Option<ErrorCode>,
-    conn: quinn::Connection,
-}
-
-impl EarlyClient {
-    async fn new(tc: &TestCluster, id: &str) -> Self {
-        let raw = RawClient::new();
-        let conn = raw.connect(tc.hub()).await;
-        let req = Message::StreamRequest(StreamRequest {
-            client_id: ClientId::new(id).unwrap(),
-            stream: StreamName::new("synth/early").unwrap(),
-            role: Role::Subscribe,
-            hints: Default::default(),
-        });
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        send.write_all(&encode_control(&req)).await.unwrap();
-        let _ = send.finish();
-        let mut reader = FrameReader::new(recv);
-        let grant = match first_frame(&mut reader).await {
-            Some(Frame::Control(Message::Grant(g))) => g,
-            other => panic!("expected a grant, got {other:?}"),
-        };
-        conn.close(0u32.into(), b"");
-        Self { raw, grant }
-    }
-
-    fn shard(&self, rank: usize) -> (ShardId, std::net::SocketAddr) {
-        let s = &self.grant.shards[rank];
-        (s.id, s.addr.parse().unwrap())
-    }
-
-    /// Connects to `addr` resuming a ticket, writes `bytes` as early data and reports what
-    /// happened.
-    async fn early(&self, addr: std::net::SocketAddr, bytes: &[u8]) -> Early {
-        let connecting = self
-            .raw
-            .endpoint
-            .connect_with(self.raw.config.clone(), addr, shoal::DEFAULT_CLUSTER)
-            .unwrap();
-        let (conn, accepted) = connecting
-            .into_0rtt()
-            .unwrap_or_else(|_| panic!("the client holds a ticket for {addr}"));
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        send.write_all(bytes).await.unwrap();
-        let mut reader = FrameReader::new(recv);
-        let frame = first_frame(&mut reader).await;
-        let accepted = accepted.await;
-        let code = close_code_unless(&frame, &conn).await;
-        Early {
-            accepted,
-            frame,
-            code,
-            conn,
-        }
-    }
-}
 
 #[tokio::test]
 async fn refusals_of_an_attach_in_zero_rtt_reach_the_client_with_their_code() {
