@@ -512,6 +512,9 @@ impl Config {
         if s.buffer_chunks == 0 {
             return bad("streams.buffer_chunks", "must be at least 1");
         }
+        if s.session_ttl.is_zero() || s.session_ttl > Duration::from_secs(7 * 86_400) {
+            return bad("streams.session_ttl", "must be in 1s..=7d");
+        }
         if s.session_store_entries == 0 {
             return bad("streams.session_store_entries", "must be at least 1");
         }

@@ -71,7 +71,7 @@ pub struct Links {
 struct Inner {
     directory: Arc<Mutex<Directory>>,
     senders: Mutex<HashMap<ShardId, mpsc::Sender<HubCmd>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    pending: Mutex<HashMap<u64, (ShardId, oneshot::Sender<()>)>>,
     next_batch: AtomicU64,
     book: Mutex<Book>,
     /// The hub's own session store (entries from shards go there too: a returning client
@@ -160,14 +160,29 @@ impl Links {
         }
         let Some(id) = id else { return };
         let mut drained = false;
+        let mut closing = false;
         loop {
-            // The shard's agent holds the command receiver: when it goes, the link is closed,
-            // even if other parts of the shard still hold a sender of reports.
-            let msg = tokio::select! {
-                msg = end.messages.recv() => msg,
-                () = end.commands.closed() => None,
+            // The shard's agent holds the command receiver: when it goes, the link is closing,
+            // even if other parts of the shard still hold a sender of reports. What the shard
+            // queued before (its last reports, `drained`) is still read.
+            let msg = if closing {
+                match end.messages.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    msg = end.messages.recv() => match msg {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    () = end.commands.closed() => {
+                        closing = true;
+                        continue;
+                    }
+                }
             };
-            let Some(msg) = msg else { break };
             let now = crate::clock::now();
             match msg {
                 ShardMsg::Register(_) => {
@@ -189,8 +204,12 @@ impl Links {
                     self.forward(f);
                 }
                 ShardMsg::Prepared { batch } => {
-                    if let Some(tx) = lock(&self.inner.pending).remove(&batch) {
-                        let _ = tx.send(());
+                    // Only the shard the batch went to can confirm it.
+                    let mut pending = lock(&self.inner.pending);
+                    if pending.get(&batch).is_some_and(|(to, _)| *to == id) {
+                        if let Some((_, tx)) = pending.remove(&batch) {
+                            let _ = tx.send(());
+                        }
                     }
                 }
                 ShardMsg::Drained => {
@@ -225,32 +244,41 @@ impl Links {
         Ok(())
     }
 
-    /// Prepares every shard of a grant (one `prepare` each: warm `stream`, hold `entries`)
-    /// and waits (at most `wait`) until each answered; returns how many did in time.
+    /// Prepares every shard of a grant (one `prepare` each: warm `stream`, hold that shard's
+    /// share of the client's entries) and waits, at most `wait` in all (sending included),
+    /// until each confirmed. Returns the shards the hub could not reach at all (no link, link
+    /// closed): the grant must not name them.
     pub async fn prepare(
         &self,
-        shards: &[ShardId],
+        plan: Vec<(ShardId, Vec<StoreEntry>)>,
         stream: &StreamName,
-        entries: &[StoreEntry],
         wait: Duration,
-    ) -> usize {
-        let mut acks = Vec::with_capacity(shards.len());
-        for &shard in shards {
+    ) -> Vec<ShardId> {
+        let deadline = crate::clock::tokio_now() + wait;
+        let mut acks = Vec::with_capacity(plan.len());
+        let mut unreachable = Vec::new();
+        let planned = plan.len();
+        for (shard, entries) in plan {
             let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            lock(&self.inner.pending).insert(batch, tx);
+            lock(&self.inner.pending).insert(batch, (shard, tx));
             let cmd = HubCmd::Prepare {
                 batch,
                 stream: stream.clone(),
-                entries: entries.to_vec(),
+                entries,
             };
-            if self.command(shard, cmd).await.is_ok() {
-                acks.push((batch, rx));
-            } else {
-                lock(&self.inner.pending).remove(&batch);
+            match tokio::time::timeout_at(deadline, self.command(shard, cmd)).await {
+                Ok(Ok(())) => acks.push((batch, rx)),
+                Ok(Err(_)) => {
+                    lock(&self.inner.pending).remove(&batch);
+                    unreachable.push(shard);
+                }
+                // A full link: not confirmed in time, like a slow answer.
+                Err(_) => {
+                    lock(&self.inner.pending).remove(&batch);
+                }
             }
         }
-        let deadline = crate::clock::tokio_now() + wait;
         let mut held = 0;
         for (batch, rx) in acks {
             if matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))) {
@@ -261,19 +289,23 @@ impl Links {
         }
         let c = &self.inner.counters;
         c.entries_held.fetch_add(held as u64, Ordering::Relaxed);
-        let missed = (shards.len() - held) as u64;
+        let missed = (planned - held) as u64;
         if missed > 0 {
             c.entries_missed.fetch_add(missed, Ordering::Relaxed);
             debug!(
                 missed,
-                "shards did not acknowledge a client's entries in time"
+                "granted shards did not confirm their preparation in time"
             );
         }
-        held
+        unreachable
     }
 
-    /// The client is granted `shards`: its live entries, to copy before the grant leaves.
-    pub fn grant_entries(&self, client: &ClientId, shards: &[ShardId]) -> Vec<StoreEntry> {
+    /// The client is granted `shards`: per shard, the client's live entries it lacks.
+    pub fn grant_entries(
+        &self,
+        client: &ClientId,
+        shards: &[ShardId],
+    ) -> Vec<(ShardId, Vec<StoreEntry>)> {
         lock(&self.inner.book).grant(client, shards, crate::clock::now())
     }
 

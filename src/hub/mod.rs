@@ -124,6 +124,11 @@ impl ArrivalsHandle {
         self.0.driven.store(true, Ordering::Relaxed);
     }
 
+    /// The pool driver stopped: from now on a request that finds no room is refused at once.
+    pub fn detach_driver(&self) {
+        self.0.driven.store(false, Ordering::Relaxed);
+    }
+
     fn driven(&self) -> bool {
         self.0.driven.load(Ordering::Relaxed)
     }
@@ -574,8 +579,23 @@ async fn handle_request(
         tries += 1;
     }
     let reply = match placed {
-        Ok((g, shards)) => {
-            prepare_shards(state, &req, &shards).await;
+        Ok((mut g, shards)) => {
+            // A shard that went away since placement is not named (its client would wait for
+            // an answer that never comes).
+            let gone = prepare_shards(state, &req, &shards).await;
+            g.shards.retain(|s| !gone.contains(&s.id));
+            if g.shards.is_empty() {
+                let code = ErrorCode::NoCapacity;
+                state.counters.rejects.fetch_add(1, Ordering::Relaxed);
+                let reason = "the granted shards went away".to_string();
+                let reject = Message::Reject(Reject {
+                    code: code.as_u32(),
+                    reason,
+                });
+                let _ = write_control(&mut send, &reject).await;
+                let _ = send.finish();
+                return Ok(());
+            }
             g
         }
         Err((code, reason)) => {
@@ -632,12 +652,10 @@ fn assess(state: &HubState, req: &StreamRequest) -> grant::Assessed {
 
 /// Before a grant leaves: its shards warm the stream and hold the client's session entries
 /// (confirmed, or the miss is counted), so its 0-RTT attach finds its ticket and its stream.
-async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId]) {
-    let entries = state.links.grant_entries(&req.client_id, shards);
-    state
-        .links
-        .prepare(shards, &req.stream, &entries, PREPARE_WAIT)
-        .await;
+/// Returns the shards that could not be reached at all (gone since placement).
+async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId]) -> Vec<ShardId> {
+    let plan = state.links.grant_entries(&req.client_id, shards);
+    state.links.prepare(plan, &req.stream, PREPARE_WAIT).await
 }
 
 /// Decides a grant ([`grant`]'s steps around placement): the grant and the shards it names.

@@ -46,6 +46,8 @@ const ID_STRIDE: u32 = 100_000;
 /// A running pool driver.
 pub struct PoolDriver {
     task: tokio::task::JoinHandle<()>,
+    /// The hub's demand signal (detached when the driver stops).
+    demand: crate::hub::ArrivalsHandle,
     status: Arc<Mutex<Vec<GroupStatus>>>,
     /// Drains of shards the pool retired, still running.
     drains: Drains,
@@ -92,6 +94,7 @@ impl PoolDriver {
         let drains = Drains::default();
         let demand = cluster.hub.arrivals_handle();
         demand.attach_driver();
+        let detach = demand.clone();
         let task = tokio::spawn(run(
             states,
             Ctx {
@@ -108,6 +111,7 @@ impl PoolDriver {
         info!(groups, policy = ?scaler.policy, "shard pool driver started");
         PoolDriver {
             task,
+            demand: detach,
             status,
             drains,
         }
@@ -122,9 +126,10 @@ impl PoolDriver {
     }
 
     /// Stops resizing and waits for the drains of shards the pool retired (each is bounded by
-    /// the drain grace period).
+    /// the drain grace period). Requests that find no room are refused at once from now on.
     pub async fn stop(&self) {
         self.task.abort();
+        self.demand.detach_driver();
         let pending: Vec<_> =
             std::mem::take(&mut *self.drains.lock().unwrap_or_else(|p| p.into_inner()));
         for d in pending {

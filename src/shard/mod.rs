@@ -266,6 +266,14 @@ impl Shard {
             // Give the close frames a moment to go out.
             let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
         }
+        // Every session task reports its outcome before it lets go of its slot: wait (bounded)
+        // for them, so the reports go out before the agent says `drained`.
+        for _ in 0..100 {
+            if self.state.counters.sessions.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Abrupt stop, as a crash would look to clients that are told: every connection closed

@@ -3,8 +3,10 @@
 //! A client presents, at whichever endpoint it connects to next, the newest ticket it holds —
 //! from the hub or from a shard. So the hub keeps, per client, the newest entries any endpoint
 //! produced for it ([`Book::add`]), and where the client was last sent (its grant's shards).
-//! At a grant, [`Book::grant`] returns the entries to copy to the granted shards; an entry
-//! that arrives later is copied to them at once (the returned forward list).
+//! At a grant, [`Book::grant`] returns, per granted shard, the entries to copy there; an entry
+//! that arrives later is copied to them at once (the returned forward list). Each entry goes
+//! to each endpoint at most once: a ticket a shard already took (resumed) must not be put
+//! back into its store by a later grant, or it would resume twice there.
 //!
 //! Sans-IO, time passed in. Bounds: `per_client` entries per client (the newest; a client keeps
 //! at most 8 tickets per server name), `max_clients` clients (least recently touched evicted
@@ -16,8 +18,15 @@ use std::time::{Duration, Instant};
 use crate::ids::{ClientId, ShardId};
 use crate::link::StoreEntry;
 
+/// One entry, when it expires, and the endpoints that have it (`None`: the hub).
+struct Held {
+    entry: StoreEntry,
+    expires: Instant,
+    at: Vec<Option<ShardId>>,
+}
+
 struct Client {
-    entries: VecDeque<(StoreEntry, Instant)>,
+    entries: VecDeque<Held>,
     targets: Vec<ShardId>,
     generation: u64,
 }
@@ -76,34 +85,53 @@ impl Book {
     ) -> Forward {
         let (ttl, per) = (self.ttl, self.per_client);
         let c = self.touch(client);
-        for e in &entries {
-            c.entries.retain(|(x, _)| x.key != e.key);
-            c.entries.push_back((e.clone(), now + ttl));
-        }
-        while c.entries.len() > per {
-            c.entries.pop_front();
-        }
-        let to = c
+        let to: Vec<ShardId> = c
             .targets
             .iter()
             .copied()
             .filter(|t| Some(*t) != from)
             .collect();
+        let mut at = vec![from];
+        at.extend(to.iter().copied().map(Some));
+        for e in &entries {
+            c.entries.retain(|h| h.entry.key != e.key);
+            c.entries.push_back(Held {
+                entry: e.clone(),
+                expires: now.checked_add(ttl).unwrap_or(now),
+                at: at.clone(),
+            });
+        }
+        while c.entries.len() > per {
+            c.entries.pop_front();
+        }
         Forward { to, entries }
     }
 
-    /// The client is granted `shards`: they become its targets; returns its live entries,
-    /// to copy to them before the grant leaves.
+    /// The client is granted `shards`: they become its targets; returns, per shard, the live
+    /// entries it does not have yet, to copy there before the grant leaves.
     pub fn grant(
         &mut self,
         client: &ClientId,
         shards: &[ShardId],
         now: Instant,
-    ) -> Vec<StoreEntry> {
+    ) -> Vec<(ShardId, Vec<StoreEntry>)> {
         let c = self.touch(client);
         c.targets = shards.to_vec();
-        c.entries.retain(|(_, exp)| *exp > now);
-        c.entries.iter().map(|(e, _)| e.clone()).collect()
+        c.entries.retain(|h| h.expires > now);
+        let mut plan = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let mut copy = Vec::new();
+            for h in c
+                .entries
+                .iter_mut()
+                .filter(|h| !h.at.contains(&Some(shard)))
+            {
+                h.at.push(Some(shard));
+                copy.push(h.entry.clone());
+            }
+            plan.push((shard, copy));
+        }
+        plan
     }
 
     fn touch(&mut self, client: &ClientId) -> &mut Client {
@@ -161,18 +189,39 @@ mod tests {
         ClientId::new(n).unwrap()
     }
 
+    fn only(plan: Vec<(ShardId, Vec<StoreEntry>)>, shard: u32) -> Vec<StoreEntry> {
+        plan.into_iter()
+            .find(|(s, _)| *s == ShardId(shard))
+            .map(|(_, e)| e)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn a_grant_gets_the_clients_entries_and_later_ones_follow() {
         let t = crate::clock::now();
         let mut b = Book::new(10, 8, Duration::from_secs(60));
         assert!(b.add(&c("a"), vec![e(1), e(2)], None, t).to.is_empty());
-        let got = b.grant(&c("a"), &[ShardId(1), ShardId(2)], t);
-        assert_eq!(got, vec![e(1), e(2)]);
+        let plan = b.grant(&c("a"), &[ShardId(1), ShardId(2)], t);
+        assert_eq!(only(plan, 2), vec![e(1), e(2)]);
         // An entry shard 1 produced goes to shard 2 only.
         let f = b.add(&c("a"), vec![e(3)], Some(ShardId(1)), t);
         assert_eq!(f.to, vec![ShardId(2)]);
         assert_eq!(f.entries, vec![e(3)]);
-        assert!(b.grant(&c("b"), &[ShardId(1)], t).is_empty());
+        assert!(only(b.grant(&c("b"), &[ShardId(1)], t), 1).is_empty());
+    }
+
+    #[test]
+    fn an_entry_reaches_each_shard_once() {
+        let t = crate::clock::now();
+        let mut b = Book::new(10, 8, Duration::from_secs(60));
+        b.add(&c("a"), vec![e(1)], None, t);
+        assert_eq!(only(b.grant(&c("a"), &[ShardId(1)], t), 1), vec![e(1)]);
+        // Shard 1 may have resumed it since: a later grant must not put it back there.
+        let again = b.grant(&c("a"), &[ShardId(1), ShardId(2)], t);
+        assert_eq!(only(again, 1), vec![]);
+        // A shard's own entry is never copied back to it.
+        b.add(&c("a"), vec![e(2)], Some(ShardId(3)), t);
+        assert_eq!(only(b.grant(&c("a"), &[ShardId(3)], t), 3), vec![e(1)]);
     }
 
     #[test]
@@ -180,12 +229,16 @@ mod tests {
         let t = crate::clock::now();
         let mut b = Book::new(2, 3, Duration::from_secs(5));
         b.add(&c("a"), (0..5).map(e).collect(), None, t);
-        assert_eq!(b.grant(&c("a"), &[], t), vec![e(2), e(3), e(4)]);
-        assert!(b.grant(&c("a"), &[], t + Duration::from_secs(5)).is_empty());
+        assert_eq!(
+            only(b.grant(&c("a"), &[ShardId(1)], t), 1),
+            vec![e(2), e(3), e(4)]
+        );
+        let later = t + Duration::from_secs(5);
+        assert!(only(b.grant(&c("a"), &[ShardId(2)], later), 2).is_empty());
         b.add(&c("b"), vec![e(9)], None, t);
         b.add(&c("x"), vec![e(8)], None, t);
         assert_eq!(b.len(), 2, "the least recently touched client went");
-        assert!(b.grant(&c("a"), &[], t).is_empty());
+        assert!(only(b.grant(&c("a"), &[ShardId(3)], t), 3).is_empty());
         for i in 0..10_000u32 {
             b.add(&c(&format!("k{i}")), vec![], None, t);
         }
