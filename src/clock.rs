@@ -6,17 +6,24 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// The monotonic clock.
-#[allow(clippy::disallowed_methods)] // the clock module
+/// The monotonic clock: tokio's, as a std `Instant`. Outside a paused runtime that is the
+/// system's monotonic clock; under a paused one (`start_paused` tests) it is the runtime's
+/// virtual time, so drivers, their deadlines and the decisions they feed all see the same time.
 pub fn now() -> Instant {
-    Instant::now()
+    tokio_now().into_std()
 }
 
-/// The tokio timer clock, for `sleep_until` / `timeout_at` deadlines in drivers. Under a paused
-/// runtime (`start_paused` tests) it is virtual time, which is why deadlines use it, not [`now`].
+/// The tokio timer clock, for `sleep_until` / `timeout_at` deadlines in drivers (the same time
+/// as [`now`]).
 #[allow(clippy::disallowed_methods)] // the clock module
 pub fn tokio_now() -> tokio::time::Instant {
     tokio::time::Instant::now()
+}
+
+/// Time passed since `then` (zero if `then` is later): `Instant::elapsed` reads the clock, so
+/// it is banned as `Instant::now` is.
+pub fn since(then: Instant) -> std::time::Duration {
+    now().saturating_duration_since(then)
 }
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).

@@ -226,7 +226,7 @@ impl Stats {
 
     /// Sets `a` to the microseconds elapsed since `since`, unless it is set already.
     pub(crate) fn mark_once(a: &AtomicU64, since: Instant) {
-        let us = since.elapsed().as_micros().max(1) as u64;
+        let us = crate::clock::since(since).as_micros().max(1) as u64;
         let _ = a.compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
@@ -361,7 +361,7 @@ impl Client {
         let stats = Stats::default();
         let started = crate::clock::now();
         let a = session::attach(&self.inner, grant, shard, None, &stats).await?;
-        let latency = started.elapsed();
+        let latency = crate::clock::since(started);
         let conn = a.conn.clone();
         let load_permille = a.attached.load_permille;
         let task = tokio::spawn(session::keep_idle(a, self.inner.opts.heartbeat_interval));
@@ -730,7 +730,7 @@ pub(crate) type Tx = mpsc::Sender<Result<Delivery, ClientError>>;
 
 /// Sets ttfb once.
 pub(crate) fn mark_ttfb(stats: &Stats, started: Instant) {
-    let us = started.elapsed().as_micros().max(1) as u64;
+    let us = crate::clock::since(started).as_micros().max(1) as u64;
     let _ = stats
         .ttfb_us
         .compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);

@@ -356,3 +356,129 @@ impl Links {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::GroupId;
+    use crate::link::channel::pair;
+    use crate::link::{Register, ShardLoad, LINK_VERSION};
+
+    fn links(silence: Duration) -> Links {
+        let directory = Arc::new(Mutex::new(Directory::new(silence)));
+        let ttl = Duration::from_secs(60);
+        Links::new(
+            directory,
+            Book::new(100, 8, ttl),
+            Arc::new(SessionStore::new(100, ttl)),
+            Arc::new(|_| {}),
+        )
+    }
+
+    fn register(id: u32) -> ShardMsg {
+        ShardMsg::Register(Register {
+            version: LINK_VERSION,
+            shard: ShardId(id),
+            group: GroupId(0),
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            capacity: 10,
+        })
+    }
+
+    fn alive(l: &Links, id: u32) -> Option<bool> {
+        lock(l.directory())
+            .record(ShardId(id))
+            .map(|r| r.view().alive)
+    }
+
+    /// Lets the link tasks run (virtual time does not move on its own here).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_shard_leaves_placement_and_a_closed_link_leaves_the_directory() {
+        let l = links(Duration::from_secs(2));
+        let timer = l.spawn_silence_timer();
+        let (hub, shard) = pair();
+        assert!(shard.up.report(register(1)));
+        l.accept(hub);
+        assert_eq!(
+            alive(&l, 1),
+            Some(true),
+            "registered when the link is taken"
+        );
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        settle().await;
+        assert_eq!(alive(&l, 1), Some(false), "silent past the bound");
+        shard.up.report(ShardMsg::Load(ShardLoad::default()));
+        settle().await;
+        assert_eq!(alive(&l, 1), Some(true), "heard again");
+        drop(shard);
+        settle().await;
+        assert_eq!(alive(&l, 1), None, "a closed link is a shard gone");
+        assert_eq!(l.counters().lost.load(Ordering::Relaxed), 1);
+        timer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_shard_queued_before_it_went_is_still_read() {
+        let l = links(Duration::from_secs(2));
+        let (hub, shard) = pair();
+        shard.up.report(register(2));
+        l.accept(hub);
+        shard.up.report(ShardMsg::Load(ShardLoad {
+            sessions: 3,
+            ..ShardLoad::default()
+        }));
+        shard.up.report(ShardMsg::Drained);
+        drop(shard);
+        settle().await;
+        assert_eq!(alive(&l, 2), None);
+        assert_eq!(l.counters().drained.load(Ordering::Relaxed), 1);
+        assert_eq!(l.counters().lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_that_does_not_register_first_or_speaks_another_version_is_refused() {
+        let l = links(Duration::from_secs(2));
+        let (hub, shard) = pair();
+        shard.up.report(ShardMsg::Drained);
+        l.accept(hub);
+        let (hub, old) = pair();
+        let mut r = register(3);
+        if let ShardMsg::Register(reg) = &mut r {
+            reg.version = LINK_VERSION + 1;
+        }
+        old.up.report(r);
+        l.accept(hub);
+        settle().await;
+        assert!(lock(l.directory()).is_empty());
+        assert_eq!(l.counters().refused.load(Ordering::Relaxed), 2);
+        drop(shard);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prepare_to_a_shard_without_a_link_names_it_unreachable_and_a_slow_one_is_a_miss() {
+        let l = links(Duration::from_secs(2));
+        let (hub, mut shard) = pair();
+        shard.up.report(register(4));
+        l.accept(hub);
+        let stream = StreamName::new("synth/x").unwrap();
+        let plan = vec![(ShardId(4), vec![]), (ShardId(9), vec![])];
+        let gone = l.prepare(plan, &stream, Duration::from_millis(250)).await;
+        assert_eq!(gone, vec![ShardId(9)]);
+        // Shard 4 got the command but never answered: counted as missed, not unreachable.
+        assert!(matches!(
+            shard.commands.try_recv(),
+            Ok(HubCmd::Prepare { .. })
+        ));
+        assert_eq!(l.counters().entries_missed.load(Ordering::Relaxed), 2);
+        assert!(
+            lock(&l.inner.pending).is_empty(),
+            "no answer is waited for any more"
+        );
+    }
+}

@@ -208,7 +208,7 @@ pub(super) async fn serve(
         return Ok(());
     }
     // One report per role the session took (a session may both publish and subscribe).
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let duration_ms = u64::try_from(clock::since(started).as_millis()).unwrap_or(u64::MAX);
     let (subscribed, published) = session.core.roles();
     for (role, named, bytes) in [
         (crate::wire::Role::Subscribe, subscribed, session.delivered),

@@ -202,7 +202,7 @@ pub async fn run(
             let _ = ttfb.record(s.ttfb_us);
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
+    report.seconds = crate::clock::since(started).as_secs_f64();
     report.ttfb_p50_us = ttfb.value_at_quantile(0.50);
     report.ttfb_p99_us = ttfb.value_at_quantile(0.99);
     report.ttfb_max_us = ttfb.max();

@@ -238,7 +238,7 @@ pub async fn run(
     }
     tick(snapshot(&shared));
     let results = std::mem::take(&mut *shared.results.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(summarize(&opts, results, t0.elapsed()))
+    Ok(summarize(&opts, results, crate::clock::since(t0)))
 }
 
 /// One simulated client: its stats, or what failed (a failed client's partial stats are not

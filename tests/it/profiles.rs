@@ -106,7 +106,7 @@ async fn watch(client: shoal::client::Client, stream: StreamName, hold: Duration
     let mut sub = client.subscribe(&stream).await.unwrap();
     let started = shoal::clock::now();
     let mut bytes = 0;
-    while started.elapsed() < hold {
+    while shoal::clock::since(started) < hold {
         match tokio::time::timeout(hold * 2, sub.next()).await {
             Ok(Some(Ok(Delivery::Chunk(c)))) => bytes += c.payload.len() as u64,
             Ok(Some(Ok(Delivery::Gap { .. }))) => {}

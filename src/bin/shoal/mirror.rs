@@ -125,7 +125,7 @@ fn seq_text(s: Option<Seq>) -> String {
 }
 
 fn progress(started: Instant, stats: &BTreeMap<StreamName, ReceivedStats>) {
-    let t = started.elapsed().as_secs();
+    let t = shoal::clock::since(started).as_secs();
     if stats.is_empty() {
         eprintln!("[{t}s] no sender yet");
     }

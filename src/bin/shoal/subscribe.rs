@@ -39,7 +39,7 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
     let limit = (a.seconds > 0.0).then(|| Duration::from_secs_f64(a.seconds));
     let (mut chunks, mut bad) = (0u64, 0u64);
     loop {
-        let left = limit.map(|l| l.saturating_sub(started.elapsed()));
+        let left = limit.map(|l| l.saturating_sub(shoal::clock::since(started)));
         let next = async {
             tokio::select! {
                 n = sub.next() => Some(n),

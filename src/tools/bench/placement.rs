@@ -371,7 +371,7 @@ pub async fn measure_startup(
     for _ in 0..rounds.max(1) {
         let started = crate::clock::now();
         let child = super::ChildServer::spawn(exe, &spec).await?;
-        samples.push(started.elapsed());
+        samples.push(crate::clock::since(started));
         child.stop().await;
     }
     samples.sort();

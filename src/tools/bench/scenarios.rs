@@ -391,7 +391,7 @@ async fn relay_rtt(t: &Target, samples: usize) -> Result<f64, BenchError> {
     for _ in 0..samples.max(3) {
         let t0 = crate::clock::now();
         baseline::request(&conn, 16).await?;
-        v.push(t0.elapsed().as_secs_f64() * 1e3);
+        v.push(crate::clock::since(t0).as_secs_f64() * 1e3);
     }
     conn.close(0u32.into(), b"");
     load::close_endpoints(&[ep]).await;
@@ -502,7 +502,7 @@ async fn fan_window(
     let (c1, b1, el) = (
         child.cpu()?,
         fan.bytes.load(Ordering::Relaxed),
-        t0.elapsed(),
+        crate::clock::since(t0),
     );
     drop(fan);
     let bytes = (b1 - b0) as f64;
