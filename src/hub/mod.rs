@@ -585,30 +585,12 @@ async fn handle_request(
             let gone = prepare_shards(state, &req, &shards).await;
             g.shards.retain(|s| !gone.contains(&s.id));
             if g.shards.is_empty() {
-                let code = ErrorCode::NoCapacity;
-                state.counters.rejects.fetch_add(1, Ordering::Relaxed);
                 let reason = "the granted shards went away".to_string();
-                let reject = Message::Reject(Reject {
-                    code: code.as_u32(),
-                    reason,
-                });
-                let _ = write_control(&mut send, &reject).await;
-                let _ = send.finish();
-                return Ok(());
+                return refuse(state, send, ErrorCode::NoCapacity, reason).await;
             }
             g
         }
-        Err((code, reason)) => {
-            state.counters.rejects.fetch_add(1, Ordering::Relaxed);
-            debug!(%code, %reason, "request refused");
-            let reject = Message::Reject(Reject {
-                code: code.as_u32(),
-                reason,
-            });
-            let _ = write_control(&mut send, &reject).await;
-            let _ = send.finish();
-            return Ok(());
-        }
+        Err((code, reason)) => return refuse(state, send, code, reason).await,
     };
     state.counters.grants.fetch_add(1, Ordering::Relaxed);
     if write_control(&mut send, &Message::Grant(reply))
@@ -648,6 +630,24 @@ fn assess(state: &HubState, req: &StreamRequest) -> grant::Assessed {
         c.fetch_add(1, Ordering::Relaxed);
     }
     assessed
+}
+
+/// Answers a request with a `reject` and finishes the stream (the connection stays).
+async fn refuse(
+    state: &HubState,
+    mut send: quinn::SendStream,
+    code: ErrorCode,
+    reason: String,
+) -> Result<(), ErrorCode> {
+    state.counters.rejects.fetch_add(1, Ordering::Relaxed);
+    debug!(%code, %reason, "request refused");
+    let reject = Message::Reject(Reject {
+        code: code.as_u32(),
+        reason,
+    });
+    let _ = write_control(&mut send, &reject).await;
+    let _ = send.finish();
+    Ok(())
 }
 
 /// Before a grant leaves: its shards warm the stream and hold the client's session entries
