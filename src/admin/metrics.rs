@@ -284,6 +284,60 @@ pub const HUB: &[Metric<HubCounters>] = &[
         "Ended subscriptions learned against the profile at session end because their grant's features were no longer remembered.",
         |h| load(&h.grants_forgotten),
     ),
+    (
+        "shoal_hub_shards_registered_total",
+        "counter",
+        "Shards that registered over a link (contract version accepted).",
+        |h| load(&h.link.registered),
+    ),
+    (
+        "shoal_hub_shard_registrations_refused_total",
+        "counter",
+        "Links refused at registration (another contract version, a duplicate id, no registration first).",
+        |h| load(&h.link.refused),
+    ),
+    (
+        "shoal_hub_shards_lost_total",
+        "counter",
+        "Shard links that closed without the shard reporting drained (crash, kill).",
+        |h| load(&h.link.lost),
+    ),
+    (
+        "shoal_hub_shards_drained_total",
+        "counter",
+        "Shards that reported drained and left the directory.",
+        |h| load(&h.link.drained),
+    ),
+    (
+        "shoal_hub_shards_silent_total",
+        "counter",
+        "Times a shard was taken out of placement for silence.",
+        |h| load(&h.link.silent),
+    ),
+    (
+        "shoal_hub_prepares_confirmed_total",
+        "counter",
+        "Granted shards that confirmed their preparation (stream warm, the client's session entries held) before the grant left.",
+        |h| load(&h.link.entries_held),
+    ),
+    (
+        "shoal_hub_prepares_missed_total",
+        "counter",
+        "Granted shards that did not confirm their preparation in time (the client may attach with 1-RTT there).",
+        |h| load(&h.link.entries_missed),
+    ),
+    (
+        "shoal_hub_entries_forwarded_total",
+        "counter",
+        "Copies of session entries sent to a client's shards after its grant.",
+        |h| load(&h.link.entries_forwarded),
+    ),
+    (
+        "shoal_hub_entry_forwards_dropped_total",
+        "counter",
+        "Copies of session entries dropped because a shard's link was full.",
+        |h| load(&h.link.forwards_dropped),
+    ),
 ];
 
 /// Per shard in the hub's directory, from the shard's last load report.
@@ -317,6 +371,12 @@ pub const SHARD: &[Metric<ShardRecord>] = &[
         "counter",
         "Chunks the shard sent to subscribers.",
         |s| s.load.chunks_sent as f64,
+    ),
+    (
+        "shoal_shard_reports_dropped_total",
+        "counter",
+        "Reports the shard dropped because its link to the hub was full.",
+        |s| s.load.reports_dropped as f64,
     ),
     (
         "shoal_shard_rejections_total",

@@ -115,6 +115,21 @@ impl EmbeddedLauncher {
             .up
             .report(crate::shard::agent::registration(&shard));
         f.links.accept(hub_end);
+        let registered = f
+            .links
+            .directory()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(id)
+            .is_some_and(|r| r.addr == shard.addr());
+        if !registered {
+            // The hub refused it (an id already registered): nothing may run unlisted.
+            shard.kill();
+            return Err(LaunchError::Start {
+                shard: id,
+                source: "the hub refused its registration (id already registered)".into(),
+            });
+        }
         crate::shard::agent::spawn(shard.clone(), shard_end, true);
         let port = shard.addr().port();
         running.insert(

@@ -74,11 +74,12 @@ struct Inner {
     pending: Mutex<HashMap<u64, (ShardId, oneshot::Sender<()>)>>,
     next_batch: AtomicU64,
     book: Mutex<Book>,
+    /// The hub's counters; the links count into `link`.
+    hub: Arc<super::HubCounters>,
     /// The hub's own session store (entries from shards go there too: a returning client
     /// presents the newest ticket it holds, wherever it came from).
     store: Arc<SessionStore>,
     sessions: SessionSink,
-    counters: LinkCounters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,6 +92,7 @@ impl Links {
         book: Book,
         store: Arc<SessionStore>,
         sessions: SessionSink,
+        hub: Arc<super::HubCounters>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -99,15 +101,15 @@ impl Links {
                 pending: Mutex::default(),
                 next_batch: AtomicU64::new(1),
                 book: Mutex::new(book),
+                hub,
                 store,
                 sessions,
-                counters: LinkCounters::default(),
             }),
         }
     }
 
     pub fn counters(&self) -> &LinkCounters {
-        &self.inner.counters
+        &self.inner.hub.link
     }
 
     pub fn directory(&self) -> &Arc<Mutex<Directory>> {
@@ -133,7 +135,7 @@ impl Links {
 
     /// Handles the first message of a link; the shard's id if it registered.
     fn register(&self, msg: ShardMsg, end: &HubEnd) -> Option<ShardId> {
-        let c = &self.inner.counters;
+        let c = &self.inner.hub.link;
         let ShardMsg::Register(reg) = msg else {
             warn!("a link opened without registering; closed");
             c.refused.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +222,7 @@ impl Links {
         }
         lock(&self.inner.senders).remove(&id);
         lock(&self.inner.directory).handle_link_lost(id);
-        let c = &self.inner.counters;
+        let c = &self.inner.hub.link;
         if drained {
             c.drained.fetch_add(1, Ordering::Relaxed);
             info!(shard = id.0, "shard drained and left the directory");
@@ -240,7 +242,7 @@ impl Links {
             .cloned()
             .ok_or(LinkError::NoLink(shard))?;
         tx.send(cmd).await.map_err(|_| LinkError::Closed(shard))?;
-        self.inner.counters.commands.fetch_add(1, Ordering::Relaxed);
+        self.inner.hub.link.commands.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -287,7 +289,7 @@ impl Links {
                 lock(&self.inner.pending).remove(&batch);
             }
         }
-        let c = &self.inner.counters;
+        let c = &self.inner.hub.link;
         c.entries_held.fetch_add(held as u64, Ordering::Relaxed);
         let missed = (planned - held) as u64;
         if missed > 0 {
@@ -322,7 +324,7 @@ impl Links {
             return;
         }
         let senders = lock(&self.inner.senders);
-        let c = &self.inner.counters;
+        let c = &self.inner.hub.link;
         for shard in f.to {
             let Some(tx) = senders.get(&shard) else {
                 continue;
@@ -349,7 +351,7 @@ impl Links {
                 tick.tick().await;
                 let lost = lock(&links.inner.directory).handle_timeout(crate::clock::now());
                 for id in lost {
-                    links.inner.counters.silent.fetch_add(1, Ordering::Relaxed);
+                    links.inner.hub.link.silent.fetch_add(1, Ordering::Relaxed);
                     warn!(shard = id.0, "shard silent; taken out of placement");
                 }
             }
@@ -372,6 +374,7 @@ mod tests {
             Book::new(100, 8, ttl),
             Arc::new(SessionStore::new(100, ttl)),
             Arc::new(|_| {}),
+            Arc::default(),
         )
     }
 

@@ -44,6 +44,8 @@ pub struct HubCounters {
     pub zero_rtt_requests: AtomicU64,
     /// Connections closed with `TIMEOUT` because they opened no stream in time.
     pub idle_closed: AtomicU64,
+    /// What the links to the shards saw.
+    pub link: links::LinkCounters,
     /// Requests not recorded in the profiles because the profiler was behind.
     pub profiles_dropped: AtomicU64,
     /// Ended sessions the shards reported (each recorded in its client's profile).
@@ -179,6 +181,7 @@ impl Hub {
             book,
             p.configs.store().clone(),
             session_sink(profile_tx.clone(), counters.clone()),
+            counters.clone(),
         );
         let silence = links.spawn_silence_timer();
         let state = Arc::new(HubState {

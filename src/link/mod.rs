@@ -121,6 +121,9 @@ pub struct ShardLoad {
     pub zero_rtt_attaches: u64,
     /// Connections refused or closed with an error code.
     pub rejections: u64,
+    /// Reports this shard dropped because its link was full.
+    #[serde(default)]
+    pub reports_dropped: u64,
 }
 
 /// One ended session, as a shard reports it: the hub's profiler records it and its load model

@@ -40,8 +40,9 @@ pub struct GroupStatus {
     pub buffer_bytes: u64,
 }
 
-/// Shard ids each group's pool may use before the next group's range.
-const ID_STRIDE: u32 = 100_000;
+/// Shard ids each group's pool may use before the next group's range (groups are at most
+/// 1 000, so the ranges stay disjoint within u32; a start whose id is taken fails).
+const ID_STRIDE: u32 = 4_000_000;
 
 /// A running pool driver.
 pub struct PoolDriver {

@@ -226,6 +226,7 @@ impl Shard {
             allocations: l(&c.allocations),
             zero_rtt_attaches: l(&c.zero_rtt_attaches),
             rejections: c.total_rejections(),
+            reports_dropped: self.state.uplink.dropped(),
         }
     }
 

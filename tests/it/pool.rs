@@ -339,3 +339,37 @@ async fn metrics_and_mirrors_follow_the_shards_the_pool_starts_drains_and_loses(
     drain_receiver.abort();
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_shard_started_with_an_id_already_registered_is_refused_and_stopped() {
+    let tc = crate::common::TestCluster::start();
+    let first = tc.shard(shoal::ids::ShardId(0));
+    let err = tc
+        .cluster
+        .launcher
+        .start(shoal::ids::ShardId(0), first.group())
+        .expect_err("the id is taken");
+    assert!(
+        err.to_string().contains("refused its registration"),
+        "{err}"
+    );
+    let addr = tc
+        .cluster
+        .directory()
+        .lock()
+        .unwrap()
+        .record(shoal::ids::ShardId(0))
+        .map(|r| r.addr);
+    assert_eq!(addr, Some(first.addr()), "the first one stays");
+    assert!(first.is_alive());
+    assert_eq!(
+        tc.cluster
+            .hub
+            .counters()
+            .link
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    tc.shutdown().await;
+}
