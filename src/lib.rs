@@ -19,6 +19,8 @@
 pub mod clock;
 pub mod ids;
 pub mod security;
+#[cfg(feature = "server")]
+mod sync;
 pub mod synthetic;
 pub mod wire;
 

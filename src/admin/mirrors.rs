@@ -30,6 +30,7 @@ use crate::mirror::{
 };
 use crate::shard::streams::Item;
 use crate::shard::Shard;
+use crate::sync::lock;
 
 /// Where mirrors read their streams: the shards the hub's directory lists (only those), and
 /// the embedded launcher that holds their stream registries.
@@ -314,10 +315,6 @@ async fn stop_entry(e: Entry, grace: Duration) {
         // the grace period.
         Err(shared) => drop(shared),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sender_error(e: SenderError) -> AdminError {

@@ -334,11 +334,7 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn metrics_text(State(s): Shared) -> impl IntoResponse {
-    let records: Vec<_> = s
-        .shards
-        .directory
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let records: Vec<_> = crate::sync::lock(&s.shards.directory)
         .records()
         .cloned()
         .collect();

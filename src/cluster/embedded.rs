@@ -13,6 +13,7 @@ use crate::pool::launcher::{LaunchError, Launcher};
 use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
 use crate::shard::{Admission, Shard, ShardParams};
+use crate::sync::lock;
 use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
 
@@ -115,11 +116,7 @@ impl EmbeddedLauncher {
             .up
             .report(crate::shard::agent::registration(&shard));
         f.links.accept(hub_end);
-        let registered = f
-            .links
-            .directory()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let registered = lock(f.links.directory())
             .record(id)
             .is_some_and(|r| r.addr == shard.addr());
         if !registered {
@@ -168,8 +165,4 @@ impl Launcher for EmbeddedLauncher {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -28,6 +28,7 @@ use crate::security::tls::{read_certs, read_key, server_crypto, transport_config
 use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
 use crate::shard::Shard;
+use crate::sync::lock;
 use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
 
@@ -132,10 +133,6 @@ impl Material {
         };
         Ok((m, notes))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running hub with its embedded shards.
@@ -279,16 +276,15 @@ impl Cluster {
         info!(grace = ?self.grace, "shutting down");
         self.hub.stop_granting().await;
         let ids: Vec<ShardId> = lock(self.directory()).records().map(|r| r.id).collect();
-        for id in &ids {
-            let cmd = lock(self.directory()).begin_drain(*id, self.grace);
-            if let Ok(cmd) = cmd {
-                let _ = self.hub.links().command(*id, cmd).await;
-            }
-        }
-        // Bounded: each drain takes at most the grace period, then a moment to close.
-        let deadline = crate::clock::now() + self.grace + Duration::from_secs(2);
-        while !lock(self.directory()).is_empty() && crate::clock::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Out of placement at once, drained concurrently (each bounded by the grace period).
+        let links = self.hub.links();
+        let drains: Vec<_> = ids
+            .iter()
+            .filter_map(|&id| links.drain(id, self.grace))
+            .map(tokio::spawn)
+            .collect();
+        for d in drains {
+            let _ = d.await;
         }
         for s in self.launcher.shards() {
             self.launcher.reap(s.id());

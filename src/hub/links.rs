@@ -24,6 +24,7 @@ use super::directory::Directory;
 use crate::ids::{ClientId, ShardId, StreamName};
 use crate::link::channel::HubEnd;
 use crate::link::{HubCmd, SessionOutcome, ShardMsg, StoreEntry};
+use crate::sync::lock;
 use crate::tickets::book::{Book, Forward};
 use crate::tickets::SessionStore;
 
@@ -80,10 +81,6 @@ struct Inner {
     /// presents the newest ticket it holds, wherever it came from).
     store: Arc<SessionStore>,
     sessions: SessionSink,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Links {
@@ -244,6 +241,28 @@ impl Links {
         tx.send(cmd).await.map_err(|_| LinkError::Closed(shard))?;
         self.inner.hub.link.commands.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Takes `shard` out of placement and tells it to drain within `grace`; `None` when it is
+    /// not in the directory (nothing to drain). The returned future waits, bounded by the grace
+    /// period and a moment to close, until the shard reported `drained` or its link closed.
+    pub fn drain(
+        &self,
+        shard: ShardId,
+        grace: Duration,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let cmd = lock(&self.inner.directory).begin_drain(shard, grace).ok()?;
+        let links = self.clone();
+        Some(async move {
+            if links.command(shard, cmd).await.is_err() {
+                return;
+            }
+            let deadline = crate::clock::now() + grace + Duration::from_secs(2);
+            while lock(links.directory()).record(shard).is_some() && crate::clock::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
     }
 
     /// Prepares every shard of a grant (one `prepare` each: warm `stream`, hold that shard's

@@ -24,6 +24,7 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::clock::unix_us;
 use crate::ids::ShardId;
 use crate::security::token::TokenKeys;
+use crate::sync::lock;
 use crate::synthetic::SyntheticSpec;
 use crate::tickets::conn::{ConnConfigs, ConnStore};
 use crate::wire::{
@@ -446,10 +447,6 @@ fn flush(profiler: &Mutex<profiler::Profiler>) -> bool {
             false
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {

@@ -20,6 +20,7 @@ use crate::hub::directory::Directory;
 use crate::hub::links::Links;
 use crate::ids::{GroupId, ShardId};
 use crate::link::ShardLoad;
+use crate::sync::lock;
 
 /// What the driver shows of one group, every step.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -120,10 +121,7 @@ impl PoolDriver {
 
     /// Each group's status after the last step.
     pub fn status(&self) -> Vec<GroupStatus> {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.status).clone()
     }
 
     /// Stops resizing and waits for the drains of shards the pool retired (each is bounded by
@@ -131,8 +129,7 @@ impl PoolDriver {
     pub async fn stop(&self) {
         self.task.abort();
         self.demand.detach_driver();
-        let pending: Vec<_> =
-            std::mem::take(&mut *self.drains.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending: Vec<_> = std::mem::take(&mut *lock(&self.drains));
         for d in pending {
             let _ = d.await;
         }
@@ -188,10 +185,6 @@ impl Ctx {
     fn directory(&self) -> &Arc<Mutex<Directory>> {
         self.links.directory()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run(
@@ -274,7 +267,7 @@ async fn run(
             });
         }
         last.retain(|id, _| shards.iter().any(|s| s.0 == *id));
-        *status.lock().unwrap_or_else(|p| p.into_inner()) = out;
+        *lock(&status) = out;
     }
 }
 
@@ -292,7 +285,7 @@ fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now
         },
         PoolAction::Drain { shard } | PoolAction::Stop { shard } => {
             // Out of placement first, then a graceful drain: clients resume elsewhere.
-            let Ok(cmd) = lock(ctx.directory()).begin_drain(shard, ctx.grace) else {
+            let Some(drained) = ctx.links.drain(shard, ctx.grace) else {
                 // Not in the directory (it died): nothing to drain, only to reap.
                 ctx.launcher.reap(shard);
                 return;
@@ -303,19 +296,11 @@ fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now
                 ?action,
                 "pool retires a shard"
             );
-            let (links, launcher, grace) = (ctx.links.clone(), ctx.launcher.clone(), ctx.grace);
+            let launcher = ctx.launcher.clone();
             let mut d = lock(&ctx.drains);
             d.retain(|h| !h.is_finished());
             d.push(tokio::spawn(async move {
-                if links.command(shard, cmd).await.is_ok() {
-                    // Bounded: the drain takes at most `grace`, then the shard reports.
-                    let deadline = crate::clock::now() + grace + Duration::from_secs(2);
-                    while lock(links.directory()).record(shard).is_some()
-                        && crate::clock::now() < deadline
-                    {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+                drained.await;
                 launcher.reap(shard);
             }));
         }

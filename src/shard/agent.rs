@@ -66,8 +66,7 @@ async fn run(shard: Shard, mut end: ShardEnd, registered: bool) {
                     return;
                 }
             }
-            done = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
-                let _ = done;
+            _ = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
                 let _ = up.send(ShardMsg::Load(shard.load())).await;
                 let _ = up.send(ShardMsg::Drained).await;
                 info!("drained; link closed");

@@ -130,11 +130,7 @@ pub(super) async fn serve(
         }
     };
     let now_ms = clock::unix_ms();
-    let checked = state
-        .admission
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .check(&attach, now_ms);
+    let checked = crate::sync::lock(&state.admission).check(&attach, now_ms);
     let claims = match checked {
         Ok(c) => c,
         Err(code) => {
