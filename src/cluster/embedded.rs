@@ -31,7 +31,6 @@ pub(super) struct LauncherInner {
     pub(super) transport: Arc<quinn::TransportConfig>,
     pub(super) token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     pub(super) endpoint_config: quinn::EndpointConfig,
-    pub(super) tokens: Arc<TokenKeys>,
     pub(super) streams: StreamSettings,
     pub(super) shards: crate::cluster::config::ShardsConfig,
     pub(super) heartbeat: Duration,
@@ -95,7 +94,8 @@ impl EmbeddedLauncher {
             socket_buffer: s.socket_buffer_bytes,
             configs,
             endpoint_config: f.endpoint_config.clone(),
-            admission: Admission::new(id, group, f.tokens.clone(), s.replay_cache),
+            // Only its group's keys, from the hub over the link (the first command).
+            admission: Admission::new(id, group, Arc::new(TokenKeys::held(group)), s.replay_cache),
             streams: f.streams,
             heartbeat_interval: f.heartbeat,
             attach_timeout: s.attach_timeout,
@@ -115,16 +115,12 @@ impl EmbeddedLauncher {
         shard_end
             .up
             .report(crate::shard::agent::registration(&shard));
-        f.links.accept(hub_end);
-        let registered = lock(f.links.directory())
-            .record(id)
-            .is_some_and(|r| r.addr == shard.addr());
-        if !registered {
+        if let Err(e) = f.links.accept(hub_end) {
             // The hub refused it (an id already registered): nothing may run unlisted.
             shard.kill();
             return Err(LaunchError::Start {
                 shard: id,
-                source: "the hub refused its registration (id already registered)".into(),
+                source: Box::new(e),
             });
         }
         crate::shard::agent::spawn(shard.clone(), shard_end, true);

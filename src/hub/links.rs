@@ -24,6 +24,7 @@ use super::directory::Directory;
 use crate::ids::{ClientId, ShardId, StreamName};
 use crate::link::channel::HubEnd;
 use crate::link::{HubCmd, SessionOutcome, ShardMsg, StoreEntry};
+use crate::security::token::TokenKeys;
 use crate::sync::lock;
 use crate::tickets::book::{Book, Forward};
 use crate::tickets::SessionStore;
@@ -53,6 +54,16 @@ pub struct LinkCounters {
 /// Where ended sessions go (the profiler).
 pub type SessionSink = Arc<dyn Fn(SessionOutcome) + Send + Sync>;
 
+/// Why a link's registration was refused (the link is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    #[error("the link's first message was not a registration")]
+    NotRegistered,
+    #[error(transparent)]
+    Directory(#[from] super::directory::DirectoryError),
+}
+
 /// Why a command did not reach a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -81,6 +92,8 @@ struct Inner {
     /// presents the newest ticket it holds, wherever it came from).
     store: Arc<SessionStore>,
     sessions: SessionSink,
+    /// The hub's token keys: each shard gets its group's share ([`HubCmd::Keys`]).
+    tokens: Arc<TokenKeys>,
 }
 
 impl Links {
@@ -90,6 +103,7 @@ impl Links {
         store: Arc<SessionStore>,
         sessions: SessionSink,
         hub: Arc<super::HubCounters>,
+        tokens: Arc<TokenKeys>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -101,6 +115,7 @@ impl Links {
                 hub,
                 store,
                 sessions,
+                tokens,
             }),
         }
     }
@@ -113,47 +128,59 @@ impl Links {
         &self.inner.directory
     }
 
-    /// Takes a new link. A registration already waiting on it is handled now, so a shard
-    /// that queued it before handing over its link is placed on when this returns; the rest
-    /// of the link is read by a task of its own.
-    pub fn accept(&self, mut end: HubEnd) {
-        let first = end.messages.try_recv().ok();
-        let registered = match first {
-            Some(msg) => match self.register(msg, &end) {
-                Some(id) => Some(id),
-                None => return,
-            },
-            None => None,
+    /// Takes a new link. A registration already waiting on it is handled now (`Ok(Some(id))`:
+    /// the shard is placed on when this returns; `Err`: refused, the link is dropped); without
+    /// one, the registration is awaited by the link's reader task (`Ok(None)`).
+    pub fn accept(&self, mut end: HubEnd) -> Result<Option<ShardId>, Refused> {
+        let registered = match end.messages.try_recv() {
+            Ok(msg) => Some(self.register(msg, &end)?),
+            Err(_) => None,
         };
         let links = self.clone();
         let span = tracing::info_span!("link", shard = registered.map(|s| s.0));
         tokio::spawn(async move { links.read(end, registered).await }.instrument(span));
+        Ok(registered)
     }
 
-    /// Handles the first message of a link; the shard's id if it registered.
-    fn register(&self, msg: ShardMsg, end: &HubEnd) -> Option<ShardId> {
+    /// Handles the first message of a link: the shard's id if it registered. Its group's
+    /// token keys are the first command on the link.
+    fn register(&self, msg: ShardMsg, end: &HubEnd) -> Result<ShardId, Refused> {
         let c = &self.inner.hub.link;
-        let ShardMsg::Register(reg) = msg else {
-            warn!("a link opened without registering; closed");
+        let refuse = |r: Refused| {
+            warn!(error = %r, "registration refused; link closed");
             c.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
+            r
+        };
+        let ShardMsg::Register(reg) = msg else {
+            return Err(refuse(Refused::NotRegistered));
         };
         let now = crate::clock::now();
-        if let Err(e) = lock(&self.inner.directory).handle_register(&reg, now) {
-            warn!(error = %e, "registration refused; link closed");
-            c.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
+        lock(&self.inner.directory)
+            .handle_register(&reg, now)
+            .map_err(|e| refuse(e.into()))?;
+        if let Some(keys) = self
+            .inner
+            .tokens
+            .group_keys(reg.group, crate::clock::unix_ms())
+        {
+            // A fresh link has room: the keys go before any other command.
+            if end.commands.try_send(HubCmd::Keys(keys)).is_err() {
+                warn!(
+                    shard = reg.shard.0,
+                    "no room for the token keys on a new link"
+                );
+            }
         }
         lock(&self.inner.senders).insert(reg.shard, end.commands.clone());
         c.registered.fetch_add(1, Ordering::Relaxed);
         info!(shard = reg.shard.0, group = reg.group.0, addr = %reg.addr, capacity = reg.capacity, "shard registered");
-        Some(reg.shard)
+        Ok(reg.shard)
     }
 
     async fn read(self, mut end: HubEnd, mut id: Option<ShardId>) {
         if id.is_none() {
             match end.messages.recv().await {
-                Some(msg) => id = self.register(msg, &end),
+                Some(msg) => id = self.register(msg, &end).ok(),
                 None => return,
             }
         }
@@ -359,6 +386,47 @@ impl Links {
         }
     }
 
+    /// Sends every shard its group's new token keys whenever the set changes (a new epoch, or
+    /// the next one's key ahead of it), checking every second, until the hub goes.
+    pub fn spawn_key_rotation(&self) -> tokio::task::JoinHandle<()> {
+        let links = self.clone();
+        tokio::spawn(async move {
+            let tokens = links.inner.tokens.clone();
+            let mut sent = tokens.key_set_at(crate::clock::unix_ms());
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now_ms = crate::clock::unix_ms();
+                let set = tokens.key_set_at(now_ms);
+                if set == sent {
+                    continue;
+                }
+                sent = set;
+                let shards: Vec<_> = lock(links.directory())
+                    .records()
+                    .map(|r| (r.id, r.group))
+                    .collect();
+                info!(
+                    epoch = set.0,
+                    next = set.1,
+                    shards = shards.len(),
+                    "token keys rotate"
+                );
+                for (id, group) in shards {
+                    let Some(keys) = tokens.group_keys(group, now_ms) else {
+                        continue;
+                    };
+                    let links = links.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = links.command(id, HubCmd::Keys(keys)).await {
+                            debug!(error = %e, "token keys not sent");
+                        }
+                    });
+                }
+            }
+        })
+    }
+
     /// Marks shards silent for longer than the directory's bound as lost, every quarter of
     /// that bound, until the hub goes.
     pub fn spawn_silence_timer(&self) -> tokio::task::JoinHandle<()> {
@@ -394,6 +462,12 @@ mod tests {
             Arc::new(SessionStore::new(100, ttl)),
             Arc::new(|_| {}),
             Arc::default(),
+            Arc::new(TokenKeys::new(
+                crate::security::keys::KeySchedule::new(
+                    &crate::security::keys::ClusterSecret::from_bytes([1; 32]),
+                ),
+                3600,
+            )),
         )
     }
 
@@ -426,7 +500,7 @@ mod tests {
         let timer = l.spawn_silence_timer();
         let (hub, shard) = pair();
         assert!(shard.up.report(register(1)));
-        l.accept(hub);
+        l.accept(hub).unwrap();
         assert_eq!(
             alive(&l, 1),
             Some(true),
@@ -450,7 +524,7 @@ mod tests {
         let l = links(Duration::from_secs(2));
         let (hub, shard) = pair();
         shard.up.report(register(2));
-        l.accept(hub);
+        l.accept(hub).unwrap();
         shard.up.report(ShardMsg::Load(ShardLoad {
             sessions: 3,
             ..ShardLoad::default()
@@ -468,14 +542,14 @@ mod tests {
         let l = links(Duration::from_secs(2));
         let (hub, shard) = pair();
         shard.up.report(ShardMsg::Drained);
-        l.accept(hub);
+        assert_eq!(l.accept(hub).err(), Some(Refused::NotRegistered));
         let (hub, old) = pair();
         let mut r = register(3);
         if let ShardMsg::Register(reg) = &mut r {
             reg.version = LINK_VERSION + 1;
         }
         old.up.report(r);
-        l.accept(hub);
+        assert!(matches!(l.accept(hub), Err(Refused::Directory(_))));
         settle().await;
         assert!(lock(l.directory()).is_empty());
         assert_eq!(l.counters().refused.load(Ordering::Relaxed), 2);
@@ -487,12 +561,17 @@ mod tests {
         let l = links(Duration::from_secs(2));
         let (hub, mut shard) = pair();
         shard.up.report(register(4));
-        l.accept(hub);
+        l.accept(hub).unwrap();
         let stream = StreamName::new("synth/x").unwrap();
         let plan = vec![(ShardId(4), vec![]), (ShardId(9), vec![])];
         let gone = l.prepare(plan, &stream, Duration::from_millis(250)).await;
         assert_eq!(gone, vec![ShardId(9)]);
-        // Shard 4 got the command but never answered: counted as missed, not unreachable.
+        // Its group's keys came first; then the preparation, which it never answered:
+        // counted as missed, not unreachable.
+        match shard.commands.try_recv() {
+            Ok(HubCmd::Keys(k)) => assert!(k.group == GroupId(0) && k.keys.len() >= 2),
+            other => panic!("keys first, got {other:?}"),
+        }
         assert!(matches!(
             shard.commands.try_recv(),
             Ok(HubCmd::Prepare { .. })

@@ -162,6 +162,7 @@ pub struct Hub {
     state: Arc<HubState>,
     task: tokio::task::JoinHandle<()>,
     silence: tokio::task::JoinHandle<()>,
+    rotation: tokio::task::JoinHandle<()>,
     /// True once the accept loop ended (the endpoint closed).
     accepting: tokio::sync::watch::Receiver<bool>,
 }
@@ -183,8 +184,10 @@ impl Hub {
             p.configs.store().clone(),
             session_sink(profile_tx.clone(), counters.clone()),
             counters.clone(),
+            p.tokens.clone(),
         );
         let silence = links.spawn_silence_timer();
+        let rotation = links.spawn_key_rotation();
         let state = Arc::new(HubState {
             tokens: p.tokens,
             configs: p.configs,
@@ -224,6 +227,7 @@ impl Hub {
             state,
             task,
             silence,
+            rotation,
             accepting,
         })
     }
@@ -285,6 +289,7 @@ impl Hub {
     pub async fn stop_granting(&self) {
         self.task.abort();
         self.silence.abort();
+        self.rotation.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  shard ──► hub   register · load · session_ended · entries · prepared · drained
-//!  hub ──► shard   prepare · store_entries · drain · stop
+//!  hub ──► shard   keys · prepare · store_entries · drain · stop
 //! ```
 //!
 //! Order on one link: a shard's first message is [`ShardMsg::Register`]; the hub refuses
@@ -23,6 +23,7 @@
 //! dropped: senders wait (back-pressure).
 
 pub mod channel;
+pub mod net;
 
 use std::net::SocketAddr;
 
@@ -70,6 +71,42 @@ pub enum HubCmd {
     Drain { grace_ms: u64 },
     /// Stop at once: every connection closed with `SHARD_STOPPED`.
     Stop,
+    /// The token keys of the shard's group: the hub's first command on every link, and again
+    /// whenever the set changes (a new epoch, or the next epoch's key ahead of it). Replaces
+    /// the keys the shard held.
+    Keys(GroupKeys),
+}
+
+/// The token-opening keys of one group (see [`crate::security::token`]): the previous and the
+/// current epoch's, and the next one's shortly before it begins. Secret: `Debug` shows epochs
+/// only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupKeys {
+    pub group: GroupId,
+    /// The rotation interval: epoch `n` starts at `n * epoch_secs` seconds since the Unix
+    /// epoch.
+    pub epoch_secs: u64,
+    pub keys: Vec<EpochKey>,
+}
+
+/// One epoch's key (32 bytes).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochKey {
+    pub epoch: u32,
+    pub key: bytes::Bytes,
+}
+
+impl std::fmt::Debug for GroupKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let epochs: Vec<u32> = self.keys.iter().map(|k| k.epoch).collect();
+        f.debug_struct("GroupKeys")
+            .field("group", &self.group)
+            .field("epoch_secs", &self.epoch_secs)
+            .field("epochs", &epochs)
+            .finish()
+    }
 }
 
 /// A shard introduces itself.
@@ -241,6 +278,14 @@ mod tests {
             },
             HubCmd::Drain { grace_ms: 2000 },
             HubCmd::Stop,
+            HubCmd::Keys(GroupKeys {
+                group: GroupId(1),
+                epoch_secs: 3600,
+                keys: vec![EpochKey {
+                    epoch: 7,
+                    key: vec![5; 32].into(),
+                }],
+            }),
         ];
         for c in cmds {
             assert_eq!(decode::<HubCmd>(&encode(&c)).unwrap(), c);
@@ -257,7 +302,20 @@ mod tests {
     }
 
     #[test]
-    fn entries_do_not_show_their_bytes() {
+    fn entries_and_keys_do_not_show_their_bytes() {
         assert_eq!(format!("{:?}", entry()), "StoreEntry(32 + 90 bytes)");
+        let keys = GroupKeys {
+            group: GroupId(1),
+            epoch_secs: 10,
+            keys: vec![EpochKey {
+                epoch: 3,
+                key: vec![0xab; 32].into(),
+            }],
+        };
+        let shown = format!("{keys:?}");
+        assert!(
+            shown.contains("epochs: [3]") && !shown.contains("171"),
+            "{shown}"
+        );
     }
 }

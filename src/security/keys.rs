@@ -1,8 +1,9 @@
 //! The cluster secret and the HKDF-SHA256 key schedule derived from it.
 //!
 //! Every key is `HKDF-Expand(HKDF-Extract("shoal cluster v1", secret), label)` with a distinct
-//! label: `token epoch <n>` for the token-sealing key of epoch `n`, `stateless reset` for QUIC
-//! stateless resets, `new token` for QUIC address-validation tokens.
+//! label: `token group <g> epoch <n>` for the token-sealing key of group `g` in epoch `n` (a
+//! shard holds only its own group's, see [`crate::security::token::TokenKeys::held`]),
+//! `stateless reset` for QUIC stateless resets, `new token` for QUIC address-validation tokens.
 
 use std::path::Path;
 
@@ -130,9 +131,9 @@ impl KeySchedule {
         out
     }
 
-    /// The token-sealing key of `epoch`.
-    pub fn token_key(&self, epoch: u32) -> [u8; 32] {
-        self.expand(format!("token epoch {epoch}").as_bytes())
+    /// The token-sealing key of `group` in `epoch`.
+    pub fn token_key(&self, group: u32, epoch: u32) -> [u8; 32] {
+        self.expand(format!("token group {group} epoch {epoch}").as_bytes())
     }
 
     /// Key for QUIC stateless resets; the same on every endpoint of the cluster.
@@ -154,11 +155,16 @@ mod tests {
     fn labels_give_distinct_keys_and_hex_round_trips() {
         let s = ClusterSecret::from_bytes([7; 32]);
         let k = KeySchedule::new(&s);
-        assert_ne!(k.token_key(1), k.token_key(2));
-        assert_eq!(k.token_key(1), KeySchedule::new(&s).token_key(1));
+        assert_ne!(k.token_key(0, 1), k.token_key(0, 2));
         assert_ne!(
-            k.token_key(1),
-            KeySchedule::new(&ClusterSecret::from_bytes([8; 32])).token_key(1)
+            k.token_key(0, 1),
+            k.token_key(1, 1),
+            "groups have their own keys"
+        );
+        assert_eq!(k.token_key(0, 1), KeySchedule::new(&s).token_key(0, 1));
+        assert_ne!(
+            k.token_key(0, 1),
+            KeySchedule::new(&ClusterSecret::from_bytes([8; 32])).token_key(0, 1)
         );
         let hex = to_hex(&[7; 32]);
         assert!(ClusterSecret::from_hex(&hex, "t").is_ok());

@@ -141,28 +141,30 @@ pub fn server_crypto(
     Ok(Arc::new(cfg))
 }
 
-/// TLS of a mirror sender: trusts `roots`, presents `chain`/`key` as its client certificate
-/// (receivers admit only senders whose certificate chains to the cluster CA).
-pub fn mirror_client_crypto(
+/// TLS of a mutually authenticated client (a mirror sender, a shard's control link): trusts
+/// `roots`, presents `chain`/`key` as its client certificate, speaks `alpn`.
+pub fn mtls_client_crypto(
     roots: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    alpn: &[u8],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let store = root_store(roots)?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(store)
         .with_client_auth_cert(chain, key)?;
-    cfg.alpn_protocols = vec![crate::mirror::MIRROR_ALPN.to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }
 
-/// TLS of a mirror receiver: presents `chain`/`key` and requires a client certificate that
-/// chains to `client_roots`.
-pub fn mirror_server_crypto(
+/// TLS of a server that admits only clients whose certificate chains to `client_roots` (a
+/// mirror receiver, the hub's control listener): presents `chain`/`key`, speaks `alpn`.
+pub fn mtls_server_crypto(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_roots: &[CertificateDer<'static>],
+    alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let store = root_store(client_roots)?;
     let verifier =
@@ -173,6 +175,24 @@ pub fn mirror_server_crypto(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = vec![crate::mirror::MIRROR_ALPN.to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// TLS of a mirror sender (see [`mtls_client_crypto`]).
+pub fn mirror_client_crypto(
+    roots: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    mtls_client_crypto(roots, chain, key, crate::mirror::MIRROR_ALPN)
+}
+
+/// TLS of a mirror receiver (see [`mtls_server_crypto`]).
+pub fn mirror_server_crypto(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    mtls_server_crypto(chain, key, client_roots, crate::mirror::MIRROR_ALPN)
 }

@@ -1,29 +1,41 @@
 //! Sealed tokens: what the hub gives a client and a shard checks in the first flight.
 //!
 //! ```text
-//! token  = version:u8 (=1) | epoch:u32be | nonce:12 | AES-256-GCM(claims) | tag:16
-//! claims = token_id:16 | group:u32be | issued_at_ms:u64be | expires_at_ms:u64be
-//!          | session_secret:32 | priority:u8 | expect_kbps:u32be | client_id_len:u8 | client_id
+//! token  = version:u8 (=3) | epoch:u32be | group:u32be | nonce:12 | AES-256-GCM(claims) | tag:16
+//! claims = token_id:16 | issued_at_ms:u64be | expires_at_ms:u64be | session_secret:32
+//!          | priority:u8 | expect_kbps:u32be | client_id_len:u8 | client_id
 //! ```
 //!
-//! The header (version, epoch, nonce) is the AEAD's associated data, so no byte of a token can
-//! change without [`TokenKeys::open`] failing. Sealing keys rotate every epoch (a configurable
-//! interval since the Unix epoch); tokens of the current and the previous epoch are accepted.
-//! The type is sans-IO: every call takes the time.
+//! The header (version, epoch, group, nonce) is the AEAD's associated data, so no byte of a
+//! token can change without [`TokenKeys::open`] failing. Each group has its own sealing key per
+//! epoch (a configurable interval since the Unix epoch), so a shard holds only its group's
+//! keys ([`TokenKeys::held`], installed from the hub's `keys` message) and can neither open nor
+//! make another group's tokens; the hub derives every key from the cluster secret
+//! ([`TokenKeys::new`]). Tokens of the current and the previous epoch are accepted. The type is
+//! sans-IO: every call takes the time.
+
+use std::sync::RwLock;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::ids::{ClientId, GroupId, TokenId};
+use crate::link::{EpochKey, GroupKeys};
 use crate::security::keys::KeySchedule;
 use crate::wire::ErrorCode;
 
-pub const TOKEN_VERSION: u8 = 2;
-const HEADER_LEN: usize = 1 + 4 + 12;
+pub const TOKEN_VERSION: u8 = 3;
+const HEADER_LEN: usize = 1 + 4 + 4 + 12;
 const TAG_LEN: usize = 16;
-const FIXED_CLAIMS: usize = 16 + 4 + 8 + 8 + 32 + 1 + 4 + 1;
+const FIXED_CLAIMS: usize = 16 + 8 + 8 + 32 + 1 + 4 + 1;
 /// Longest valid token.
 pub const MAX_TOKEN_LEN: usize = HEADER_LEN + FIXED_CLAIMS + crate::ids::MAX_CLIENT_ID + TAG_LEN;
+
+/// How long before an epoch begins the hub hands its key to the shards (a tenth of the epoch,
+/// at most a minute), so a token sealed at the boundary never reaches a shard before its key.
+pub fn key_lead_ms(epoch_secs: u64) -> u64 {
+    (epoch_secs.max(1) * 100).min(60_000)
+}
 
 /// How a shard near its quota treats a client (the hub decides; see
 /// [`crate::shard::admit_limit`]).
@@ -49,7 +61,7 @@ impl Priority {
     }
 }
 
-/// The sealed fields of a token.
+/// The sealed fields of a token (the group travels in the authenticated header).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Claims {
     pub id: TokenId,
@@ -90,6 +102,10 @@ pub enum TokenError {
     Expired,
     #[error("token sealed under unknown epoch {0}")]
     UnknownEpoch(u32),
+    #[error("token for group {0:?}, not this shard's")]
+    WrongGroup(GroupId),
+    #[error("these keys cannot seal tokens (a shard's keys only open them)")]
+    CannotSeal,
     #[error("no randomness available")]
     Rng,
 }
@@ -101,36 +117,138 @@ impl TokenError {
             TokenError::Invalid => ErrorCode::TokenInvalid,
             TokenError::Expired => ErrorCode::TokenExpired,
             TokenError::UnknownEpoch(_) => ErrorCode::TokenUnknownEpoch,
-            TokenError::Rng => ErrorCode::Internal,
+            TokenError::WrongGroup(_) => ErrorCode::TokenWrongGroup,
+            TokenError::CannotSeal | TokenError::Rng => ErrorCode::Internal,
         }
     }
 }
 
-/// Seals and opens tokens with epoch keys derived from the cluster secret.
+/// Where the keys come from.
+enum Source {
+    /// The hub: every group's keys, derived from the cluster secret.
+    Schedule(KeySchedule),
+    /// A shard: its group's keys as the hub sent them.
+    Held { group: GroupId, keys: RwLock<Held> },
+}
+
+#[derive(Default)]
+struct Held {
+    epoch_secs: u64,
+    keys: Vec<(u32, LessSafeKey)>,
+}
+
+fn aead_key(k: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).expect("32-byte key for AES-256"))
+}
+
+/// Seals and opens tokens.
 pub struct TokenKeys {
-    schedule: KeySchedule,
+    source: Source,
     epoch_secs: u64,
     rng: SystemRandom,
 }
 
 impl TokenKeys {
-    /// `epoch_secs`: the rotation interval in seconds (at least 1).
+    /// The hub's keys: every group's, derived from the schedule. `epoch_secs`: the rotation
+    /// interval in seconds (at least 1).
     pub fn new(schedule: KeySchedule, epoch_secs: u64) -> Self {
         Self {
-            schedule,
+            source: Source::Schedule(schedule),
             epoch_secs: epoch_secs.max(1),
             rng: SystemRandom::new(),
         }
     }
 
-    /// The epoch in force at `now_ms` (milliseconds since the Unix epoch).
-    pub fn epoch_at(&self, now_ms: u64) -> u32 {
-        (now_ms / 1000 / self.epoch_secs) as u32
+    /// A shard's keys: none until the hub's first [`GroupKeys`] arrive
+    /// ([`TokenKeys::install`]); until then every token is of an unknown epoch.
+    pub fn held(group: GroupId) -> Self {
+        Self {
+            source: Source::Held {
+                group,
+                keys: RwLock::default(),
+            },
+            epoch_secs: 1,
+            rng: SystemRandom::new(),
+        }
     }
 
-    fn key(&self, epoch: u32) -> LessSafeKey {
-        let k = self.schedule.token_key(epoch);
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte key for AES-256"))
+    fn epoch_secs(&self) -> u64 {
+        match &self.source {
+            Source::Schedule(_) => self.epoch_secs,
+            Source::Held { keys, .. } => read(keys).epoch_secs.max(1),
+        }
+    }
+
+    /// The epoch in force at `now_ms` (milliseconds since the Unix epoch).
+    pub fn epoch_at(&self, now_ms: u64) -> u32 {
+        (now_ms / 1000 / self.epoch_secs()) as u32
+    }
+
+    /// The keys a shard of `group` needs at `now_ms`: the previous and the current epoch's,
+    /// and the next one's from [`key_lead_ms`] before it begins. Only the hub's keys can say.
+    pub fn group_keys(&self, group: GroupId, now_ms: u64) -> Option<GroupKeys> {
+        let Source::Schedule(schedule) = &self.source else {
+            return None;
+        };
+        let secs = self.epoch_secs;
+        let cur = self.epoch_at(now_ms);
+        let mut epochs: Vec<u32> = cur.checked_sub(1).into_iter().chain([cur]).collect();
+        if self.epoch_at(now_ms + key_lead_ms(secs)) != cur {
+            epochs.push(cur.saturating_add(1));
+        }
+        Some(GroupKeys {
+            group,
+            epoch_secs: secs,
+            keys: epochs
+                .into_iter()
+                .map(|epoch| EpochKey {
+                    epoch,
+                    key: schedule.token_key(group.0, epoch).to_vec().into(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Which epochs [`TokenKeys::group_keys`] would name at `now_ms` (the same for every
+    /// group): the hub sends new keys when this changes.
+    pub fn key_set_at(&self, now_ms: u64) -> (u32, bool) {
+        let cur = self.epoch_at(now_ms);
+        (
+            cur,
+            self.epoch_at(now_ms + key_lead_ms(self.epoch_secs())) != cur,
+        )
+    }
+
+    /// Replaces a shard's keys with the hub's. Keys of another group or of the wrong size are
+    /// refused (the set is left as it was).
+    pub fn install(&self, set: &GroupKeys) -> Result<(), TokenError> {
+        let Source::Held { group, keys } = &self.source else {
+            return Err(TokenError::CannotSeal);
+        };
+        if set.group != *group {
+            return Err(TokenError::WrongGroup(set.group));
+        }
+        let mut parsed = Vec::with_capacity(set.keys.len());
+        for k in &set.keys {
+            let bytes: [u8; 32] = k
+                .key
+                .as_ref()
+                .try_into()
+                .map_err(|_| TokenError::Malformed)?;
+            parsed.push((k.epoch, aead_key(&bytes)));
+        }
+        let mut held = keys.write().unwrap_or_else(|p| p.into_inner());
+        held.epoch_secs = set.epoch_secs.max(1);
+        held.keys = parsed;
+        Ok(())
+    }
+
+    /// The epochs a shard holds keys for (empty on the hub).
+    pub fn held_epochs(&self) -> Vec<u32> {
+        match &self.source {
+            Source::Schedule(_) => Vec::new(),
+            Source::Held { keys, .. } => read(keys).keys.iter().map(|k| k.0).collect(),
+        }
     }
 
     pub fn random_bytes<const N: usize>(&self) -> Result<[u8; N], TokenError> {
@@ -139,17 +257,21 @@ impl TokenKeys {
         Ok(b)
     }
 
-    /// Seals `claims` under the epoch key in force at `now_ms`.
+    /// Seals `claims` under their group's key of the epoch in force at `now_ms` (the hub's
+    /// keys only).
     pub fn seal(&self, claims: &Claims, now_ms: u64) -> Result<Vec<u8>, TokenError> {
+        let Source::Schedule(schedule) = &self.source else {
+            return Err(TokenError::CannotSeal);
+        };
         let epoch = self.epoch_at(now_ms);
         let nonce: [u8; 12] = self.random_bytes()?;
         let client = claims.client.as_str().as_bytes();
         let mut out = Vec::with_capacity(HEADER_LEN + FIXED_CLAIMS + client.len() + TAG_LEN);
         out.push(TOKEN_VERSION);
         out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(&claims.group.0.to_be_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&claims.id.0);
-        out.extend_from_slice(&claims.group.0.to_be_bytes());
         out.extend_from_slice(&claims.issued_at_ms.to_be_bytes());
         out.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
         out.extend_from_slice(&claims.secret);
@@ -158,8 +280,8 @@ impl TokenKeys {
         out.push(client.len() as u8);
         out.extend_from_slice(client);
         let (header, body) = out.split_at_mut(HEADER_LEN);
-        let tag = self
-            .key(epoch)
+        let key = aead_key(&schedule.token_key(claims.group.0, epoch));
+        let tag = key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&header[..]),
@@ -170,7 +292,7 @@ impl TokenKeys {
         Ok(out)
     }
 
-    /// Opens a token, checking format, epoch, authenticity and expiry, in that order.
+    /// Opens a token, checking format, group, epoch, authenticity and expiry, in that order.
     pub fn open(&self, token: &[u8], now_ms: u64) -> Result<Claims, TokenError> {
         if token.len() < HEADER_LEN + FIXED_CLAIMS + TAG_LEN || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
@@ -179,20 +301,45 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         }
         let epoch = u32::from_be_bytes(token[1..5].try_into().expect("4 bytes"));
-        let current = self.epoch_at(now_ms);
-        if epoch != current && Some(epoch) != current.checked_sub(1) {
-            return Err(TokenError::UnknownEpoch(epoch));
-        }
-        let nonce: [u8; 12] = token[5..HEADER_LEN].try_into().expect("12 bytes");
+        let group = GroupId(u32::from_be_bytes(token[5..9].try_into().expect("4 bytes")));
+        let nonce: [u8; 12] = token[9..HEADER_LEN].try_into().expect("12 bytes");
         let mut body = token[HEADER_LEN..].to_vec();
-        let plain = self
-            .key(epoch)
-            .open_in_place(
+        let open = |key: &LessSafeKey, body: &mut Vec<u8>| {
+            key.open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&token[..HEADER_LEN]),
-                &mut body,
+                body,
             )
-            .map_err(|_| TokenError::Invalid)?;
+            .map(|plain| plain.len())
+            .map_err(|_| TokenError::Invalid)
+        };
+        let current = self.epoch_at(now_ms);
+        let plain_len = match &self.source {
+            Source::Schedule(schedule) => {
+                if epoch != current && Some(epoch) != current.checked_sub(1) {
+                    return Err(TokenError::UnknownEpoch(epoch));
+                }
+                open(&aead_key(&schedule.token_key(group.0, epoch)), &mut body)?
+            }
+            Source::Held { group: mine, keys } => {
+                if group != *mine {
+                    return Err(TokenError::WrongGroup(group));
+                }
+                // A held key opens tokens until its epoch is two behind this shard's clock
+                // (the hub may run a little ahead: the next epoch's key arrives early).
+                if epoch.saturating_add(1) < current {
+                    return Err(TokenError::UnknownEpoch(epoch));
+                }
+                let held = read(keys);
+                let key = held
+                    .keys
+                    .iter()
+                    .find(|k| k.0 == epoch)
+                    .ok_or(TokenError::UnknownEpoch(epoch))?;
+                open(&key.1, &mut body)?
+            }
+        };
+        let plain = &body[..plain_len];
         // Authentic from here on: the layout was written by `seal`, but check it anyway.
         let c = |r: std::ops::Range<usize>| &plain[r];
         let client_len = plain[FIXED_CLAIMS - 1] as usize;
@@ -205,12 +352,12 @@ impl TokenKeys {
             .ok_or(TokenError::Malformed)?;
         let claims = Claims {
             id: TokenId(c(0..16).try_into().expect("16 bytes")),
-            group: GroupId(u32::from_be_bytes(c(16..20).try_into().expect("4 bytes"))),
-            issued_at_ms: u64::from_be_bytes(c(20..28).try_into().expect("8 bytes")),
-            expires_at_ms: u64::from_be_bytes(c(28..36).try_into().expect("8 bytes")),
-            secret: c(36..68).try_into().expect("32 bytes"),
-            priority: Priority::from_u8(plain[68]).ok_or(TokenError::Malformed)?,
-            expect_kbps: u32::from_be_bytes(c(69..73).try_into().expect("4 bytes")),
+            group,
+            issued_at_ms: u64::from_be_bytes(c(16..24).try_into().expect("8 bytes")),
+            expires_at_ms: u64::from_be_bytes(c(24..32).try_into().expect("8 bytes")),
+            secret: c(32..64).try_into().expect("32 bytes"),
+            priority: Priority::from_u8(plain[64]).ok_or(TokenError::Malformed)?,
+            expect_kbps: u32::from_be_bytes(c(65..69).try_into().expect("4 bytes")),
             client,
         };
         if now_ms > claims.expires_at_ms {
@@ -218,6 +365,10 @@ impl TokenKeys {
         }
         Ok(claims)
     }
+}
+
+fn read(keys: &RwLock<Held>) -> std::sync::RwLockReadGuard<'_, Held> {
+    keys.read().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -279,6 +430,67 @@ mod tests {
         assert_eq!(k.open(&t, T0 + 60_001), Err(TokenError::Expired));
         let other = TokenKeys::new(KeySchedule::new(&ClusterSecret::from_bytes([4; 32])), 3600);
         assert_eq!(other.open(&t, T0), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_shard_opens_only_its_groups_tokens_with_the_keys_the_hub_sent() {
+        let hub = keys(3600);
+        let shard = TokenKeys::held(GroupId(2));
+        let t = hub.seal(&claims(T0), T0).unwrap();
+        let epoch = hub.epoch_at(T0);
+        assert_eq!(shard.open(&t, T0), Err(TokenError::UnknownEpoch(epoch)));
+        shard
+            .install(&hub.group_keys(GroupId(2), T0).unwrap())
+            .unwrap();
+        assert_eq!(shard.held_epochs(), vec![epoch - 1, epoch]);
+        assert_eq!(shard.open(&t, T0 + 1).unwrap(), claims(T0));
+        // Another group's token names its group in the header: refused as such.
+        let mut other = claims(T0);
+        other.group = GroupId(5);
+        let t5 = hub.seal(&other, T0).unwrap();
+        assert_eq!(shard.open(&t5, T0), Err(TokenError::WrongGroup(GroupId(5))));
+        // Another group's keys are refused, and a shard cannot seal.
+        assert!(shard
+            .install(&hub.group_keys(GroupId(5), T0).unwrap())
+            .is_err());
+        assert_eq!(shard.seal(&claims(T0), T0), Err(TokenError::CannotSeal));
+        assert!(shard.group_keys(GroupId(2), T0).is_none());
+        // Rewriting the header's group to this shard's breaks authentication.
+        let mut forged = t5.clone();
+        forged[5..9].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(shard.open(&forged, T0), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn the_next_epochs_key_arrives_before_the_epoch_and_old_keys_lapse() {
+        let hub = keys(10);
+        let shard = TokenKeys::held(GroupId(2));
+        let boundary = (T0 / 10_000 + 1) * 10_000;
+        let e = hub.epoch_at(boundary - 1);
+        // Two seconds before the boundary: not yet; one second before (lead 1 s): the next one.
+        assert_eq!(
+            hub.group_keys(GroupId(2), boundary - 2000)
+                .unwrap()
+                .keys
+                .len(),
+            2
+        );
+        shard
+            .install(&hub.group_keys(GroupId(2), boundary - 500).unwrap())
+            .unwrap();
+        assert_eq!(shard.held_epochs(), vec![e - 1, e, e + 1]);
+        // The hub, a moment ahead, seals in the next epoch: the shard opens it already.
+        let mut c = claims(boundary);
+        c.expires_at_ms = boundary + 100_000;
+        let early = hub.seal(&c, boundary + 1).unwrap();
+        assert!(shard.open(&early, boundary - 400).is_ok());
+        // Without new keys (the hub is down), a key lapses two epochs after its own.
+        let old = hub.seal(&c, boundary - 500).unwrap();
+        assert!(shard.open(&old, boundary + 9_999).is_ok());
+        assert_eq!(
+            shard.open(&old, boundary + 10_000),
+            Err(TokenError::UnknownEpoch(e))
+        );
     }
 
     #[test]

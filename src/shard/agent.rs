@@ -128,6 +128,10 @@ async fn carry_out(
             return Some(tokio::spawn(async move { s.drain(grace).await }));
         }
         HubCmd::Stop => shard.kill(),
+        HubCmd::Keys(keys) => match shard.install_keys(&keys) {
+            Ok(()) => debug!(?keys, "token keys installed"),
+            Err(e) => tracing::warn!(error = %e, "token keys refused"),
+        },
     }
     None
 }

@@ -29,6 +29,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::ids::{GroupId, ShardId, StreamName};
 use crate::link::channel::Uplink;
 use crate::link::ShardLoad;
+use crate::sync::lock;
 use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
 use crate::wire::{ErrorCode, GoAway};
@@ -228,6 +229,15 @@ impl Shard {
             rejections: c.total_rejections(),
             reports_dropped: self.state.uplink.dropped(),
         }
+    }
+
+    /// Replaces the token keys this shard opens tokens with (the hub's `keys` command).
+    pub fn install_keys(
+        &self,
+        keys: &crate::link::GroupKeys,
+    ) -> Result<(), crate::security::token::TokenError> {
+        let tokens = lock(&self.state.admission).tokens().clone();
+        tokens.install(keys)
     }
 
     /// The shard's own session store.

@@ -43,9 +43,10 @@ async fn forged_tokens_are_refused_without_allocation() {
         .attach(shard.addr(), &rand16().repeat(4), &[0; 32], shard.id())
         .await;
     assert_eq!(code, Some(ErrorCode::TokenMalformed));
-    // Well-formed header, current epoch, forged ciphertext.
+    // Well-formed header (current epoch, the shard's group), forged ciphertext.
     let mut forged = vec![shoal::security::token::TOKEN_VERSION];
     forged.extend(tc.tokens().epoch_at(now_ms()).to_be_bytes());
+    forged.extend(shard.group().0.to_be_bytes());
     forged.extend(rand16().repeat(7));
     let code = raw
         .attach(shard.addr(), &forged, &[0; 32], shard.id())
@@ -95,6 +96,7 @@ async fn a_token_with_any_byte_flipped_is_refused() {
                     ErrorCode::TokenMalformed
                         | ErrorCode::TokenInvalid
                         | ErrorCode::TokenUnknownEpoch
+                        | ErrorCode::TokenWrongGroup
                 )
             ),
             "byte {i}: {code:?}"
