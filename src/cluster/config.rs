@@ -200,6 +200,10 @@ pub struct HubConfig {
     /// TLS session tickets sent per hub handshake: one per shard connection the client may
     /// open with 0-RTT (primary, failovers), plus spare.
     pub tickets_per_handshake: usize,
+    /// UDP address of the control listener (`shoal-ctl/1`, mutual TLS) where shards in other
+    /// processes register (`shoal shard --hub ADDR`). Off by default; with
+    /// `shards.launcher = "processes"` an ephemeral loopback port is used when unset.
+    pub control_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +249,21 @@ pub struct ShardsConfig {
     pub replay_cache: usize,
     /// TLS session tickets sent per shard handshake.
     pub tickets_per_handshake: usize,
+    /// How the cluster's (and the pool's) shards run: inside this process (`embedded`) or
+    /// each as a `shoal shard` child process linked over the control listener (`processes`).
+    pub launcher: LauncherKind,
+    /// The `shoal` binary the `processes` launcher runs as `shoal shard` (default: this
+    /// program).
+    pub program: Option<PathBuf>,
+}
+
+/// Where shards run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LauncherKind {
+    #[default]
+    Embedded,
+    Processes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,6 +373,7 @@ impl Default for HubConfig {
             grant_shards: 2,
             token_ttl: Duration::from_secs(600),
             tickets_per_handshake: 4,
+            control_listen: None,
         }
     }
 }
@@ -379,6 +399,8 @@ impl Default for ShardsConfig {
             attach_timeout: Duration::from_secs(5),
             replay_cache: 100_000,
             tickets_per_handshake: 2,
+            launcher: LauncherKind::Embedded,
+            program: None,
         }
     }
 }

@@ -91,6 +91,7 @@ impl EmbeddedLauncher {
             id,
             group,
             bind,
+            advertise: None,
             socket_buffer: s.socket_buffer_bytes,
             configs,
             endpoint_config: f.endpoint_config.clone(),

@@ -6,6 +6,8 @@
 
 pub mod config;
 mod embedded;
+pub mod processes;
+pub mod remote;
 
 pub use embedded::EmbeddedLauncher;
 use embedded::LauncherInner;
@@ -16,14 +18,16 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::info;
 
-use crate::cluster::config::Config;
+use crate::cluster::config::{Config, LauncherKind};
 use crate::hub::directory::Directory;
 use crate::hub::placement::{HeadroomPlacer, Placer};
 use crate::hub::profiler::Profiler;
 use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
+use crate::link::net::{ControlServer, CTL_ALPN};
 use crate::pool::launcher::{LaunchError, Launcher};
 use crate::security::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
+use crate::security::tls::mtls_server_crypto;
 use crate::security::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
 use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
@@ -31,6 +35,7 @@ use crate::shard::Shard;
 use crate::sync::lock;
 use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
+pub use processes::ProcessLauncher;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,6 +50,8 @@ pub enum ClusterError {
     Profiles(#[from] crate::hub::profiler::ProfilerError),
     #[error(transparent)]
     Launch(LaunchError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -140,6 +147,10 @@ pub struct Cluster {
     pub hub: Hub,
     /// Starts (and reaps) the embedded shards; the pool uses it to add more.
     pub launcher: EmbeddedLauncher,
+    /// Starts shard processes instead, with `shards.launcher = "processes"`.
+    processes: Option<ProcessLauncher>,
+    /// Where shards in other processes register.
+    control: Option<ControlServer>,
     pub ca: Vec<CertificateDer<'static>>,
     pub cluster: String,
     grace: Duration,
@@ -166,22 +177,9 @@ impl Cluster {
         let reset_key = Arc::new(schedule.stateless_reset_key());
         let token_key: Arc<dyn quinn::crypto::HandshakeTokenKey> =
             Arc::new(schedule.new_token_key());
-        let crypto = |tickets: usize| -> Result<Arc<rustls::ServerConfig>, ClusterError> {
-            // The store is replaced per endpoint and per connection (see `ConnConfigs`).
-            let placeholder = Arc::new(SessionStore::new(1, st.session_ttl));
-            Ok(server_crypto(
-                m.chain.clone(),
-                m.key.clone_key(),
-                placeholder,
-                tickets,
-            )?)
-        };
+        let crypto = |tickets: usize| endpoint_crypto(&m.chain, &m.key, tickets, st.session_ttl);
         let endpoint_config = quinn::EndpointConfig::new(reset_key);
-        let streams = StreamSettings {
-            synthetic: cfg.synthetic(),
-            buffer_chunks: st.buffer_chunks,
-            replay_window: st.replay_window_chunks,
-        };
+        let streams = stream_settings(cfg);
         let s = &cfg.shards;
         let limits = cfg.profiles.limits.clone();
         let profiler = match &cfg.profiles.path {
@@ -239,18 +237,95 @@ impl Cluster {
                 running: Mutex::default(),
             }),
         };
+        let control = match (cfg.hub.control_listen, s.launcher) {
+            (Some(bind), _) => Some(bind),
+            (None, LauncherKind::Processes) => Some(std::net::SocketAddr::new(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                0,
+            )),
+            (None, LauncherKind::Embedded) => None,
+        };
+        let control = match control {
+            Some(bind) => {
+                let crypto =
+                    mtls_server_crypto(m.chain.clone(), m.key.clone_key(), &m.ca, CTL_ALPN)?;
+                let server = ControlServer::server_config(crypto)?;
+                Some(
+                    ControlServer::start(bind, server, hub.links().clone()).map_err(|source| {
+                        ClusterError::Bind {
+                            what: "control listener".into(),
+                            addr: bind,
+                            source,
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let processes = match (&control, s.launcher) {
+            (Some(c), LauncherKind::Processes) => Some(
+                ProcessLauncher::new(cfg, c.addr(), hub.directory().clone(), port_span).map_err(
+                    |e| {
+                        ClusterError::Launch(LaunchError::Start {
+                            shard: ShardId(0),
+                            source: format!("cannot prepare shard processes: {e}").into(),
+                        })
+                    },
+                )?,
+            ),
+            _ => None,
+        };
         for i in 0..s.count {
-            launcher
-                .start(ShardId(i), GroupId(i % s.groups))
-                .map_err(ClusterError::Launch)?;
+            let (id, group) = (ShardId(i), GroupId(i % s.groups));
+            match &processes {
+                Some(p) => p.launch(id, group),
+                None => launcher.start(id, group).map(|_| ()),
+            }
+            .map_err(ClusterError::Launch)?;
         }
         Ok(Cluster {
             hub,
             launcher,
+            processes,
+            control,
             ca: m.ca,
             cluster: cfg.cluster.clone(),
             grace: cfg.shutdown.grace,
         })
+    }
+
+    /// Waits until the first shards registered: at once for embedded ones; for shard processes
+    /// until each registered (bounded by `within`), or the error naming those that did not.
+    pub async fn wait_ready(&self, within: Duration) -> Result<(), ClusterError> {
+        let Some(p) = &self.processes else {
+            return Ok(());
+        };
+        let missing = p.wait_registered(within).await;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ClusterError::Invalid(format!(
+            "shard processes {missing:?} did not register within {within:?} (their log is on stderr)"
+        )))
+    }
+
+    /// What the pool starts and reaps shards with: the process launcher when shards run as
+    /// processes, the embedded one otherwise.
+    pub fn pool_launcher(&self) -> Arc<dyn Launcher> {
+        match &self.processes {
+            Some(p) => Arc::new(p.clone()),
+            None => Arc::new(self.launcher.clone()),
+        }
+    }
+
+    /// The shard processes' launcher, when shards run as processes.
+    pub fn processes(&self) -> Option<&ProcessLauncher> {
+        self.processes.as_ref()
+    }
+
+    /// The control listener, when one runs.
+    pub fn control(&self) -> Option<&ControlServer> {
+        self.control.as_ref()
     }
 
     /// The embedded shard `id` (tests and tools reach into it; the hub never does).
@@ -288,8 +363,40 @@ impl Cluster {
         for s in self.launcher.shards() {
             self.launcher.reap(s.id());
         }
+        if let Some(p) = &self.processes {
+            p.reap_all(Duration::from_secs(2)).await;
+        }
+        if let Some(c) = &self.control {
+            c.close();
+        }
         self.hub.close().await;
         info!("shutdown complete");
+    }
+}
+
+/// The TLS configuration of a `shoal/1` endpoint (hub or shard). Its session store is
+/// replaced per endpoint and per connection (see [`ConnConfigs`]).
+pub(crate) fn endpoint_crypto(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    tickets: usize,
+    ttl: Duration,
+) -> Result<Arc<rustls::ServerConfig>, ClusterError> {
+    let placeholder = Arc::new(SessionStore::new(1, ttl));
+    Ok(server_crypto(
+        chain.to_vec(),
+        key.clone_key(),
+        placeholder,
+        tickets,
+    )?)
+}
+
+/// What a shard's streams run with.
+pub(crate) fn stream_settings(cfg: &Config) -> StreamSettings {
+    StreamSettings {
+        synthetic: cfg.synthetic(),
+        buffer_chunks: cfg.streams.buffer_chunks,
+        replay_window: cfg.streams.replay_window_chunks,
     }
 }
 

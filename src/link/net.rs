@@ -237,24 +237,26 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Listens on `bind` with `crypto` (a server configuration that requires client
-    /// certificates, ALPN [`CTL_ALPN`]).
-    pub fn start(
-        bind: SocketAddr,
+    /// The listener's QUIC configuration over `crypto` (a server configuration that requires
+    /// client certificates from the cluster CA, ALPN [`CTL_ALPN`]).
+    pub fn server_config(
         crypto: Arc<rustls::ServerConfig>,
-        links: Links,
-    ) -> Result<ControlServer, crate::security::tls::TlsError> {
+    ) -> Result<quinn::ServerConfig, crate::security::tls::TlsError> {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|e| crate::security::tls::TlsError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport());
-        let io = |source: std::io::Error| crate::security::tls::TlsError::Read {
-            path: format!("control listener {bind}"),
-            source,
-        };
+        Ok(server)
+    }
+
+    /// Listens on `bind` and hands every shard that registers to `links`.
+    pub fn start(
+        bind: SocketAddr,
+        server: quinn::ServerConfig,
+        links: Links,
+    ) -> std::io::Result<ControlServer> {
         let (endpoint, addr) =
-            crate::net::server_endpoint(bind, 1 << 20, quinn::EndpointConfig::default(), server)
-                .map_err(io)?;
+            crate::net::server_endpoint(bind, 1 << 20, quinn::EndpointConfig::default(), server)?;
         let counters = Arc::new(ControlCounters::default());
         let task = tokio::spawn(
             accept_loop(endpoint.clone(), links, counters.clone())
@@ -627,6 +629,7 @@ pub async fn run_bridge(
                     Some(m) => held.keep(m),
                     None => return Ok(()),
                 },
+                () = local.commands.closed() => return Ok(()),
             }
         }
         backoff = (backoff * 2).min(opts.backoff_max);
@@ -699,6 +702,7 @@ async fn connect_and_relay(
                 Some(m) => held.keep(m),
                 None => return (Ended::AgentGone, false),
             },
+            () = local.commands.closed() => return (Ended::AgentGone, false),
         }
     };
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -737,9 +741,10 @@ async fn connect_and_relay(
                         break ended_by(&conn, dialer.hub, e.to_string());
                     }
                     if drained {
-                        // Give the hub a moment to read it before the agent ends.
+                        // The shard is done: the hub closes the link once it read this.
                         let _ = send.finish();
                         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                        break Ended::AgentGone;
                     }
                 }
                 None => {
@@ -749,6 +754,18 @@ async fn connect_and_relay(
                     break Ended::AgentGone;
                 }
             },
+            () = local.commands.closed() => {
+                // The agent ended (the shard stopped): what it sent last goes out first.
+                while let Ok(m) = local.messages.try_recv() {
+                    if write_frame(&mut send, &m).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+                CloseCode::ShardStopping.close(&conn);
+                break Ended::AgentGone;
+            }
             r = &mut down => {
                 let cause = match r {
                     Ok(cause) => cause,

@@ -45,6 +45,10 @@ pub struct GroupStatus {
 /// 1 000, so the ranges stay disjoint within u32; a start whose id is taken fails).
 const ID_STRIDE: u32 = 4_000_000;
 
+/// A started shard that has not registered this long is given up (its launcher kills a
+/// process that does not register within [`crate::cluster::processes::REGISTER_TIMEOUT`]).
+const START_TIMEOUT: Duration = Duration::from_secs(35);
+
 /// A running pool driver.
 pub struct PoolDriver {
     task: tokio::task::JoinHandle<()>,
@@ -101,7 +105,7 @@ impl PoolDriver {
             states,
             Ctx {
                 links: cluster.hub.links().clone(),
-                launcher: Arc::new(cluster.launcher.clone()),
+                launcher: cluster.pool_launcher(),
                 grace: pool.drain_grace,
                 drains: drains.clone(),
             },
@@ -221,10 +225,22 @@ async fn run(
         let mut out = Vec::with_capacity(groups.len());
         for g in &mut groups {
             let group = g.pool.group();
-            // A warm or active shard that left the directory died (a drained one is draining
-            // in the pool): it leaves the pool, which replaces it if it is short.
+            // A starting shard is ready once it registered (readiness is registration), and
+            // failed if it did not within the bound. A warm or active shard that left the
+            // directory died (a drained one is draining in the pool): it leaves the pool,
+            // which replaces it if it is short.
             for slot in g.pool.snapshot(now) {
                 let gone = !shards.iter().any(|s| s.0 == slot.id);
+                if slot.life == super::Life::Starting {
+                    if !gone {
+                        let _ = g.pool.handle_started(slot.id, now);
+                    } else if slot.age_s > START_TIMEOUT.as_secs_f64() {
+                        warn!(shard = slot.id.0, "a started shard never registered");
+                        let _ = g.pool.handle_start_failed(slot.id, now);
+                        ctx.launcher.reap(slot.id);
+                    }
+                    continue;
+                }
                 if gone && g.pool.handle_lost(slot.id).is_ok() {
                     warn!(shard = slot.id.0, group = group.0, "pool lost a shard");
                     ctx.launcher.reap(slot.id);
@@ -276,7 +292,11 @@ fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now
         PoolAction::Start { shard } => match ctx.launcher.launch(shard, group) {
             Ok(()) => {
                 info!(shard = shard.0, group = group.0, "pool started a shard");
-                let _ = pool.handle_started(shard, now);
+                // An embedded shard registered already; a process registers in a moment (the
+                // next step sees it).
+                if lock(ctx.directory()).record(shard).is_some() {
+                    let _ = pool.handle_started(shard, now);
+                }
             }
             Err(e) => {
                 warn!(shard = shard.0, error = %e, "pool could not start a shard");

@@ -29,7 +29,7 @@ pub fn registration(shard: &Shard) -> ShardMsg {
         version: LINK_VERSION,
         shard: shard.id(),
         group: shard.group(),
-        addr: shard.addr(),
+        addr: shard.advertised(),
         capacity: shard.capacity(),
     })
 }

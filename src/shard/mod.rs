@@ -91,6 +91,9 @@ pub struct ShardParams {
     pub id: ShardId,
     pub group: GroupId,
     pub bind: SocketAddr,
+    /// Where clients reach the shard when that is not the bound address (NAT, a balancer, an
+    /// unspecified bind address); registered with the hub.
+    pub advertise: Option<SocketAddr>,
     pub socket_buffer: usize,
     /// One server configuration per connection, over the shard's own session store.
     pub configs: ConnConfigs,
@@ -129,6 +132,7 @@ pub struct Shard {
     state: Arc<ShardState>,
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
+    advertised: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -178,6 +182,7 @@ impl Shard {
             state,
             endpoint,
             addr,
+            advertised: p.advertise.unwrap_or(addr),
             tasks: Arc::new(Mutex::new(vec![accept, ticker])),
         })
     }
@@ -188,8 +193,13 @@ impl Shard {
     pub fn group(&self) -> GroupId {
         self.state.group
     }
+    /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// Where clients reach the shard (the bound address unless told otherwise).
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
     }
     pub fn counters(&self) -> &Arc<ShardCounters> {
         &self.state.counters

@@ -23,8 +23,11 @@ pub struct DemoOptions {
     pub duration: Duration,
     /// Distinct synthetic streams the clients spread over.
     pub streams: usize,
-    /// Kill the busiest shard halfway.
+    /// Kill the busiest shard halfway (a shard process with SIGKILL).
     pub kill: bool,
+    /// Every shard a `shoal shard` child process (`config.shards.program`, default this
+    /// program) instead of inside this process.
+    pub shard_processes: bool,
     pub config: Config,
 }
 
@@ -37,6 +40,7 @@ impl Default for DemoOptions {
             duration: Duration::from_secs(5),
             streams: 8,
             kill: true,
+            shard_processes: false,
             config,
         }
     }
@@ -130,14 +134,51 @@ pub async fn run(
     opts: DemoOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<DemoReport, DemoError> {
-    let cfg = &opts.config;
-    let cluster = Cluster::start(cfg, Material::generate(&cfg.cluster)?)?;
+    let mut cfg = opts.config.clone();
+    // Shard processes read their certificates from files: fresh ones in a directory of this
+    // run, removed afterwards.
+    let scratch = if opts.shard_processes {
+        let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
+        cfg.data_dir = dir.clone();
+        cfg.shards.launcher = crate::cluster::config::LauncherKind::Processes;
+        Some(Scratch(dir))
+    } else {
+        None
+    };
+    let material = match &scratch {
+        Some(s) => {
+            let certs =
+                crate::security::certs::generate(&cfg.cluster).map_err(ClusterError::from)?;
+            crate::security::certs::write(&s.0, &certs).map_err(ClusterError::from)?;
+            Material::from_certs(
+                crate::security::keys::ClusterSecret::random().map_err(ClusterError::from)?,
+                &certs,
+            )?
+        }
+        None => Material::generate(&cfg.cluster)?,
+    };
+    let cfg = &cfg;
+    let cluster = Cluster::start(cfg, material)?;
+    if let Err(e) = cluster
+        .wait_ready(crate::cluster::processes::REGISTER_TIMEOUT)
+        .await
+    {
+        cluster.shutdown().await;
+        return Err(e.into());
+    }
     let hub = cluster.hub.addr();
-    progress(&format!(
-        "cluster up: hub {hub}, {} shards in {} groups",
-        cluster.shards().len(),
-        cfg.shards.groups
-    ));
+    let shard_count = live_shards(&cluster);
+    match cluster.processes() {
+        Some(p) => progress(&format!(
+            "cluster up: hub {hub}, {shard_count} shard processes in {} groups (start-up {:.1} ms, spawn to registered)",
+            cfg.shards.groups,
+            p.median_startup().unwrap_or_default().as_secs_f64() * 1e3
+        )),
+        None => progress(&format!(
+            "cluster up: hub {hub}, {shard_count} shards in {} groups",
+            cfg.shards.groups
+        )),
+    }
     let started = crate::clock::now();
     let deadline = crate::clock::tokio_now() + opts.duration;
     let mut tasks = Vec::with_capacity(opts.clients);
@@ -152,7 +193,21 @@ pub async fn run(
     }
     progress(&format!("{} clients subscribing", opts.clients));
     let mut killed = None;
-    if opts.kill {
+    if opts.kill && cluster.processes().is_some() {
+        tokio::time::sleep(opts.duration / 2).await;
+        // The busiest shard by its own reports, killed with SIGKILL.
+        let victim = crate::sync::lock(cluster.directory())
+            .records()
+            .max_by_key(|r| r.load.sessions)
+            .map(|r| (r.id, r.load.sessions));
+        if let (Some((id, sessions)), Some(p)) = (victim, cluster.processes()) {
+            progress(&format!(
+                "SIGKILL to shard process {id} ({sessions} sessions)"
+            ));
+            crate::pool::launcher::Launcher::reap(p, id);
+            killed = Some(id.0);
+        }
+    } else if opts.kill {
         tokio::time::sleep(opts.duration / 2).await;
         if let Some(victim) = cluster
             .shards()
@@ -170,7 +225,7 @@ pub async fn run(
     }
     let mut report = DemoReport {
         clients: opts.clients,
-        shards: cluster.shards().len(),
+        shards: shard_count,
         killed_shard: killed,
         ..Default::default()
     };
@@ -206,14 +261,37 @@ pub async fn run(
     report.ttfb_p50_us = ttfb.value_at_quantile(0.50);
     report.ttfb_p99_us = ttfb.value_at_quantile(0.99);
     report.ttfb_max_us = ttfb.max();
-    report.shard_rejections = cluster
-        .shards()
-        .iter()
-        .map(|s| s.counters().total_rejections())
-        .sum();
+    report.shard_rejections = if cluster.processes().is_some() {
+        // Shard processes count their rejections in their load reports.
+        crate::sync::lock(cluster.directory())
+            .records()
+            .map(|r| r.load.rejections)
+            .sum()
+    } else {
+        cluster
+            .shards()
+            .iter()
+            .map(|s| s.counters().total_rejections())
+            .sum()
+    };
     progress("shutting down");
     cluster.shutdown().await;
+    drop(scratch);
     Ok(report)
+}
+
+/// Shards in the directory now.
+fn live_shards(cluster: &Cluster) -> usize {
+    crate::sync::lock(cluster.directory()).records().count()
+}
+
+/// A directory removed when the run ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl DemoReport {

@@ -20,6 +20,10 @@ pub struct DemoArgs {
     /// Do not kill a shard halfway.
     #[arg(long)]
     no_kill: bool,
+    /// Run every shard as a `shoal shard` child process on loopback, linked to the hub over
+    /// the control link (the one killed halfway gets SIGKILL).
+    #[arg(long)]
+    shard_processes: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -60,6 +64,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         duration: Duration::from_secs_f64(a.seconds),
         streams: a.streams,
         kill: !a.no_kill,
+        shard_processes: a.shard_processes,
         ..DemoOptions::default()
     };
     let report = demo::run(opts, |line| eprintln!("demo: {line}")).await?;

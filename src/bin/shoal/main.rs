@@ -9,6 +9,7 @@ mod demo;
 mod loadgen;
 mod mirror;
 mod publish;
+mod shard;
 mod subscribe;
 mod up;
 
@@ -39,6 +40,8 @@ struct Cli {
 enum Cmd {
     /// Serve a hub with embedded shards until Ctrl-C (then drain gracefully).
     Up(up::UpArgs),
+    /// Serve one shard as its own process, registered with a hub over the control link.
+    Shard(shard::ShardArgs),
     /// Run the embedded cluster with N subscribing clients, kill a shard halfway, report.
     Demo(demo::DemoArgs),
     /// Subscribe to a stream and print what arrives.
@@ -115,6 +118,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         match cli.cmd {
             Cmd::Up(a) => up::run(a).await,
+            Cmd::Shard(a) => shard::run(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Subscribe(a) => subscribe::run(a).await,
             Cmd::Publish(a) => publish::run(a).await,

@@ -35,6 +35,14 @@ pub struct UpArgs {
     /// Override shards.groups.
     #[arg(long)]
     groups: Option<u32>,
+    /// Override hub.control_listen: where shards in other processes register
+    /// (`shoal shard --hub ADDR`).
+    #[arg(long)]
+    control: Option<SocketAddr>,
+    /// Run every shard (the first ones and the pool's) as a `shoal shard` child process
+    /// (shards.launcher = "processes").
+    #[arg(long)]
+    shard_processes: bool,
     /// Override data_dir.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -59,6 +67,12 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     if let Some(g) = a.groups {
         cfg.shards.groups = g;
+    }
+    if let Some(c) = a.control {
+        cfg.hub.control_listen = Some(c);
+    }
+    if a.shard_processes {
+        cfg.shards.launcher = shoal::cluster::config::LauncherKind::Processes;
     }
     if let Some(d) = a.data_dir {
         cfg.data_dir = d;
@@ -99,6 +113,19 @@ pub async fn run(a: UpArgs) -> Result<()> {
         None => None,
     };
     let cluster = Cluster::start(&cfg, material)?;
+    if let Err(e) = cluster
+        .wait_ready(shoal::cluster::processes::REGISTER_TIMEOUT)
+        .await
+    {
+        cluster.shutdown().await;
+        return Err(e.into());
+    }
+    if let Some(p) = cluster.processes() {
+        tracing::info!(
+            startup_ms = p.median_startup().map(|d| d.as_secs_f64() * 1e3),
+            "shard processes registered (median start-up: spawn to registered)"
+        );
+    }
     let admin = match (cfg.admin.listen, mirror_identity) {
         (Some(addr), Some((chain, key))) => {
             let state = AdminState::for_cluster(&cluster, chain, key);
@@ -114,6 +141,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     };
     tracing::info!(
         hub = %cluster.hub.addr(),
+        control = ?cluster.control().map(|c| c.addr()),
         ca = %cfg.ca_path().display(),
         admin = ?admin.as_ref().map(Admin::addr),
         "ready: try `shoal subscribe --hub {} synth/hello`",
@@ -154,7 +182,12 @@ pub async fn run(a: UpArgs) -> Result<()> {
 }
 
 fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDriver {
-    let (pool, scaler) = cfg.pool.pool_and_scaler(&cfg.shards, cfg.shutdown.grace);
+    let (mut pool, mut scaler) = cfg.pool.pool_and_scaler(&cfg.shards, cfg.shutdown.grace);
+    // Shard processes: the measured start-up is the predictive policy's lead time.
+    if let Some(startup) = cluster.processes().and_then(|p| p.median_startup()) {
+        pool.startup = startup;
+        scaler.startup = startup;
+    }
     shoal::pool::driver::PoolDriver::start(cluster, pool, scaler, cfg.shards.groups)
 }
 
