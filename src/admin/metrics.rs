@@ -379,6 +379,12 @@ pub const SHARD: &[Metric<ShardRecord>] = &[
         |s| s.load.reports_dropped as f64,
     ),
     (
+        "shoal_shard_ticket_misses_total",
+        "counter",
+        "Session tickets clients offered that the shard's store did not hold (resumed without 0-RTT).",
+        |s| s.load.ticket_misses as f64,
+    ),
+    (
         "shoal_shard_rejections_total",
         "counter",
         "Connections the shard refused or closed with an error code.",

@@ -255,6 +255,9 @@ pub struct ShardsConfig {
     /// The `shoal` binary the `processes` launcher runs as `shoal shard` (default: this
     /// program).
     pub program: Option<PathBuf>,
+    /// The address shard processes dial for the control listener, when it is not the
+    /// listener's own (a relay, a NAT or a balancer in front of it).
+    pub hub_link: Option<SocketAddr>,
 }
 
 /// Where shards run.
@@ -401,6 +404,7 @@ impl Default for ShardsConfig {
             tickets_per_handshake: 2,
             launcher: LauncherKind::Embedded,
             program: None,
+            hub_link: None,
         }
     }
 }
@@ -494,13 +498,20 @@ impl Config {
             return bad("cluster", "must be a valid DNS name");
         }
         let sh = &self.shards;
-        if sh.count == 0 || sh.count > 10_000 {
-            return bad("shards.count", "must be in 1..=10000");
+        // No shard of its own is fine for a hub whose shards register over the control link.
+        if sh.count == 0 && self.hub.control_listen.is_none() {
+            return bad(
+                "shards.count",
+                "must be at least 1 unless hub.control_listen is set",
+            );
+        }
+        if sh.count > 10_000 {
+            return bad("shards.count", "must be in 0..=10000");
         }
         if sh.groups == 0 || sh.groups > 1_000 {
             return bad("shards.groups", "must be in 1..=1000");
         }
-        if sh.groups > sh.count {
+        if sh.count > 0 && sh.groups > sh.count {
             return bad("shards.groups", "must not exceed shards.count");
         }
         if self.hub.grant_shards == 0 {

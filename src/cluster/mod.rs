@@ -102,6 +102,15 @@ impl Material {
         })
     }
 
+    /// Fresh material written to `dir` (certificates a shard process can read), with `cfg`
+    /// pointed at it (`data_dir`); a random secret, kept in memory only.
+    pub fn generate_in(cfg: &mut Config, dir: &std::path::Path) -> Result<Self, ClusterError> {
+        let certs = crate::security::certs::generate(&cfg.cluster)?;
+        crate::security::certs::write(dir, &certs)?;
+        cfg.data_dir = dir.to_path_buf();
+        Self::from_certs(ClusterSecret::random()?, &certs)
+    }
+
     /// Reads the configured material. What is not configured comes from the data directory,
     /// where dev material is created if missing; the returned notes say what was created.
     pub fn load_or_create(cfg: &Config) -> Result<(Self, Vec<String>), ClusterError> {

@@ -49,7 +49,7 @@ struct Child {
 }
 
 impl ProcessLauncher {
-    /// A launcher whose children register at `control`, configured from `cfg` (written to
+    /// A launcher whose children register at `control` (or `shards.hub_link`), configured from `cfg` (written to
     /// the data directory for them). `port_span`: how many ports from `shards.base_port` the
     /// children may use (ephemeral ports when `base_port` is 0).
     pub fn new(
@@ -63,6 +63,7 @@ impl ProcessLauncher {
             None => std::env::current_exe()?,
         };
         let config = child_config(cfg)?;
+        let control = cfg.shards.hub_link.unwrap_or(control);
         Ok(ProcessLauncher {
             inner: Arc::new(Inner {
                 program,

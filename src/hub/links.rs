@@ -292,10 +292,16 @@ impl Links {
         })
     }
 
-    /// Prepares every shard of a grant (one `prepare` each: warm `stream`, hold that shard's
-    /// share of the client's entries) and waits, at most `wait` in all (sending included),
-    /// until each confirmed. Returns the shards the hub could not reach at all (no link, link
-    /// closed): the grant must not name them.
+    /// Prepares every shard of a grant: one `prepare` each (warm `stream`, hold that shard's
+    /// share of the client's entries), sent before the grant leaves, in order on each link.
+    /// Returns the shards the hub could not reach at all (no link, link closed, no room within
+    /// `wait`): the grant must not name them.
+    ///
+    /// The grant does not wait for the confirmations: on a networked link that would add the
+    /// hub↔shard round trip to every client's first byte, while the client needs a longer path
+    /// (hub → client → shard) to use them. Confirmations are counted as they come, within
+    /// `wait` (`entries_held`) or not (`entries_missed`); a shard counts the tickets it did not
+    /// hold when a client offered one (`ticket_misses` in its load).
     pub async fn prepare(
         &self,
         plan: Vec<(ShardId, Vec<StoreEntry>)>,
@@ -327,24 +333,27 @@ impl Links {
                 }
             }
         }
-        let mut held = 0;
-        for (batch, rx) in acks {
-            if matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))) {
-                held += 1;
-            } else {
-                lock(&self.inner.pending).remove(&batch);
+        let links = self.clone();
+        tokio::spawn(async move {
+            let mut held = 0;
+            for (batch, rx) in acks {
+                if matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))) {
+                    held += 1;
+                } else {
+                    lock(&links.inner.pending).remove(&batch);
+                }
             }
-        }
-        let c = &self.inner.hub.link;
-        c.entries_held.fetch_add(held as u64, Ordering::Relaxed);
-        let missed = (planned - held) as u64;
-        if missed > 0 {
-            c.entries_missed.fetch_add(missed, Ordering::Relaxed);
-            debug!(
-                missed,
-                "granted shards did not confirm their preparation in time"
-            );
-        }
+            let c = &links.inner.hub.link;
+            c.entries_held.fetch_add(held as u64, Ordering::Relaxed);
+            let missed = (planned - held) as u64;
+            if missed > 0 {
+                c.entries_missed.fetch_add(missed, Ordering::Relaxed);
+                debug!(
+                    missed,
+                    "granted shards did not confirm their preparation in time"
+                );
+            }
+        });
         unreachable
     }
 
@@ -566,6 +575,9 @@ mod tests {
         let plan = vec![(ShardId(4), vec![]), (ShardId(9), vec![])];
         let gone = l.prepare(plan, &stream, Duration::from_millis(250)).await;
         assert_eq!(gone, vec![ShardId(9)]);
+        // The confirmations are counted once the wait is over.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        settle().await;
         // Its group's keys came first; then the preparation, which it never answered:
         // counted as missed, not unreachable.
         match shard.commands.try_recv() {

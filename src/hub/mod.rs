@@ -336,7 +336,8 @@ fn session_sink(
     })
 }
 
-/// How long a grant waits for its shards to confirm their preparation.
+/// How long a grant waits for room on its shards' links, and the hub for their confirmations
+/// (a later one counts as missed).
 const PREPARE_WAIT: Duration = Duration::from_millis(250);
 
 /// What the hub hands the profiler thread.
@@ -655,9 +656,10 @@ async fn refuse(
     Ok(())
 }
 
-/// Before a grant leaves: its shards warm the stream and hold the client's session entries
-/// (confirmed, or the miss is counted), so its 0-RTT attach finds its ticket and its stream.
-/// Returns the shards that could not be reached at all (gone since placement).
+/// Before a grant leaves, its shards are told to warm the stream and hold the client's session
+/// entries (on each link ahead of anything later), so its 0-RTT attach finds its ticket and its
+/// stream; confirmations are counted, not waited for (see [`Links::prepare`]). Returns the
+/// shards that could not be reached at all (gone since placement).
 async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId]) -> Vec<ShardId> {
     let plan = state.links.grant_entries(&req.client_id, shards);
     state.links.prepare(plan, &req.stream, PREPARE_WAIT).await

@@ -161,6 +161,10 @@ pub struct ShardLoad {
     /// Reports this shard dropped because its link was full.
     #[serde(default)]
     pub reports_dropped: u64,
+    /// Session tickets clients offered that this shard's store did not hold (not copied here
+    /// in time, expired or evicted): each one a resumption without 0-RTT.
+    #[serde(default)]
+    pub ticket_misses: u64,
 }
 
 /// One ended session, as a shard reports it: the hub's profiler records it and its load model

@@ -39,6 +39,9 @@ pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshake, first stream and registration must each come within this.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write gathers what queued, up to about this many bytes (hub) or messages (shard).
+const COALESCE_BYTES: usize = 64 * 1024;
+const COALESCE_MESSAGES: usize = 256;
 /// Reports (load, session outcomes, entries) one link may send per second, with bursts of
 /// twice that; more are dropped and counted (a flooding shard costs its own reports only).
 pub const REPORT_BUDGET: f64 = 20_000.0;
@@ -403,7 +406,16 @@ async fn write_commands(
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(cmd) => {
-                    if write_frame(&mut send, &cmd).await.is_err() {
+                    // What queued meanwhile goes in the same write (fewer packets under load,
+                    // no wait when idle).
+                    let mut out = frame(&cmd);
+                    while out.len() < COALESCE_BYTES {
+                        match commands.try_recv() {
+                            Ok(more) => out.extend_from_slice(&frame(&more)),
+                            Err(_) => break,
+                        }
+                    }
+                    if send.write_all(&out).await.is_err() {
                         break;
                     }
                 }
@@ -735,9 +747,22 @@ async fn connect_and_relay(
         tokio::select! {
             m = local.messages.recv() => match m {
                 Some(m) => {
-                    let drained = matches!(m, ShardMsg::Drained);
-                    if let Err(e) = write_frame(&mut send, &m).await {
-                        held.keep(m);
+                    // What queued meanwhile goes in the same write (fewer packets under load).
+                    let mut batch = vec![m];
+                    while batch.len() < COALESCE_MESSAGES
+                        && !matches!(batch.last(), Some(ShardMsg::Drained))
+                    {
+                        match local.messages.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    let drained = matches!(batch.last(), Some(ShardMsg::Drained));
+                    let out: Vec<u8> = batch.iter().flat_map(frame).collect();
+                    if let Err(e) = send.write_all(&out).await {
+                        for m in batch {
+                            held.keep(m);
+                        }
                         break ended_by(&conn, dialer.hub, e.to_string());
                     }
                     if drained {

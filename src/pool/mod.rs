@@ -22,8 +22,11 @@
 //! 3. scale in conservatively: only a shard that has had no session for `idle_stop_after`, has
 //!    lived at least `min_lifespan`, and only while the pool is above its desired size — one
 //!    shard per `scale_in_step`;
-//! 4. a shard over any quota (sessions, send bandwidth, buffer memory) takes no new client, and
-//!    counts as full when the desired size is checked, so the pool adds capacity;
+//! 4. a shard over any quota (sessions, send bandwidth, buffer memory) takes no new client; one
+//!    over its bandwidth or buffer quota also counts as unusable when the desired size is
+//!    checked, so the pool adds capacity for it. A shard that is only full of sessions still
+//!    counts: the policies size the pool from sessions, so counting it out as well would add
+//!    its capacity twice (every full shard replaced at once);
 //! 5. a draining shard takes no client; its clients resume on another shard of the group (the
 //!    client's resume path); it stops when empty or after `drain_grace`.
 
@@ -347,6 +350,12 @@ impl Pool {
             || s.load.buffer_bytes >= q.buffer_bytes
     }
 
+    /// Over a quota that sessions do not show (rule 4).
+    fn over_resource_quota(&self, s: &Slot) -> bool {
+        let q = self.cfg.quota;
+        s.load.send_bps >= q.send_bps || s.load.buffer_bytes >= q.buffer_bytes
+    }
+
     fn running(&self) -> u32 {
         self.slots
             .iter()
@@ -487,12 +496,13 @@ impl Pool {
         for id in done {
             let _ = self.transition(id, Life::Stopped, now);
         }
-        // Full shards do not count: the pool adds capacity for them.
+        // Shards over a resource quota do not count: the pool adds capacity for them (rule 4).
         let usable = self
             .slots
             .iter()
             .filter(|s| {
-                matches!(s.life, Life::Starting | Life::Warm | Life::Active) && !self.over_quota(s)
+                matches!(s.life, Life::Starting | Life::Warm | Life::Active)
+                    && !self.over_resource_quota(s)
             })
             .count() as u32;
         let want = self.desired.max(self.cfg.min_shards);
@@ -503,8 +513,8 @@ impl Pool {
             running += 1;
             usable += 1;
         }
-        // Scale in: one idle, old-enough shard per step while more shards can take clients
-        // than wanted (full shards do not count, or a full one would churn an idle one).
+        // Scale in: one idle, old-enough shard per step while more shards are usable than
+        // wanted (those over a resource quota do not count, or one would churn an idle one).
         if usable > want
             && self
                 .last_scale_in

@@ -238,3 +238,119 @@ fn a_shard_that_died_is_replaced() {
         "the pool starts a replacement"
     );
 }
+
+#[test]
+fn shards_full_of_sessions_count_as_capacity_and_are_not_replaced() {
+    let t0 = crate::clock::now();
+    let mut p = Pool::new(GroupId(0), cfg(), 0, t0);
+    p.set_desired(2);
+    p.handle_timeout(t0);
+    run_actions(&mut p, t0);
+    for _ in 0..4 {
+        assert!(matches!(p.admit(t0), Admission::Warm(_)));
+    }
+    // Both at their session quota: the desired size (from sessions) already counts them.
+    p.handle_timeout(t0 + Duration::from_secs(1));
+    assert_eq!(run_actions(&mut p, t0), vec![]);
+    assert_eq!(p.live_shards(), 2);
+}
+
+fn scaler(policy: policy::Policy, static_size: u32) -> policy::Scaler {
+    policy::Scaler::new(policy::ScalerConfig {
+        policy,
+        static_size,
+        target_utilization: 0.7,
+        sync_period: Duration::from_secs(15),
+        scale_out_threshold: 0.8,
+        step: Duration::from_secs(1),
+        startup: Duration::from_millis(500),
+        plan_ahead: Duration::from_secs(10),
+        initial_mean_session: Duration::from_secs(60),
+    })
+}
+
+/// Warm room left, in sessions, over the shards taking clients.
+fn warm_room(p: &Pool, now: Instant) -> u64 {
+    p.snapshot(now)
+        .iter()
+        .filter(|s| matches!(s.life, Life::Warm | Life::Active))
+        .map(|s| p.shard_sessions().saturating_sub(s.sessions))
+        .sum()
+}
+
+#[test]
+fn the_buffer_policy_keeps_its_spare_shards_warm_above_the_sessions() {
+    let t0 = crate::clock::now();
+    let cfg = PoolConfig {
+        max_shards: 16,
+        ..cfg()
+    };
+    let (spare, quota) = (3u32, cfg.quota.sessions);
+    let mut p = Pool::new(GroupId(0), cfg, 0, t0);
+    let mut s = scaler(policy::Policy::Buffer, spare);
+    let mut t = t0;
+    // No sessions: `spare` idle warm shards.
+    s.step(&mut p, 0.0, 0.0, t);
+    p.handle_timeout(t);
+    run_actions(&mut p, t);
+    assert_eq!(p.warm_shards(), spare);
+    assert_eq!(warm_room(&p, t), u64::from(spare) * quota);
+    // Clients arrive a few a step: after every step the pool has the spare's room again,
+    // and never more than one shard of room beyond it (the packed need rounds up).
+    for arrivals in [1u32, 4, 2, 5, 3] {
+        t += Duration::from_secs(1);
+        for _ in 0..arrivals {
+            assert!(
+                matches!(p.admit(t), Admission::Warm(_)),
+                "the spare took it"
+            );
+        }
+        let sessions = p.total_sessions() as f64;
+        s.step(&mut p, f64::from(arrivals), sessions, t);
+        p.handle_timeout(t);
+        run_actions(&mut p, t);
+        let room = warm_room(&p, t);
+        assert!(
+            room >= u64::from(spare) * quota,
+            "room {room} at {sessions} sessions"
+        );
+        assert!(
+            room < u64::from(spare + 1) * quota,
+            "room {room} at {sessions} sessions"
+        );
+    }
+    assert_eq!(p.counters().cold_admissions, 0);
+}
+
+#[test]
+fn the_predictive_policy_sizes_for_the_forecast_with_less_headroom_than_the_target() {
+    let t0 = crate::clock::now();
+    let cfg = PoolConfig {
+        max_shards: 64,
+        quota: Quota {
+            sessions: 50,
+            ..Quota::default()
+        },
+        ..PoolConfig::default()
+    };
+    let mut p = Pool::new(GroupId(0), cfg, 0, t0);
+    let mut s = scaler(policy::Policy::Predictive, 1);
+    // A steady 10 arrivals a step of 60 s sessions: about 600 sessions.
+    let sessions = 600.0;
+    for k in 0..300u32 {
+        s.step(
+            &mut p,
+            10.0,
+            sessions,
+            t0 + Duration::from_secs(u64::from(k)),
+        );
+    }
+    let packed = p.shards_for(sessions, 1.0);
+    let at_target = p.shards_for(sessions, 0.7);
+    assert!(
+        (packed..at_target).contains(&p.desired()),
+        "{packed} <= {} < {at_target}",
+        p.desired()
+    );
+    assert!((s.forecast() - sessions).abs() < 60.0, "{}", s.forecast());
+}

@@ -238,6 +238,7 @@ impl Shard {
             zero_rtt_attaches: l(&c.zero_rtt_attaches),
             rejections: c.total_rejections(),
             reports_dropped: self.state.uplink.dropped(),
+            ticket_misses: l(&self.store().stats.misses),
         }
     }
 

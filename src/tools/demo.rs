@@ -139,22 +139,13 @@ pub async fn run(
     // run, removed afterwards.
     let scratch = if opts.shard_processes {
         let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
-        cfg.data_dir = dir.clone();
         cfg.shards.launcher = crate::cluster::config::LauncherKind::Processes;
         Some(Scratch(dir))
     } else {
         None
     };
     let material = match &scratch {
-        Some(s) => {
-            let certs =
-                crate::security::certs::generate(&cfg.cluster).map_err(ClusterError::from)?;
-            crate::security::certs::write(&s.0, &certs).map_err(ClusterError::from)?;
-            Material::from_certs(
-                crate::security::keys::ClusterSecret::random().map_err(ClusterError::from)?,
-                &certs,
-            )?
-        }
+        Some(s) => Material::generate_in(&mut cfg, &s.0)?,
         None => Material::generate(&cfg.cluster)?,
     };
     let cfg = &cfg;
@@ -286,7 +277,7 @@ fn live_shards(cluster: &Cluster) -> usize {
 }
 
 /// A directory removed when the run ends.
-struct Scratch(std::path::PathBuf);
+pub struct Scratch(pub std::path::PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {

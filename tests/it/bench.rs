@@ -122,6 +122,7 @@ fn options(tc: &TestCluster, clients: usize) -> LoadgenOptions {
             bitrate_kbps: Some(800),
         },
         request_timeout: Duration::from_secs(3),
+        heartbeat_interval: None,
     }
 }
 
@@ -216,33 +217,100 @@ async fn a_returning_client_asks_the_hub_in_0rtt_and_idle_sessions_stay_up() {
 }
 
 #[test]
-fn placement_bench_runs_the_three_policies_on_every_trace() {
-    let (figures, stderr) =
-        bench_json(&["bench", "placement", "--quick", "--json", "--steps", "300"]);
+fn placement_bench_reports_every_policy_on_every_trace_and_start_up() {
+    let (figures, stderr) = bench_json(&[
+        "bench",
+        "placement",
+        "--quick",
+        "--json",
+        "--steps",
+        "300",
+        "--startup-sweep",
+    ]);
     assert!(stderr.contains("measuring a shard's start-up"), "{stderr}");
-    let traces: Vec<&str> = figures
+    let runs: Vec<(&str, &str)> = figures
         .iter()
-        .map(|f| f["trace"].as_str().unwrap())
+        .map(|f| {
+            (
+                f["trace"].as_str().unwrap(),
+                f["startup_source"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(traces, ["ramp", "diurnal", "flash"]);
-    for f in &figures {
-        assert!(f["startup_ms"].as_f64().unwrap() > 0.0, "measured: {f}");
-        for p in ["static_", "reactive", "predictive"] {
-            let p = &f[p];
-            assert!(p["admissions"].as_u64().unwrap() > 100, "{p}");
+    let mut expected = Vec::new();
+    for t in ["ramp", "diurnal", "flash"] {
+        expected.extend([(t, "measured"), (t, "given"), (t, "given")]);
+    }
+    assert_eq!(runs, expected);
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    for (i, f) in figures.iter().enumerate() {
+        let startup = num(f, "startup_ms");
+        assert!(startup > 0.0, "measured or given: {f}");
+        if i % 3 > 0 {
+            assert_eq!(startup, [1000.0, 5000.0][i % 3 - 1], "{f}");
+        }
+        let counted = (300 - f["warmup_steps"].as_u64().unwrap()) as f64;
+        for name in ["static_", "reactive", "buffer", "predictive"] {
+            let p = &f[name];
+            assert_eq!(p["policy"], name.trim_end_matches('_'), "{p}");
+            let (admissions, cold) = (num(p, "admissions"), num(p, "cold_admissions"));
+            assert!(admissions > 100.0 && cold <= admissions, "{p}");
             assert!(
-                p["shard_seconds"].as_f64().unwrap() >= 300.0,
+                num(p, "shard_seconds") >= counted,
                 "at least one shard: {p}"
             );
-            assert!(p["p99_ttfb_ms"].as_f64().unwrap() >= p["p50_ttfb_ms"].as_f64().unwrap());
+            let (p99, p999, max) = (
+                num(p, "p99_admission_wait_ms"),
+                num(p, "p999_admission_wait_ms"),
+                num(p, "max_admission_wait_ms"),
+            );
+            assert!(0.0 <= p99 && p99 <= p999 && p999 <= max, "{p}");
+            // A wait is at most one start-up, and there is one only if someone was cold.
+            assert!(max <= startup + 1e-6 && (cold > 0.0 || max == 0.0), "{p}");
+            assert!(num(p, "p99_ttfb_ms") >= num(p, "p50_ttfb_ms"), "{p}");
         }
-        let (mae, naive) = (f["mae"].as_f64().unwrap(), f["naive_mae"].as_f64().unwrap());
+        // The ratios are the figures' (null where the other's is 0).
+        let (pr, r, b) = (&f["predictive"], &f["reactive"], &f["buffer"]);
+        for (k, other, field) in [
+            ("cold_ratio_vs_reactive", r, "cold_admissions"),
+            ("cold_ratio_vs_buffer", b, "cold_admissions"),
+            ("shard_seconds_ratio_vs_reactive", r, "shard_seconds"),
+            ("shard_seconds_ratio_vs_buffer", b, "shard_seconds"),
+        ] {
+            let (a, o) = (num(pr, field), num(other, field));
+            match f[k].as_f64() {
+                Some(v) => assert!((v - a / o).abs() < 1e-9, "{k} of {f}"),
+                None => assert!(f[k].is_null() && o == 0.0, "{k} of {f}"),
+            }
+        }
+        // The buffer was sized against predictive's cost; its choice is among those tried.
+        assert_eq!(f["buffer_sizing"], "closest_to_predictive_cost");
+        let spare = f["buffer_shards"].as_u64().unwrap();
+        let tried = f["buffer_frontier"].as_array().unwrap();
+        assert!(tried.iter().any(|p| p["spare"] == spare), "{f}");
+        let v = &f["verdict"];
+        assert_eq!(v["applies"], f["trace"] != "diurnal", "{f}");
+        let all = [
+            "cold_vs_reactive",
+            "cold_vs_buffer",
+            "shard_seconds_vs_reactive",
+            "shard_seconds_vs_buffer",
+            "mae_vs_last_value",
+        ]
+        .iter()
+        .all(|k| v[*k].as_bool().unwrap());
+        assert_eq!(v["met"].as_bool(), Some(all), "{f}");
+        assert_eq!(f["goal_met"], v["met"]);
+        let (mae, naive) = (num(f, "mae"), num(f, "naive_mae"));
         assert!(mae.is_finite() && naive.is_finite() && mae >= 0.0, "{f}");
     }
     // Bad arguments are refused.
-    let bad = shoal()
-        .args(["bench", "placement", "--startup-ms", "-5"])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
+    for bad in [
+        &["bench", "placement", "--startup-ms", "-5"][..],
+        &["bench", "placement", "--startup-ms", "5", "--startup-sweep"],
+        &["bench", "placement", "--buffer-shards", "999"],
+    ] {
+        let out = shoal().args(bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+    }
 }

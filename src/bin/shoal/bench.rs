@@ -18,7 +18,8 @@ enum BenchScenario {
     All,
     /// Mirror failover: a sender, 3 receivers behind delay relays, the active one blackholed.
     Failover,
-    /// Shard pool policies (static, reactive, predictive) on a traffic trace, virtual time.
+    /// Shard pool policies (static, reactive, buffer, predictive) on a traffic trace, virtual
+    /// time.
     Placement,
 }
 
@@ -49,6 +50,13 @@ pub struct BenchArgs {
     /// Subscribers (fanout).
     #[arg(long, default_value_t = 32)]
     subscribers: usize,
+    /// grant, attach, ttfb: the shards are `shoal shard` processes, their control link to the
+    /// hub through a delay relay (`--link-delay-ms`); CPU counts the hub and its shards.
+    #[arg(long)]
+    remote_shards: bool,
+    /// One-way delay of the hub↔shard link with --remote-shards, in milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    link_delay_ms: f64,
     /// Idle attached clients (memory).
     #[arg(long, default_value_t = 2000)]
     idle_clients: usize,
@@ -61,11 +69,25 @@ pub struct BenchArgs {
     /// Seconds of traffic simulated per trace (placement).
     #[arg(long, default_value_t = 1800)]
     steps: usize,
+    /// Seed of the traces and session lengths (placement).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
     /// Use this shard start-up cost instead of measuring one (placement), e.g. for shards that
-    /// are processes on other hosts.
-    #[arg(long)]
+    /// are processes on other hosts or containers.
+    #[arg(long, conflicts_with = "startup_sweep")]
     startup_ms: Option<f64>,
+    /// Run at the measured start-up, then at 1000 ms and 5000 ms (container-like), in one table
+    /// (placement).
+    #[arg(long)]
+    startup_sweep: bool,
+    /// The buffer policy's spare shards (placement). Default: the spare whose shard-seconds are
+    /// closest to predictive's on the same run.
+    #[arg(long)]
+    buffer_shards: Option<u32>,
 }
+
+/// The given start-ups of `--startup-sweep`, after the measured one.
+const SWEEP_STARTUPS_MS: [f64; 2] = [1000.0, 5000.0];
 
 pub async fn run(a: BenchArgs) -> Result<()> {
     use shoal::tools::bench::{self, BenchOptions, Figure, Scenario};
@@ -95,6 +117,18 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     opts.rtt = Duration::from_millis(a.rtt_ms);
     opts.subscribers = a.subscribers;
     opts.idle_clients = a.idle_clients;
+    if a.remote_shards {
+        if !(0.0..=1000.0).contains(&a.link_delay_ms) {
+            bail!("--link-delay-ms must be in 0..=1000");
+        }
+        if !matches!(
+            a.scenario,
+            BenchScenario::Grant | BenchScenario::Attach | BenchScenario::Ttfb
+        ) {
+            bail!("--remote-shards applies to grant, attach and ttfb");
+        }
+        opts.remote_link_delay = Some(Duration::from_secs_f64(a.link_delay_ms / 1e3));
+    }
     let list: Vec<Scenario> = match a.scenario {
         BenchScenario::Grant => vec![Scenario::Grant],
         BenchScenario::Attach => vec![Scenario::Attach],
@@ -131,9 +165,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
 }
 
 async fn bench_placement(a: &BenchArgs) -> Result<()> {
-    use shoal::tools::bench::placement::{self, SimOptions, Trace};
+    use shoal::tools::bench::placement::{self, PlacementFigure, SimOptions, StartupSource, Trace};
     if a.steps < 60 || a.steps > 1_000_000 {
         bail!("--steps must be in 60..=1000000");
+    }
+    if a.buffer_shards.is_some_and(|n| n > 256) {
+        bail!("--buffer-shards must be in 0..=256");
     }
     let traces = match a.trace {
         TraceArg::Ramp => vec![Trace::Ramp],
@@ -141,81 +178,124 @@ async fn bench_placement(a: &BenchArgs) -> Result<()> {
         TraceArg::Flash => vec![Trace::Flash],
         TraceArg::All => vec![Trace::Ramp, Trace::Diurnal, Trace::Flash],
     };
-    let exe = std::env::current_exe().context("finding the shoal executable")?;
-    let rounds = if a.quick { 1 } else { 3 };
-    let startup = match a.startup_ms {
+    let given = |ms: f64| Duration::from_secs_f64(ms / 1e3);
+    let mut startups = Vec::new();
+    match a.startup_ms {
         Some(ms) if ms.is_finite() && (0.0..=600_000.0).contains(&ms) => {
             eprintln!("bench: placement: shard start-up given: {ms} ms (not measured)");
-            Duration::from_secs_f64(ms / 1e3)
+            startups.push((given(ms), StartupSource::Given));
         }
         Some(_) => bail!("--startup-ms must be in 0..=600000"),
         None => {
+            let exe = std::env::current_exe().context("finding the shoal executable")?;
+            let rounds = if a.quick { 1 } else { 3 };
             eprintln!(
                 "bench: placement: measuring a shard's start-up (a shard process, {rounds}x)"
             );
-            placement::measure_startup(&exe, rounds)
+            let measured = placement::measure_startup(&exe, rounds)
                 .await
-                .context("measuring the shard start-up")?
+                .context("measuring the shard start-up")?;
+            startups.push((measured, StartupSource::Measured));
+            if a.startup_sweep {
+                startups.extend(SWEEP_STARTUPS_MS.map(|ms| (given(ms), StartupSource::Given)));
+            }
         }
-    };
+    }
     eprintln!("bench: placement: measuring the warm time to first byte (real cluster)");
     let warm = placement::measure_warm_ttfb(if a.quick { 2 } else { 9 })
         .await
         .context("measuring the warm TTFB")?;
     eprintln!(
-        "bench: placement: start-up {:.1} ms, warm TTFB {:.2} ms",
-        startup.as_secs_f64() * 1e3,
+        "bench: placement: start-ups {:?} ms, warm TTFB {:.2} ms",
+        startups
+            .iter()
+            .map(|(d, _)| (d.as_secs_f64() * 1e4).round() / 10.0)
+            .collect::<Vec<_>>(),
         warm.as_secs_f64() * 1e3
     );
-    let mut figures = Vec::new();
-    for t in traces {
-        let mut o = SimOptions::new(t, startup, warm);
-        o.steps = if a.quick { a.steps.min(600) } else { a.steps };
-        eprintln!(
-            "bench: placement: trace {} ({} s simulated)",
-            t.name(),
-            o.steps
-        );
-        figures.push(placement::run(&o));
+    let mut figures: Vec<PlacementFigure> = Vec::new();
+    for &t in &traces {
+        for &(startup, source) in &startups {
+            let mut o = SimOptions::new(t, startup, warm);
+            o.startup_source = source;
+            o.buffer_shards = a.buffer_shards;
+            o.seed = a.seed;
+            o.steps = if a.quick { a.steps.min(600) } else { a.steps };
+            o.warmup_steps = o.warmup_steps.min(o.steps / 4);
+            eprintln!(
+                "bench: placement: trace {} at {:.1} ms start-up ({} s simulated)",
+                t.name(),
+                startup.as_secs_f64() * 1e3,
+                o.steps
+            );
+            figures.push(placement::run(&o));
+        }
     }
     println!(
-        "{:<8} {:<10} {:>12} {:>12} {:>8} {:>13} {:>6}",
-        "trace", "policy", "p99 ttfb ms", "p50 ttfb ms", "cold", "shard-seconds", "peak"
+        "{:<8} {:>9} {:<10} {:>6} {:>8} {:>10} {:>10} {:>11} {:>13} {:>5}",
+        "trace",
+        "start ms",
+        "policy",
+        "cold",
+        "admits",
+        "p999 wait",
+        "p99 wait",
+        "p99 ttfb",
+        "shard-seconds",
+        "peak"
     );
+    let r = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
     for f in &figures {
-        for p in [&f.static_, &f.reactive, &f.predictive] {
+        let spare = format!("buffer+{}", f.buffer_shards);
+        for p in [&f.static_, &f.reactive, &f.buffer, &f.predictive] {
+            let name = if p.policy == shoal::pool::policy::Policy::Buffer {
+                spare.as_str()
+            } else {
+                p.policy.name()
+            };
             println!(
-                "{:<8} {:<10} {:>12.2} {:>12.2} {:>8} {:>13.0} {:>6}",
+                "{:<8} {:>9.1} {:<10} {:>6} {:>8} {:>10.1} {:>10.1} {:>11.2} {:>13.0} {:>5}",
                 f.trace.name(),
-                format!("{:?}", p.policy).to_lowercase(),
-                p.p99_ttfb_ms,
-                p.p50_ttfb_ms,
+                f.startup_ms,
+                name,
                 p.cold_admissions,
+                p.admissions,
+                p.p999_admission_wait_ms,
+                p.p99_admission_wait_ms,
+                p.p99_ttfb_ms,
                 p.shard_seconds,
                 p.peak_shards
             );
         }
+        let v = &f.verdict;
         println!(
-            "{:<8} predictive/reactive: p99 {:.2}x, shard-seconds {:.2}x; goal {}",
+            "{:<8} {:>9.1} predictive/reactive: cold {}, shard-seconds {}; /buffer: cold {}, shard-seconds {}; MAE at {} s {:.3} vs last value {:.3} ({:.2}x); goal {}",
             f.trace.name(),
-            f.p99_ratio,
-            f.shard_seconds_ratio,
-            if f.goal_met { "met" } else { "MISSED" }
-        );
-        println!(
-            "{:<8} predictor MAE at {} s: {:.3} vs naive {:.3} ({:.2}x); at the {} s lead: {:.3} vs {:.3} ({:.2}x); noise floor {:.3}",
-            f.trace.name(),
+            f.startup_ms,
+            r(f.cold_ratio_vs_reactive),
+            r(f.shard_seconds_ratio_vs_reactive),
+            r(f.cold_ratio_vs_buffer),
+            r(f.shard_seconds_ratio_vs_buffer),
             f.plan_steps,
             f.mae,
-            f.naive_mae,
-            f.mae_ratio,
-            f.lead_steps,
-            f.lead_mae,
-            f.lead_naive_mae,
-            f.lead_mae / f.lead_naive_mae.max(1e-9),
-            f.oracle_mae
+            f.last_value_mae,
+            f.mae_vs_last_value,
+            match (v.applies, v.met) {
+                (true, true) => "met",
+                (true, false) => "MISSED",
+                (false, true) => "met (no goal on this trace)",
+                (false, false) => "missed (no goal on this trace)",
+            }
         );
     }
+    println!(
+        "buffer: Agones-style spare shards above the packed need, sized {}",
+        if a.buffer_shards.is_some() {
+            "by --buffer-shards"
+        } else {
+            "per run: the spare whose shard-seconds are closest to predictive's (frontier in the JSON)"
+        }
+    );
     if a.json {
         for f in &figures {
             println!("{}", serde_json::to_string(f)?);

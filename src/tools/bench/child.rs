@@ -34,6 +34,10 @@ pub enum ServerSpec {
         store_entries: usize,
         rate_hz: u32,
         chunk_bytes: u32,
+        /// Shards as `shoal shard` processes (children of this child), their control link
+        /// through a delay relay of this one-way delay; embedded shards when absent.
+        #[serde(default)]
+        remote_link_delay_ms: Option<f64>,
     },
     /// The raw-quinn baseline server (see [`baseline`]).
     Quinn(baseline::BaselineSpec),
@@ -92,9 +96,10 @@ impl ChildServer {
         pem_certs(&self.ready.ca_pem)
     }
 
-    /// CPU time the child has used so far (all its threads, user and system).
+    /// CPU time the child and its own children (shard processes) have used so far (all
+    /// their threads, user and system).
     pub fn cpu(&self) -> Result<Duration, BenchError> {
-        cpu_time(self.pid)
+        tree_cpu_time(self.pid)
     }
 
     /// Resident set size of the child, in bytes.
@@ -138,6 +143,40 @@ pub fn cpu_time(pid: u32) -> Result<Duration, BenchError> {
     Ok(Duration::from_nanos(ns))
 }
 
+/// [`cpu_time`] of `pid` and of its descendants.
+pub fn tree_cpu_time(pid: u32) -> Result<Duration, BenchError> {
+    let mut total = cpu_time(pid)?;
+    let mut stack = children(pid);
+    // Bounded: a process tree of a bench child is a handful of processes.
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        // A child that exits between listing and reading counts nothing.
+        total += cpu_time(p).unwrap_or_default();
+        stack.extend(children(p));
+    }
+    Ok(total)
+}
+
+/// The children of `pid` (`/proc/PID/task/*/children`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Resident set size of `pid` in bytes (`VmRSS` of `/proc/PID/status`).
 pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
     let path = format!("/proc/{pid}/status");
@@ -168,24 +207,50 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             store_entries,
             rate_hz,
             chunk_bytes,
+            remote_link_delay_ms,
         } => {
+            let child = |e: &dyn std::fmt::Display| BenchError::Child(e.to_string());
             let mut cfg = Config::default();
             cfg.hub.listen = SocketAddr::from(([127, 0, 0, 1], 0));
             cfg.streams.synthetic_rate_hz = rate_hz;
             cfg.streams.synthetic_chunk_bytes = chunk_bytes;
             cfg.streams.session_store_entries = store_entries;
-            cfg.validate()
-                .map_err(|e| BenchError::Child(e.to_string()))?;
-            let cluster =
-                Cluster::start(&cfg, material).map_err(|e| BenchError::Child(e.to_string()))?;
-            // Every endpoint has its own store: each holds the prefilled entries.
+            let mut remote = None;
+            if let Some(ms) = remote_link_delay_ms {
+                // Shard processes read the certificates from files, and dial the hub's
+                // control listener through the delay relay.
+                let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
+                crate::security::certs::write(&dir, &certs).map_err(|e| child(&e))?;
+                cfg.data_dir = dir.clone();
+                let control = reserve_udp_port().map_err(|e| child(&e))?;
+                cfg.hub.control_listen = Some(control);
+                let relay = super::DelayRelay::start(control, Duration::from_secs_f64(ms / 1e3))
+                    .await
+                    .map_err(|e| child(&e))?;
+                cfg.shards.hub_link = Some(relay.addr());
+                cfg.shards.launcher = crate::cluster::config::LauncherKind::Processes;
+                cfg.shards.program = Some(std::env::current_exe().map_err(|e| child(&e))?);
+                remote = Some((relay, crate::tools::demo::Scratch(dir)));
+            }
+            cfg.validate().map_err(|e| child(&e))?;
+            let cluster = Cluster::start(&cfg, material).map_err(|e| child(&e))?;
+            cluster
+                .wait_ready(Duration::from_secs(30))
+                .await
+                .map_err(|e| child(&e))?;
+            // Every endpoint has its own store: each holds the prefilled entries (embedded
+            // shards only; the tickets scenario runs them).
             prefill(cluster.hub.store(), prefill_tickets)?;
             for s in cluster.shards() {
                 prefill(s.store(), prefill_tickets)?;
             }
             let mut addrs = vec![cluster.hub.addr()];
-            addrs.extend(cluster.shards().iter().map(|s| s.addr()));
-            (addrs, Box::new(cluster))
+            addrs.extend(
+                crate::sync::lock(cluster.directory())
+                    .records()
+                    .map(|r| r.addr),
+            );
+            (addrs, Box::new((cluster, remote)))
         }
         ServerSpec::Quinn(b) => {
             let server = baseline::Server::start(&b, material)?;
@@ -205,6 +270,11 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
     let mut buf = [0u8; 64];
     while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     Ok(())
+}
+
+/// A loopback UDP address free a moment ago (bound, then released).
+fn reserve_udp_port() -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()
 }
 
 /// Puts `n` ticket-sized dummy entries in the store (32-byte ids, 160-byte values, as rustls'

@@ -124,6 +124,9 @@ pub struct BenchOptions {
     pub subscribers: usize,
     /// Idle attached clients (`memory`).
     pub idle_clients: usize,
+    /// `grant`, `attach`, `ttfb`: shards as `shoal shard` processes with this one-way delay on
+    /// their control link to the hub (through a [`DelayRelay`]).
+    pub remote_link_delay: Option<Duration>,
 }
 
 impl BenchOptions {
@@ -135,6 +138,7 @@ impl BenchOptions {
             rtt: Duration::from_millis(20),
             subscribers: 32,
             idle_clients: 2000,
+            remote_link_delay: None,
         }
     }
 

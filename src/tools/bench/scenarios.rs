@@ -29,12 +29,22 @@ fn shoal_spec(prefill_tickets: usize, rate_hz: u32, chunk_bytes: u32) -> ServerS
         store_entries: d.session_store_entries.max(prefill_tickets + 50_000),
         rate_hz,
         chunk_bytes,
+        remote_link_delay_ms: None,
     }
 }
 
-fn default_shoal() -> ServerSpec {
+/// The default cluster, with its shards as processes behind a delayed link when asked.
+fn default_shoal(opts: &BenchOptions) -> ServerSpec {
     let d = Config::default().streams;
-    shoal_spec(0, d.synthetic_rate_hz, d.synthetic_chunk_bytes)
+    let mut spec = shoal_spec(0, d.synthetic_rate_hz, d.synthetic_chunk_bytes);
+    if let ServerSpec::Shoal {
+        remote_link_delay_ms,
+        ..
+    } = &mut spec
+    {
+        *remote_link_delay_ms = opts.remote_link_delay.map(|d| d.as_secs_f64() * 1e3);
+    }
+    spec
 }
 
 fn quinn_spec(tickets: usize, response_bytes: usize) -> ServerSpec {
@@ -86,7 +96,7 @@ fn report(p: Progress<'_>, s: Scenario, r: usize, of: usize, round: &Round, unit
 /// the same sizes.
 pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Grant;
-    let shoal = ChildServer::spawn(&opts.exe, &default_shoal()).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
     let ts = Target::of(&shoal, 0);
     // The baseline moves as many bytes as a real grant does.
     let probe = ts.shoal_client(0)?;
@@ -190,7 +200,7 @@ async fn quinn_attach_round(
 /// request of the same size.
 pub async fn attach(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Attach;
-    let shoal = ChildServer::spawn(&opts.exe, &default_shoal()).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
     let probe = load::granted_clients(&Target::of(&shoal, 0), 1, 1).await?;
     let (request_bytes, response_bytes) = attach_sizes(probe[0].1.grant.token.len());
     load::close_all(&probe).await;
@@ -275,7 +285,7 @@ pub async fn tickets(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Ben
 /// of the relay's round trip as raw quinn measures it.
 pub async fn ttfb(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Ttfb;
-    let shoal = ChildServer::spawn(&opts.exe, &default_shoal()).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
     let quinn = ChildServer::spawn(&opts.exe, &quinn_spec(2, 64)).await?;
     let one_way = opts.rtt / 2;
     let io = |e: std::io::Error| BenchError::Load(format!("relay: {e}"));
@@ -620,7 +630,7 @@ async fn settle_rss(child: &ChildServer) -> Result<u64, BenchError> {
 
 /// KiB of shard RSS per idle attached session, and how many were open when measured.
 async fn shoal_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), BenchError> {
-    let child = ChildServer::spawn(&opts.exe, &default_shoal()).await?;
+    let child = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
     let t = Target::of(&child, 0);
     let clients = load::granted_clients(&t, n.div_ceil(PER_CLIENT), WORKERS).await?;
     // Warm the shards' lazily built state, then measure from there.
