@@ -317,13 +317,13 @@ pub const HUB: &[Metric<HubCounters>] = &[
     (
         "shoal_hub_prepares_confirmed_total",
         "counter",
-        "Granted shards that confirmed their preparation (stream warm, the client's session entries held) before the grant left.",
+        "Granted shards that confirmed their preparation (stream warm, the client's session entries held) within 250 ms.",
         |h| load(&h.link.entries_held),
     ),
     (
         "shoal_hub_prepares_missed_total",
         "counter",
-        "Granted shards that did not confirm their preparation in time (the client may attach with 1-RTT there).",
+        "Granted shards that did not confirm their preparation within 250 ms (see shoal_shard_ticket_misses_total for the clients that then resumed without 0-RTT).",
         |h| load(&h.link.entries_missed),
     ),
     (

@@ -42,8 +42,8 @@ pub struct LinkCounters {
     pub silent: AtomicU64,
     pub commands: AtomicU64,
     /// Granted shards that confirmed their preparation (stream warm, the client's entries
-    /// held) before the grant left, and those that did not in time (the client may then
-    /// attach with 1-RTT there).
+    /// held) within the wait, and those that did not (the client may then attach with 1-RTT
+    /// there; the shard counts that as a ticket miss).
     pub entries_held: AtomicU64,
     pub entries_missed: AtomicU64,
     /// Entry copies sent after a grant, and those dropped because a link was full.
