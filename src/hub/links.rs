@@ -51,6 +51,11 @@ pub struct LinkCounters {
     pub forwards_dropped: AtomicU64,
 }
 
+/// A link this fast costs a grant little to wait for (the same host, a LAN).
+pub const FAST_LINK: Duration = Duration::from_millis(2);
+/// How much shorter than the client's round trip a link must be for a grant not to wait.
+const RACE_MARGIN: Duration = Duration::from_millis(2);
+
 /// Where ended sessions go (the profiler).
 pub type SessionSink = Arc<dyn Fn(SessionOutcome) + Send + Sync>;
 
@@ -94,6 +99,8 @@ struct Inner {
     sessions: SessionSink,
     /// The hub's token keys: each shard gets its group's share ([`HubCmd::Keys`]).
     tokens: Arc<TokenKeys>,
+    /// Round trip of each networked link (embedded links have none).
+    link_rtt: Mutex<HashMap<ShardId, Duration>>,
 }
 
 impl Links {
@@ -116,6 +123,7 @@ impl Links {
                 store,
                 sessions,
                 tokens,
+                link_rtt: Mutex::default(),
             }),
         }
     }
@@ -245,6 +253,7 @@ impl Links {
             }
         }
         lock(&self.inner.senders).remove(&id);
+        lock(&self.inner.link_rtt).remove(&id);
         lock(&self.inner.directory).handle_link_lost(id);
         let c = &self.inner.hub.link;
         if drained {
@@ -292,21 +301,44 @@ impl Links {
         })
     }
 
+    /// The latest round-trip estimate of `shard`'s networked link.
+    pub fn note_link_rtt(&self, shard: ShardId, rtt: Duration) {
+        lock(&self.inner.link_rtt).insert(shard, rtt);
+    }
+
+    /// Whether a grant should wait for its shards' confirmations: only when the entries could
+    /// lose the race to the client's first flight. They travel hub → shard (half the link's
+    /// round trip), the client's attach hub → client → shard (at least half the client's):
+    /// on a fast link (≤ [`FAST_LINK`], the same host or LAN) waiting is almost free, so the
+    /// grant waits; on a slower link it waits only when that link is not clearly shorter than
+    /// the client's path. `client_rtt`: the hub's estimate for the client's connection.
+    pub fn should_wait(&self, shards: &[ShardId], client_rtt: Duration) -> bool {
+        let rtts = lock(&self.inner.link_rtt);
+        let slowest = shards
+            .iter()
+            .filter_map(|s| rtts.get(s).copied())
+            .max()
+            .unwrap_or_default();
+        slowest <= FAST_LINK || slowest + RACE_MARGIN >= client_rtt
+    }
+
     /// Prepares every shard of a grant: one `prepare` each (warm `stream`, hold that shard's
     /// share of the client's entries), sent before the grant leaves, in order on each link.
     /// Returns the shards the hub could not reach at all (no link, link closed, no room within
     /// `wait`): the grant must not name them.
     ///
-    /// The grant does not wait for the confirmations: on a networked link that would add the
-    /// hub↔shard round trip to every client's first byte, while the client needs a longer path
-    /// (hub → client → shard) to use them. Confirmations are counted as they come, within
-    /// `wait` (`entries_held`) or not (`entries_missed`); a shard counts the tickets it did not
-    /// hold when a client offered one (`ticket_misses` in its load).
+    /// With `confirm`, it also waits (within `wait` in all) until each confirmed; without, the
+    /// confirmations are counted as they come ([`Links::should_wait`] says which: waiting on a
+    /// slow link adds its round trip to the client's first byte, while the client needs a
+    /// longer path to use the entries). Confirmations within `wait` count as `entries_held`,
+    /// the others as `entries_missed`; a shard counts the tickets it did not hold when a client
+    /// offered one (`ticket_misses` in its load).
     pub async fn prepare(
         &self,
         plan: Vec<(ShardId, Vec<StoreEntry>)>,
         stream: &StreamName,
         wait: Duration,
+        confirm: bool,
     ) -> Vec<ShardId> {
         let deadline = crate::clock::tokio_now() + wait;
         let mut acks = Vec::with_capacity(plan.len());
@@ -334,7 +366,7 @@ impl Links {
             }
         }
         let links = self.clone();
-        tokio::spawn(async move {
+        let count = async move {
             let mut held = 0;
             for (batch, rx) in acks {
                 if matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))) {
@@ -353,7 +385,12 @@ impl Links {
                     "granted shards did not confirm their preparation in time"
                 );
             }
-        });
+        };
+        if confirm {
+            count.await;
+        } else {
+            tokio::spawn(count);
+        }
         unreachable
     }
 
@@ -573,7 +610,9 @@ mod tests {
         l.accept(hub).unwrap();
         let stream = StreamName::new("synth/x").unwrap();
         let plan = vec![(ShardId(4), vec![]), (ShardId(9), vec![])];
-        let gone = l.prepare(plan, &stream, Duration::from_millis(250)).await;
+        let gone = l
+            .prepare(plan, &stream, Duration::from_millis(250), false)
+            .await;
         assert_eq!(gone, vec![ShardId(9)]);
         // The confirmations are counted once the wait is over.
         tokio::time::sleep(Duration::from_millis(300)).await;

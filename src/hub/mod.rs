@@ -155,7 +155,7 @@ impl ArrivalsHandle {
     }
 }
 
-/// A running hub.
+/// A running hub. Dropping it stops it (its endpoint closes, its timers end).
 pub struct Hub {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -516,7 +516,8 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                     let (state, conn, store) = (state.clone(), conn.clone(), store.clone());
                     let mut complete = complete.clone();
                     tokio::spawn(async move {
-                        if let Err(code) = handle_request(&state, &store, send, recv).await {
+                        let rtt = conn.rtt();
+                        if let Err(code) = handle_request(&state, &store, rtt, send, recv).await {
                             let wait = state.request_timeout;
                             let _ = tokio::time::timeout(wait, complete.wait_for(|c| *c)).await;
                             conn.close(code.varint(), code.reason().as_bytes());
@@ -533,6 +534,7 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
 async fn handle_request(
     state: &HubState,
     store: &ConnStore,
+    client_rtt: Duration,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), ErrorCode> {
@@ -588,7 +590,7 @@ async fn handle_request(
         Ok((mut g, shards)) => {
             // A shard that went away since placement is not named (its client would wait for
             // an answer that never comes).
-            let gone = prepare_shards(state, &req, &shards).await;
+            let gone = prepare_shards(state, &req, &shards, client_rtt).await;
             g.shards.retain(|s| !gone.contains(&s.id));
             if g.shards.is_empty() {
                 let reason = "the granted shards went away".to_string();
@@ -658,11 +660,21 @@ async fn refuse(
 
 /// Before a grant leaves, its shards are told to warm the stream and hold the client's session
 /// entries (on each link ahead of anything later), so its 0-RTT attach finds its ticket and its
-/// stream; confirmations are counted, not waited for (see [`Links::prepare`]). Returns the
-/// shards that could not be reached at all (gone since placement).
-async fn prepare_shards(state: &HubState, req: &StreamRequest, shards: &[ShardId]) -> Vec<ShardId> {
+/// stream; the grant waits for their confirmations only where the entries could lose the race
+/// to the client (see [`Links::should_wait`]). Returns the shards that could not be reached at
+/// all (gone since placement).
+async fn prepare_shards(
+    state: &HubState,
+    req: &StreamRequest,
+    shards: &[ShardId],
+    client_rtt: Duration,
+) -> Vec<ShardId> {
     let plan = state.links.grant_entries(&req.client_id, shards);
-    state.links.prepare(plan, &req.stream, PREPARE_WAIT).await
+    let confirm = state.links.should_wait(shards, client_rtt);
+    state
+        .links
+        .prepare(plan, &req.stream, PREPARE_WAIT, confirm)
+        .await
 }
 
 /// Decides a grant ([`grant`]'s steps around placement): the grant and the shards it names.
@@ -700,4 +712,14 @@ fn grant(
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
     let ids = decision.shards.iter().map(|s| s.id).collect();
     Ok((grant::reply(&decision, &claims, token), ids))
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.silence.abort();
+        self.rotation.abort();
+        let code = ErrorCode::GoingAway;
+        self.endpoint.close(code.varint(), code.reason().as_bytes());
+    }
 }

@@ -68,6 +68,9 @@ pub struct DemoReport {
     pub ttfb_p99_us: u64,
     pub ttfb_max_us: u64,
     pub shard_rejections: u64,
+    /// Session tickets clients offered that a shard's store did not hold (each a resumption
+    /// without 0-RTT): the session entries that did not travel in time.
+    pub ticket_misses: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +266,18 @@ pub async fn run(
             .shards()
             .iter()
             .map(|s| s.counters().total_rejections())
+            .sum()
+    };
+    report.ticket_misses = if cluster.processes().is_some() {
+        crate::sync::lock(cluster.directory())
+            .records()
+            .map(|r| r.load.ticket_misses)
+            .sum()
+    } else {
+        cluster
+            .shards()
+            .iter()
+            .map(|s| s.load().ticket_misses)
             .sum()
     };
     progress("shutting down");

@@ -38,6 +38,9 @@ pub struct LoadgenOptions {
     pub hints: Hints,
     /// Time limit of each grant and attach.
     pub request_timeout: Duration,
+    /// Each client's heartbeat interval (a shard silent for four of them is dead); `None`:
+    /// the client library's default ([`ClientOptions::heartbeat_interval`]).
+    pub heartbeat_interval: Option<Duration>,
 }
 
 /// Why a load run could not start.
@@ -92,6 +95,11 @@ pub struct LoadgenReport {
     pub chunks: u64,
     pub chunks_missing: u64,
     pub chunks_duplicated: u64,
+    /// Re-attaches after a shard failure, summed over the clients.
+    pub resumes: u64,
+    /// The longest time between two consecutive chunks of any one client, after its first
+    /// chunk: the longest resume a client saw (0 when no client got two chunks).
+    pub max_stall_ms: f64,
     pub grant: Latency,
     pub attach: Latency,
     pub ttfb: Latency,
@@ -123,7 +131,14 @@ struct Shared {
     done: AtomicU64,
     failed: AtomicU64,
     chunks: AtomicU64,
-    results: Mutex<Vec<Result<StatsSnapshot, String>>>,
+    results: Mutex<Vec<Result<ClientOutcome, String>>>,
+}
+
+/// What one client that held its subscription to the end measured.
+struct ClientOutcome {
+    stats: StatsSnapshot,
+    /// The longest time between two of its consecutive chunks.
+    max_stall: Duration,
 }
 
 impl LoadgenOptions {
@@ -138,6 +153,11 @@ impl LoadgenOptions {
         if self.hold > Duration::from_secs(3600) {
             return bad("--hold must be at most an hour");
         }
+        if let Some(hb) = self.heartbeat_interval {
+            if hb < Duration::from_millis(10) || hb > Duration::from_secs(60) {
+                return bad("the heartbeat interval must be in [10 ms, 60 s]");
+            }
+        }
         if self.mix.is_empty() || self.mix.iter().all(|(_, w)| *w == 0) {
             return bad("the stream mix needs at least one stream with a weight above 0");
         }
@@ -151,6 +171,9 @@ impl LoadgenOptions {
         let mut o = ClientOptions::new(self.cluster.clone(), self.ca.clone(), id);
         o.hints = self.hints.clone();
         o.request_timeout = self.request_timeout;
+        if let Some(hb) = self.heartbeat_interval {
+            o.heartbeat_interval = hb;
+        }
         Ok(Client::new(self.hub, o)?)
     }
 
@@ -241,13 +264,13 @@ pub async fn run(
     Ok(summarize(&opts, results, crate::clock::since(t0)))
 }
 
-/// One simulated client: its stats, or what failed (a failed client's partial stats are not
-/// mixed into the latencies).
+/// One simulated client: its stats and longest stall, or what failed (a failed client's
+/// partial stats are not mixed into the report).
 async fn one_client(
     opts: &LoadgenOptions,
     i: usize,
     shared: &Shared,
-) -> Result<StatsSnapshot, String> {
+) -> Result<ClientOutcome, String> {
     let client = opts
         .client(format!("loadgen-{i}"))
         .map_err(|e| e.to_string())?;
@@ -257,6 +280,7 @@ async fn one_client(
             .await
             .map_err(|e| e.to_string())?;
         let until = crate::clock::tokio_now() + opts.hold;
+        let (mut last_chunk, mut max_stall) = (None, Duration::ZERO);
         loop {
             match tokio::time::timeout_at(until, sub.next()).await {
                 Err(_) => break,
@@ -264,11 +288,19 @@ async fn one_client(
                 Ok(Some(Err(e))) => return Err(e.to_string()),
                 Ok(Some(Ok(Delivery::Chunk(_)))) => {
                     shared.chunks.fetch_add(1, Ordering::Relaxed);
+                    let now = crate::clock::now();
+                    if let Some(last) = last_chunk {
+                        max_stall = max_stall.max(now.saturating_duration_since(last));
+                    }
+                    last_chunk = Some(now);
                 }
                 Ok(Some(Ok(Delivery::Gap { .. }))) => {}
             }
         }
-        Ok(sub.stats())
+        Ok(ClientOutcome {
+            stats: sub.stats(),
+            max_stall,
+        })
     }
     .await;
     client.close().await;
@@ -287,7 +319,7 @@ fn kind(message: &str) -> String {
 
 fn summarize(
     opts: &LoadgenOptions,
-    results: Vec<Result<StatsSnapshot, String>>,
+    results: Vec<Result<ClientOutcome, String>>,
     elapsed: Duration,
 ) -> (LoadgenReport, Samples) {
     let (mut grant, mut attach, mut ttfb) = (histogram(), histogram(), histogram());
@@ -299,8 +331,13 @@ fn summarize(
     };
     for res in results {
         match res {
-            Ok(s) => {
+            Ok(ClientOutcome {
+                stats: s,
+                max_stall,
+            }) => {
                 r.succeeded += 1;
+                r.resumes += s.resumes;
+                r.max_stall_ms = r.max_stall_ms.max(max_stall.as_secs_f64() * 1e3);
                 r.zero_rtt_attempted += s.zero_rtt_attempted;
                 r.zero_rtt_accepted += s.zero_rtt_accepted;
                 r.chunks += s.chunks;
@@ -373,6 +410,10 @@ impl LoadgenReport {
         out += &format!(
             "  chunks            {} ({} missing, {} duplicated)\n",
             self.chunks, self.chunks_missing, self.chunks_duplicated
+        );
+        out += &format!(
+            "  resumes           {} (longest stall between two chunks {:.1} ms)\n",
+            self.resumes, self.max_stall_ms
         );
         out += &format!("  grant latency     {}\n", lat(&self.grant));
         out += &format!("  attach latency    {}\n", lat(&self.attach));
@@ -469,6 +510,7 @@ mod tests {
             mix: parse_mix("synth/a:2,synth/b:1").unwrap(),
             hints: Hints::default(),
             request_timeout: Duration::from_secs(1),
+            heartbeat_interval: None,
         };
         let names: Vec<&str> = (0..6).map(|i| opts.stream(i).as_str()).collect();
         assert_eq!(
@@ -476,6 +518,11 @@ mod tests {
             ["synth/a", "synth/a", "synth/b", "synth/a", "synth/a", "synth/b"]
         );
         assert!(opts.check().is_ok());
+        let too_fast = LoadgenOptions {
+            heartbeat_interval: Some(Duration::from_millis(1)),
+            ..opts.clone()
+        };
+        assert!(too_fast.check().is_err());
         let bad = LoadgenOptions { rate: 0.0, ..opts };
         assert!(bad.check().is_err());
     }

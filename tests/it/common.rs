@@ -435,3 +435,25 @@ impl EarlyClient {
         }
     }
 }
+
+// ---- Helpers of the remote-shard tests (tests/it/remote.rs) ----
+
+/// A UDP port on loopback that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// Polls `cond` every 10 ms until it holds or `within` passed; whether it held.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = shoal::clock::tokio_now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if shoal::clock::tokio_now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

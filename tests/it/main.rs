@@ -11,6 +11,7 @@ mod mirror_faults;
 mod pool;
 mod priority;
 mod profiles;
+mod remote;
 mod seq_limits;
 mod wire_strict;
 mod zero_rtt;

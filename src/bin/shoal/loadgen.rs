@@ -37,6 +37,11 @@ pub struct LoadgenArgs {
     /// Time limit of each grant and attach, in seconds.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Each client's heartbeat interval in milliseconds (a shard silent for four intervals
+    /// is dead and the client resumes on the next one); the client library's default when
+    /// left out.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
     /// Print the summary as one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -67,6 +72,7 @@ pub async fn run(a: LoadgenArgs) -> Result<()> {
             bitrate_kbps: a.bitrate_kbps,
         },
         request_timeout: Duration::from_secs_f64(a.timeout),
+        heartbeat_interval: a.heartbeat_ms.map(Duration::from_millis),
     };
     let bar = indicatif::ProgressBar::new(a.clients as u64);
     bar.set_style(

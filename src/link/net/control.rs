@@ -124,28 +124,38 @@ async fn serve(
     links: Links,
     counters: &ControlCounters,
 ) -> Result<(), String> {
+    // A failure before registration: its cause, and whether it was the shard's frame (counted
+    // as malformed) rather than the handshake.
     let setup = async {
-        let conn = incoming.await.map_err(|e| format!("handshake: {e}"))?;
+        let conn = incoming
+            .await
+            .map_err(|e| (format!("handshake: {e}"), false))?;
         let (send, mut recv) = conn
             .accept_bi()
             .await
-            .map_err(|e| format!("no link stream: {e}"))?;
+            .map_err(|e| (format!("no link stream: {e}"), false))?;
         let mut buf = Vec::new();
         let first: Option<ShardMsg> = match read_frame(&mut recv, &mut buf).await {
             Ok(m) => m,
             Err(e) => {
-                if let Some(code) = e.code() {
+                let code = e.code();
+                if let Some(code) = code {
                     code.close(&conn);
                 }
-                return Err(format!("first frame: {e}"));
+                return Err((format!("first frame: {e}"), code.is_some()));
             }
         };
-        Ok::<_, String>((conn, send, recv, first, buf))
+        Ok::<_, (String, bool)>((conn, send, recv, first, buf))
     };
     let (conn, send, recv, first, buf) = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
         Ok(Ok(x)) => x,
-        Ok(Err(cause)) => {
-            counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        Ok(Err((cause, malformed))) => {
+            let counter = if malformed {
+                &counters.malformed
+            } else {
+                &counters.handshakes_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             return Err(cause);
         }
         Err(_) => {
@@ -154,6 +164,8 @@ async fn serve(
         }
     };
     let Some(first) = first else {
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        CloseCode::NotRegistered.close(&conn);
         return Err("stream ended before registering".into());
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
@@ -175,7 +187,7 @@ async fn serve(
     };
     debug!(shard = shard.0, "control link up");
     let writer = tokio::spawn(write_commands(conn.clone(), send, cmd_rx));
-    let outcome = read_reports(&conn, recv, buf, msg_tx, counters).await;
+    let outcome = read_reports(&conn, recv, buf, msg_tx, counters, (&links, shard)).await;
     // The reader is done: the writer ends when the links drop their sender, or now.
     writer.abort();
     match outcome {
@@ -183,14 +195,9 @@ async fn serve(
             CloseCode::Done.close(&conn);
             Ok(())
         }
-        Err(e) => {
-            if let Some(code) = e.code() {
-                counters.malformed.fetch_add(1, Ordering::Relaxed);
-                code.close(&conn);
-                return Err(format!("shard {}: {e}", shard.0));
-            }
-            Ok(())
-        }
+        // A bad frame closed the connection with its code already.
+        Err(e) if e.code().is_some() => Err(format!("shard {}: {e}", shard.0)),
+        Err(_) => Ok(()),
     }
 }
 
@@ -235,19 +242,40 @@ async fn read_reports(
     mut buf: Vec<u8>,
     to_links: mpsc::Sender<ShardMsg>,
     counters: &ControlCounters,
+    (links, shard): (&Links, crate::ids::ShardId),
 ) -> Result<(), FrameError> {
     let mut bucket = Bucket::new(REPORT_BUDGET);
     let mut flooding = false;
+    // A bad frame closes the connection with its code here, before the links let go of the
+    // link (whose writer would close it as done).
+    let bad = |code: CloseCode, e: FrameError| {
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        code.close(conn);
+        e
+    };
     loop {
         let msg = tokio::select! {
-            m = read_frame::<ShardMsg>(&mut recv, &mut buf) => m?,
+            m = read_frame::<ShardMsg>(&mut recv, &mut buf) => match m {
+                Ok(m) => m,
+                Err(e) => return Err(match e.code() {
+                    Some(code) => bad(code, e),
+                    None => e,
+                }),
+            },
             _ = conn.closed() => None,
         };
         let Some(msg) = msg else { return Ok(()) };
         match &msg {
             ShardMsg::Register(_) => {
-                return Err(FrameError::Malformed("registered twice".into()));
+                let e = FrameError::Malformed("registered twice".into());
+                return Err(bad(CloseCode::NotRegistered, e));
             }
+            // Each load report refreshes the link's round trip (grants use it, see
+            // `Links::prepare`).
+            ShardMsg::Load(_) if bucket.peek() => links.note_link_rtt(shard, conn.rtt()),
+            _ => {}
+        }
+        match &msg {
             ShardMsg::Load(_) | ShardMsg::SessionEnded(_) | ShardMsg::Entries(_)
                 if !bucket.take(crate::clock::tokio_now()) =>
             {
@@ -286,6 +314,11 @@ impl Bucket {
         }
     }
 
+    /// Whether a token is left (without taking one).
+    fn peek(&self) -> bool {
+        self.tokens >= 1.0
+    }
+
     fn take(&mut self, now: tokio::time::Instant) -> bool {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
@@ -303,6 +336,8 @@ impl Bucket {
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
     #[tokio::test(start_paused = true)]
     async fn the_report_budget_refills_with_time() {
         let mut b = Bucket::new(10.0);
@@ -318,5 +353,4 @@ mod tests {
         );
         assert!(!b.take(t0 + Duration::from_millis(100)));
     }
-
 }

@@ -238,13 +238,13 @@ mod tests {
 
     #[test]
     fn a_frame_is_its_length_then_the_message() {
+        use crate::link::ShardMsg;
         let f = frame(&ShardMsg::Drained);
         let len = u32::from_be_bytes(f[..4].try_into().unwrap()) as usize;
         assert_eq!(len, f.len() - 4);
         assert_eq!(
-            super::super::decode::<ShardMsg>(&f[4..]).unwrap(),
+            crate::link::decode::<ShardMsg>(&f[4..]).unwrap(),
             ShardMsg::Drained
         );
     }
-
 }
