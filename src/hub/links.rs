@@ -51,6 +51,42 @@ pub struct LinkCounters {
     pub forwards_dropped: AtomicU64,
 }
 
+/// A link's base round trip: the least smoothed estimate over the last window of samples, so
+/// that load on either end (which inflates the estimate) does not make a near link look far.
+#[derive(Debug, Clone, Copy)]
+struct LinkRtt {
+    min: Duration,
+    window_min: Duration,
+    samples: u32,
+    /// Samples ever: the first ones come from a connection still settling (and quinn starts
+    /// from a guess), so a link is judged only after [`LinkRtt::SETTLED`].
+    seen: u32,
+}
+
+impl LinkRtt {
+    /// Samples per window (load reports come at least every 250 ms: about 10 s).
+    const WINDOW: u32 = 40;
+    const SETTLED: u32 = 4;
+
+    /// The base round trip, once there were enough samples to trust it.
+    fn base(&self) -> Option<Duration> {
+        (self.seen >= Self::SETTLED).then_some(self.min)
+    }
+
+    fn note(&mut self, rtt: Duration) {
+        self.seen = self.seen.saturating_add(1);
+        self.window_min = self.window_min.min(rtt);
+        self.min = self.min.min(rtt);
+        self.samples += 1;
+        if self.samples >= Self::WINDOW {
+            // A new window: the base follows a path that really got longer.
+            self.min = self.window_min;
+            self.window_min = rtt;
+            self.samples = 0;
+        }
+    }
+}
+
 /// A link this fast costs a grant little to wait for (the same host, a LAN).
 pub const FAST_LINK: Duration = Duration::from_millis(2);
 /// How much shorter than the client's round trip a link must be for a grant not to wait.
@@ -100,7 +136,7 @@ struct Inner {
     /// The hub's token keys: each shard gets its group's share ([`HubCmd::Keys`]).
     tokens: Arc<TokenKeys>,
     /// Round trip of each networked link (embedded links have none).
-    link_rtt: Mutex<HashMap<ShardId, Duration>>,
+    link_rtt: Mutex<HashMap<ShardId, LinkRtt>>,
 }
 
 impl Links {
@@ -303,22 +339,35 @@ impl Links {
 
     /// The latest round-trip estimate of `shard`'s networked link.
     pub fn note_link_rtt(&self, shard: ShardId, rtt: Duration) {
-        lock(&self.inner.link_rtt).insert(shard, rtt);
+        lock(&self.inner.link_rtt)
+            .entry(shard)
+            .or_insert(LinkRtt {
+                min: rtt,
+                window_min: rtt,
+                samples: 0,
+                seen: 0,
+            })
+            .note(rtt);
     }
 
     /// Whether a grant should wait for its shards' confirmations: only when the entries could
     /// lose the race to the client's first flight. They travel hub → shard (half the link's
     /// round trip), the client's attach hub → client → shard (at least half the client's):
-    /// on a fast link (≤ [`FAST_LINK`], the same host or LAN) waiting is almost free, so the
-    /// grant waits; on a slower link it waits only when that link is not clearly shorter than
-    /// the client's path. `client_rtt`: the hub's estimate for the client's connection.
+    /// on a fast link (base round trip ≤ [`FAST_LINK`], the same host or LAN) waiting is
+    /// almost free and covers a shard slow to process, so the grant waits; on a slower link it
+    /// waits only when that link is not clearly shorter than the client's path. `client_rtt`:
+    /// the hub's estimate for the client's connection.
     pub fn should_wait(&self, shards: &[ShardId], client_rtt: Duration) -> bool {
         let rtts = lock(&self.inner.link_rtt);
-        let slowest = shards
-            .iter()
-            .filter_map(|s| rtts.get(s).copied())
-            .max()
-            .unwrap_or_default();
+        // An embedded link has no round trip (zero); a networked one not yet judged is waited
+        // for.
+        let mut slowest = Duration::ZERO;
+        for r in shards.iter().filter_map(|s| rtts.get(s)) {
+            match r.base() {
+                Some(b) => slowest = slowest.max(b),
+                None => return true,
+            }
+        }
         slowest <= FAST_LINK || slowest + RACE_MARGIN >= client_rtt
     }
 
@@ -538,6 +587,31 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[test]
+    fn a_grant_waits_for_its_shards_only_where_the_entries_could_lose_the_race() {
+        let l = links(Duration::from_secs(2));
+        let ms = Duration::from_millis;
+        let (far, near, new) = (ShardId(1), ShardId(2), ShardId(3));
+        // Embedded (no round trip known): wait, it is free.
+        assert!(l.should_wait(&[ShardId(9)], ms(50)));
+        for _ in 0..LinkRtt::SETTLED {
+            l.note_link_rtt(far, ms(10));
+            l.note_link_rtt(near, ms(1));
+        }
+        l.note_link_rtt(new, ms(10));
+        // A 10 ms link against a 30 ms client: the entries win, no wait.
+        assert!(!l.should_wait(&[far], ms(30)));
+        // Against a 5 ms client: they would lose, wait.
+        assert!(l.should_wait(&[far], ms(5)));
+        // A fast link: always wait (a slow shard is covered too).
+        assert!(l.should_wait(&[near], ms(30)));
+        // A link not judged yet: wait.
+        assert!(l.should_wait(&[far, new], ms(30)));
+        // Load inflates one estimate: the base stays.
+        l.note_link_rtt(far, ms(40));
+        assert!(!l.should_wait(&[far], ms(30)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,6 +71,8 @@ pub struct DemoReport {
     /// Session tickets clients offered that a shard's store did not hold (each a resumption
     /// without 0-RTT): the session entries that did not travel in time.
     pub ticket_misses: u64,
+    /// Granted shards that did not confirm their preparation within the hub's wait.
+    pub prepares_missed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +282,12 @@ pub async fn run(
             .map(|s| s.load().ticket_misses)
             .sum()
     };
+    report.prepares_missed = cluster
+        .hub
+        .links()
+        .counters()
+        .entries_missed
+        .load(Ordering::Relaxed);
     progress("shutting down");
     cluster.shutdown().await;
     drop(scratch);

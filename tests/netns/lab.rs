@@ -314,8 +314,8 @@ impl Lab {
             let text =
                 std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            eprintln!("---- {name}.log (last 400 of {} lines)", lines.len());
-            for l in &lines[lines.len().saturating_sub(400)..] {
+            eprintln!("---- {name}.log (last 80 of {} lines)", lines.len());
+            for l in &lines[lines.len().saturating_sub(80)..] {
                 eprintln!("{}", strip_ansi(l));
             }
         }

@@ -257,6 +257,9 @@ async fn connect_and_relay(
     }
     let ended = loop {
         tokio::select! {
+            // The agent's messages first: its last ones (`drained`) go out before its end is
+            // noticed.
+            biased;
             m = local.messages.recv() => match m {
                 Some(m) => {
                     // What queued meanwhile goes in the same write (fewer packets under load).

@@ -254,7 +254,9 @@ async fn read_reports(
         e
     };
     loop {
+        // What the shard sent before it closed (its last load, `drained`) is read first.
         let msg = tokio::select! {
+            biased;
             m = read_frame::<ShardMsg>(&mut recv, &mut buf) => match m {
                 Ok(m) => m,
                 Err(e) => return Err(match e.code() {
