@@ -68,6 +68,40 @@ fn every_bench_scenario_runs_once_in_quick_mode() {
 }
 
 #[test]
+fn the_remote_shard_scenarios_run_with_shard_processes_behind_the_link_relay() {
+    for scenario in ["attach", "ttfb"] {
+        let (figures, stderr) = bench_json(&[
+            "bench",
+            scenario,
+            "--remote-shards",
+            "--link-delay-ms",
+            "2",
+            "--quick",
+            "--rounds",
+            "1",
+            "--json",
+        ]);
+        assert_eq!(figures.len(), 1, "{stderr}");
+        let f = &figures[0];
+        assert_eq!(f["scenario"], scenario);
+        assert!(f["shoal"].as_f64().unwrap() > 0.0, "{f}");
+        if scenario == "attach" {
+            // Every attach at a shard process offered 0-RTT; the acceptance is a rate.
+            let z = f["zero_rtt_acceptance"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&z), "{f}");
+        } else {
+            assert!(f["cold_rtts"].as_f64().unwrap() > 0.0, "{f}");
+        }
+    }
+    let out = shoal()
+        .args(["bench", "fanout", "--remote-shards"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--remote-shards applies to"));
+}
+
+#[test]
 fn bench_and_loadgen_refuse_bad_arguments_clearly() {
     let out = shoal().args(["bench", "warp-speed"]).output().unwrap();
     assert!(!out.status.success());

@@ -34,13 +34,21 @@ pub enum ServerSpec {
         store_entries: usize,
         rate_hz: u32,
         chunk_bytes: u32,
-        /// Shards as `shoal shard` processes (children of this child), their control link
-        /// through a delay relay of this one-way delay; embedded shards when absent.
+        /// Shards as `shoal shard` processes (children of this child) whose control link
+        /// goes through a relay the parent runs; embedded shards when absent.
         #[serde(default)]
-        remote_link_delay_ms: Option<f64>,
+        remote: Option<RemoteShards>,
     },
     /// The raw-quinn baseline server (see [`baseline`]).
     Quinn(baseline::BaselineSpec),
+}
+
+/// Where a child's control listener binds and where its shard processes dial it (the
+/// parent's delay relay: its CPU is not the measured server's).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RemoteShards {
+    pub control: SocketAddr,
+    pub hub_link: SocketAddr,
 }
 
 /// What a ready child tells its parent.
@@ -207,7 +215,7 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             store_entries,
             rate_hz,
             chunk_bytes,
-            remote_link_delay_ms,
+            remote: remote_shards,
         } => {
             let child = |e: &dyn std::fmt::Display| BenchError::Child(e.to_string());
             let mut cfg = Config::default();
@@ -216,21 +224,17 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             cfg.streams.synthetic_chunk_bytes = chunk_bytes;
             cfg.streams.session_store_entries = store_entries;
             let mut remote = None;
-            if let Some(ms) = remote_link_delay_ms {
+            if let Some(r) = remote_shards {
                 // Shard processes read the certificates from files, and dial the hub's
-                // control listener through the delay relay.
+                // control listener through the parent's delay relay.
                 let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
                 crate::security::certs::write(&dir, &certs).map_err(|e| child(&e))?;
                 cfg.data_dir = dir.clone();
-                let control = reserve_udp_port().map_err(|e| child(&e))?;
-                cfg.hub.control_listen = Some(control);
-                let relay = super::DelayRelay::start(control, Duration::from_secs_f64(ms / 1e3))
-                    .await
-                    .map_err(|e| child(&e))?;
-                cfg.shards.hub_link = Some(relay.addr());
+                cfg.hub.control_listen = Some(r.control);
+                cfg.shards.hub_link = Some(r.hub_link);
                 cfg.shards.launcher = crate::cluster::config::LauncherKind::Processes;
                 cfg.shards.program = Some(std::env::current_exe().map_err(|e| child(&e))?);
-                remote = Some((relay, crate::tools::demo::Scratch(dir)));
+                remote = Some(crate::tools::demo::Scratch(dir));
             }
             cfg.validate().map_err(|e| child(&e))?;
             let cluster = Cluster::start(&cfg, material).map_err(|e| child(&e))?;
@@ -278,7 +282,7 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
 }
 
 /// A loopback UDP address free a moment ago (bound, then released).
-fn reserve_udp_port() -> std::io::Result<SocketAddr> {
+pub fn reserve_udp_port() -> std::io::Result<SocketAddr> {
     std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()
 }
 

@@ -29,22 +29,30 @@ fn shoal_spec(prefill_tickets: usize, rate_hz: u32, chunk_bytes: u32) -> ServerS
         store_entries: d.session_store_entries.max(prefill_tickets + 50_000),
         rate_hz,
         chunk_bytes,
-        remote_link_delay_ms: None,
+        remote: None,
     }
 }
 
-/// The default cluster, with its shards as processes behind a delayed link when asked.
-fn default_shoal(opts: &BenchOptions) -> ServerSpec {
+/// The default cluster; with `--remote-shards`, its shards as processes whose control link
+/// goes through a delay relay in this process (kept alive by the returned value).
+async fn default_shoal(
+    opts: &BenchOptions,
+) -> Result<(ServerSpec, Option<DelayRelay>), BenchError> {
     let d = Config::default().streams;
     let mut spec = shoal_spec(0, d.synthetic_rate_hz, d.synthetic_chunk_bytes);
-    if let ServerSpec::Shoal {
-        remote_link_delay_ms,
-        ..
-    } = &mut spec
-    {
-        *remote_link_delay_ms = opts.remote_link_delay.map(|d| d.as_secs_f64() * 1e3);
+    let Some(delay) = opts.remote_link_delay else {
+        return Ok((spec, None));
+    };
+    let io = |e: std::io::Error| BenchError::Load(format!("link relay: {e}"));
+    let control = super::child::reserve_udp_port().map_err(io)?;
+    let relay = DelayRelay::start(control, delay).await.map_err(io)?;
+    if let ServerSpec::Shoal { remote, .. } = &mut spec {
+        *remote = Some(super::child::RemoteShards {
+            control,
+            hub_link: relay.addr(),
+        });
     }
-    spec
+    Ok((spec, Some(relay)))
 }
 
 fn quinn_spec(tickets: usize, response_bytes: usize) -> ServerSpec {
@@ -96,7 +104,8 @@ fn report(p: Progress<'_>, s: Scenario, r: usize, of: usize, round: &Round, unit
 /// the same sizes.
 pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Grant;
-    let shoal = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
+    let (spec, _link) = default_shoal(opts).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &spec).await?;
     let ts = Target::of(&shoal, 0);
     // The baseline moves as many bytes as a real grant does.
     let probe = ts.shoal_client(0)?;
@@ -200,7 +209,8 @@ async fn quinn_attach_round(
 /// request of the same size.
 pub async fn attach(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Attach;
-    let shoal = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
+    let (spec, _link) = default_shoal(opts).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &spec).await?;
     let probe = load::granted_clients(&Target::of(&shoal, 0), 1, 1).await?;
     let (request_bytes, response_bytes) = attach_sizes(probe[0].1.grant.token.len());
     load::close_all(&probe).await;
@@ -285,7 +295,8 @@ pub async fn tickets(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Ben
 /// of the relay's round trip as raw quinn measures it.
 pub async fn ttfb(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Ttfb;
-    let shoal = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
+    let (spec, _link) = default_shoal(opts).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &spec).await?;
     let quinn = ChildServer::spawn(&opts.exe, &quinn_spec(2, 64)).await?;
     let one_way = opts.rtt / 2;
     let io = |e: std::io::Error| BenchError::Load(format!("relay: {e}"));
@@ -630,7 +641,8 @@ async fn settle_rss(child: &ChildServer) -> Result<u64, BenchError> {
 
 /// KiB of shard RSS per idle attached session, and how many were open when measured.
 async fn shoal_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), BenchError> {
-    let child = ChildServer::spawn(&opts.exe, &default_shoal(opts)).await?;
+    let (spec, _link) = default_shoal(opts).await?;
+    let child = ChildServer::spawn(&opts.exe, &spec).await?;
     let t = Target::of(&child, 0);
     let clients = load::granted_clients(&t, n.div_ceil(PER_CLIENT), WORKERS).await?;
     // Warm the shards' lazily built state, then measure from there.
