@@ -7,15 +7,36 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct CertsArgs {
+    /// Where the files go.
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = shoal::DEFAULT_CLUSTER)]
     cluster: String,
+    /// Instead of a new CA: issue a certificate named NAME (`NAME.pem`, `NAME.key`) from the
+    /// CA in `--ca-dir`, for a shard on another host (it serves clients as the cluster and
+    /// authenticates on the control link).
+    #[arg(long, value_name = "NAME", requires = "ca_dir")]
+    issue: Option<String>,
+    /// Directory with the cluster CA (`ca.pem`, `ca.key`), for --issue.
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
 }
 
 pub fn run(a: CertsArgs) -> Result<()> {
-    let c = shoal::security::certs::generate(&a.cluster)?;
-    for p in shoal::security::certs::write(&a.out, &c)? {
+    let written = match (&a.issue, &a.ca_dir) {
+        (Some(name), Some(ca_dir)) => {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                anyhow::bail!("--issue NAME must be letters, digits and '-'");
+            }
+            let c = shoal::security::certs::issue(ca_dir, name, &a.cluster)?;
+            shoal::security::certs::write_issued(&a.out, name, &c)?
+        }
+        _ => {
+            let c = shoal::security::certs::generate(&a.cluster)?;
+            shoal::security::certs::write(&a.out, &c)?
+        }
+    };
+    for p in written {
         println!("wrote {}", p.display());
     }
     Ok(())
