@@ -195,3 +195,44 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
         "{rest:#?}"
     );
 }
+
+#[test]
+fn certs_issues_a_shard_certificate_from_the_cluster_ca_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let made = shoal().args(["certs", "--out", out]).output().unwrap();
+    assert!(made.status.success());
+    let issue = || {
+        shoal()
+            .args(["certs", "--out", out, "--issue", "shard-a", "--ca-dir", out])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    let first = issue();
+    assert!(first.status.success(), "{first:?}");
+    let chain = std::fs::read_to_string(dir.path().join("shard-a.pem")).unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf then CA"
+    );
+    assert!(dir.path().join("shard-a.key").exists());
+    let again = issue();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let no_ca = shoal()
+        .args([
+            "certs",
+            "--out",
+            out,
+            "--issue",
+            "x",
+            "--ca-dir",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert!(!no_ca.status.success());
+    assert!(String::from_utf8_lossy(&no_ca.stderr).contains("ca.pem"));
+}
