@@ -193,6 +193,7 @@ impl Launcher for ProcessLauncher {
             let registered = launcher.clone().watch_registration(id, spawned);
             tokio::pin!(registered);
             let mut kill_rx = kill_rx;
+            let mut watching = true;
             let status = loop {
                 tokio::select! {
                     status = child.wait() => break status,
@@ -200,14 +201,14 @@ impl Launcher for ProcessLauncher {
                         let _ = child.start_kill();
                         break child.wait().await;
                     }
-                    ok = &mut registered => {
+                    ok = &mut registered, if watching => {
                         if !ok {
                             warn!(shard = id.0, "shard process did not register in time; killed");
                             let _ = child.start_kill();
                             break child.wait().await;
                         }
                         // Registered: from now on only its exit or a reap ends the watch.
-                        registered.set(never());
+                        watching = false;
                     }
                 }
             };
@@ -235,28 +236,22 @@ impl Launcher for ProcessLauncher {
 impl ProcessLauncher {
     /// Until `id` appears in the directory (true, and its start-up is recorded) or the
     /// registration timeout passed (false).
-    fn watch_registration(
-        self,
-        id: ShardId,
-        spawned: std::time::Instant,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
-        Box::pin(async move {
-            let deadline = crate::clock::tokio_now() + REGISTER_TIMEOUT;
-            while crate::clock::tokio_now() < deadline {
-                if lock(&self.inner.directory).record(id).is_some() {
-                    let took = crate::clock::since(spawned);
-                    lock(&self.inner.startups).push(took);
-                    info!(
-                        shard = id.0,
-                        startup_ms = took.as_secs_f64() * 1e3,
-                        "shard process registered"
-                    );
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+    async fn watch_registration(self, id: ShardId, spawned: std::time::Instant) -> bool {
+        let deadline = crate::clock::tokio_now() + REGISTER_TIMEOUT;
+        while crate::clock::tokio_now() < deadline {
+            if lock(&self.inner.directory).record(id).is_some() {
+                let took = crate::clock::since(spawned);
+                lock(&self.inner.startups).push(took);
+                info!(
+                    shard = id.0,
+                    startup_ms = took.as_secs_f64() * 1e3,
+                    "shard process registered"
+                );
+                return true;
             }
-            false
-        })
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
     }
 
     /// Kills every child and waits (bounded) until they are gone.
@@ -269,8 +264,4 @@ impl ProcessLauncher {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-fn never() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
-    Box::pin(std::future::pending())
 }

@@ -84,19 +84,12 @@ impl ShardProcess {
         let ca = read_certs(&cfg.ca_path())?;
         let id = match o.id {
             Some(id) => id,
-            None => {
-                let mut b = [0u8; 4];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-                    .map_err(|_| ClusterError::Secret(crate::security::keys::SecretError::Rng))?;
-                ShardId(SELF_ASSIGNED_IDS | u32::from_be_bytes(b))
-            }
+            None => ShardId(SELF_ASSIGNED_IDS | u32::from_be_bytes(random()?)),
         };
         let st = &cfg.streams;
         let s = &cfg.shards;
         // Keys of its own: nothing here derives from the cluster secret.
-        let mut token_secret = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token_secret)
-            .map_err(|_| ClusterError::Secret(crate::security::keys::SecretError::Rng))?;
+        let token_secret: [u8; 32] = random()?;
         let token_key: Arc<dyn quinn::crypto::HandshakeTokenKey> = Arc::new(
             ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &token_secret),
         );
@@ -192,4 +185,11 @@ impl ShardProcess {
         }
         r
     }
+}
+
+fn random<const N: usize>() -> Result<[u8; N], ClusterError> {
+    let mut b = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| ClusterError::Secret(crate::security::keys::SecretError::Rng))?;
+    Ok(b)
 }

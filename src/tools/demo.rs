@@ -257,31 +257,8 @@ pub async fn run(
     report.ttfb_p50_us = ttfb.value_at_quantile(0.50);
     report.ttfb_p99_us = ttfb.value_at_quantile(0.99);
     report.ttfb_max_us = ttfb.max();
-    report.shard_rejections = if cluster.processes().is_some() {
-        // Shard processes count their rejections in their load reports.
-        crate::sync::lock(cluster.directory())
-            .records()
-            .map(|r| r.load.rejections)
-            .sum()
-    } else {
-        cluster
-            .shards()
-            .iter()
-            .map(|s| s.counters().total_rejections())
-            .sum()
-    };
-    report.ticket_misses = if cluster.processes().is_some() {
-        crate::sync::lock(cluster.directory())
-            .records()
-            .map(|r| r.load.ticket_misses)
-            .sum()
-    } else {
-        cluster
-            .shards()
-            .iter()
-            .map(|s| s.load().ticket_misses)
-            .sum()
-    };
+    report.shard_rejections = shard_total(&cluster, |l| l.rejections);
+    report.ticket_misses = shard_total(&cluster, |l| l.ticket_misses);
     report.prepares_missed = cluster
         .hub
         .links()
@@ -292,6 +269,19 @@ pub async fn run(
     cluster.shutdown().await;
     drop(scratch);
     Ok(report)
+}
+
+/// A figure summed over the shards' loads: as shard processes last reported them, or read
+/// from the embedded shards themselves (those killed included).
+fn shard_total(cluster: &Cluster, figure: impl Fn(&crate::link::ShardLoad) -> u64) -> u64 {
+    if cluster.processes().is_some() {
+        crate::sync::lock(cluster.directory())
+            .records()
+            .map(|r| figure(&r.load))
+            .sum()
+    } else {
+        cluster.shards().iter().map(|s| figure(&s.load())).sum()
+    }
 }
 
 /// Shards in the directory now.
