@@ -324,6 +324,11 @@ async fn tick_loop(state: Arc<ShardState>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        if state.registry.is_empty() {
+            state.registry.wait_for_stream().await;
+            // Chunks are produced by wall clock, so nothing is owed for the idle time.
+            tick.reset_immediately();
+        }
         tick.tick().await;
         state.registry.tick(unix_us());
     }

@@ -326,6 +326,8 @@ impl Cursor {
 pub struct StreamRegistry {
     settings: StreamSettings,
     streams: Mutex<HashMap<StreamName, Arc<StreamState>>>,
+    /// Signalled when a stream is created: the ticker sleeps while there is none.
+    created: tokio::sync::Notify,
 }
 
 impl StreamRegistry {
@@ -333,6 +335,22 @@ impl StreamRegistry {
         Self {
             settings,
             streams: Mutex::new(HashMap::new()),
+            created: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Returns once the registry holds a stream (at once if it does). An idle shard's ticker
+    /// waits here instead of waking every synthetic period.
+    pub async fn wait_for_stream(&self) {
+        loop {
+            let created = self.created.notified();
+            tokio::pin!(created);
+            // Registered before the check, so a stream created in between is not missed.
+            created.as_mut().enable();
+            if !self.map().is_empty() {
+                return;
+            }
+            created.await;
         }
     }
 
@@ -347,7 +365,10 @@ impl StreamRegistry {
         now_us: u64,
     ) -> Arc<StreamState> {
         map.entry(name.clone())
-            .or_insert_with(|| Arc::new(StreamState::new(name.clone(), self.settings, now_us)))
+            .or_insert_with(|| {
+                self.created.notify_waiters();
+                Arc::new(StreamState::new(name.clone(), self.settings, now_us))
+            })
             .clone()
     }
 
@@ -641,5 +662,25 @@ mod seq_limits {
             matches!(got[0], Item::Gap { from, .. } if from == first),
             "{got:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_ticker_waits_until_a_stream_exists() {
+        let reg = Arc::new(StreamRegistry::new(settings()));
+        let waiting = {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.wait_for_stream().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no stream yet: the ticker sleeps");
+        reg.warm(&StreamName::new("synth/w").unwrap(), NOW, 1_000_000);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the new stream")
+            .unwrap();
+        // With a stream held, it returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), reg.wait_for_stream())
+            .await
+            .expect("a stream exists");
     }
 }

@@ -110,6 +110,11 @@ impl ChildServer {
         tree_cpu_time(self.pid)
     }
 
+    /// CPU time of the child process alone (without its shard processes).
+    pub fn own_cpu(&self) -> Result<Duration, BenchError> {
+        cpu_time(self.pid)
+    }
+
     /// Resident set size of the child, in bytes.
     pub fn rss(&self) -> Result<u64, BenchError> {
         rss_bytes(self.pid)

@@ -148,12 +148,38 @@ pub async fn cpu_per_op<T, Fut>(child: &ChildServer, work: Fut) -> Result<(f64, 
 where
     Fut: Future<Output = Result<(usize, T), BenchError>>,
 {
-    let c0 = child.cpu()?;
+    let (cpu, extra) = cpu_split_per_op(child, work).await?;
+    Ok((cpu.tree, extra))
+}
+
+/// Server CPU per operation, of the whole process tree and of the child alone.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuPerOp {
+    /// The child and its shard processes, in µs per operation.
+    pub tree: f64,
+    /// The child alone (the hub, when shards are processes), in µs per operation.
+    pub own: f64,
+}
+
+/// [`cpu_per_op`], with the child's own share beside the tree's.
+pub async fn cpu_split_per_op<T, Fut>(
+    child: &ChildServer,
+    work: Fut,
+) -> Result<(CpuPerOp, T), BenchError>
+where
+    Fut: Future<Output = Result<(usize, T), BenchError>>,
+{
+    let (t0, o0) = (child.cpu()?, child.own_cpu()?);
     let (ops, extra) = work.await?;
     // Let closes and acknowledgements in flight be processed inside the window.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let c1 = child.cpu()?;
-    Ok(((c1 - c0).as_secs_f64() * 1e6 / ops.max(1) as f64, extra))
+    let (t1, o1) = (child.cpu()?, child.own_cpu()?);
+    let per_op = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+    let cpu = CpuPerOp {
+        tree: per_op(t1.saturating_sub(t0)),
+        own: per_op(o1.saturating_sub(o0)),
+    };
+    Ok((cpu, extra))
 }
 
 /// Fresh shoal clients each asking for one grant, `workers` at a time; returns the count.

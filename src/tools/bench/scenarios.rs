@@ -135,13 +135,16 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
     load::shoal_grants(&ts, 4, 4).await?;
     load::quinn_requests(&tq, 4, 4, request_bytes).await?;
     let mut rounds = Vec::new();
+    // The hub's own share of each shoal round (all of it unless shards are processes).
+    let mut hub_share = Vec::new();
     for r in 0..opts.rounds {
         let round = alternate(
             r,
             async {
-                Ok(cpu_per_op(&shoal, ops(load::shoal_grants(&ts, n, WORKERS)))
-                    .await?
-                    .0)
+                let work = ops(load::shoal_grants(&ts, n, WORKERS));
+                let cpu = load::cpu_split_per_op(&shoal, work).await?.0;
+                hub_share.push((cpu.own, cpu.tree - cpu.own));
+                Ok(cpu.tree)
             },
             async {
                 let work = ops(load::quinn_requests(&tq, n, WORKERS, request_bytes));
@@ -154,7 +157,15 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
     }
     shoal.stop().await;
     quinn.stop().await;
-    let f = Figure::new(s, "server_cpu_us_per_op", &rounds);
+    let mut f = Figure::new(s, "server_cpu_us_per_op", &rounds);
+    if opts.remote_link_delay.is_some() {
+        // Where the CPU goes: the hub, and the shard processes that hold the entries.
+        let hub = median(hub_share.iter().map(|s| s.0));
+        let shards = median(hub_share.iter().map(|s| s.1));
+        f = f
+            .with("hub_cpu_us_per_op", hub)
+            .with("shard_processes_cpu_us_per_op", shards);
+    }
     let per_s = 1e6 / f.shoal;
     Ok(f.with("grants_per_cpu_s", per_s)
         .with("request_bytes", request_bytes as f64)
