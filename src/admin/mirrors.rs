@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -58,28 +57,7 @@ impl ShardSources {
 /// How often the forward task checks that its source shard is still alive.
 const SOURCE_CHECK: Duration = Duration::from_millis(250);
 
-/// The TLS identity mirrors present to receivers (mutual TLS, `PROTOCOL.md` section 9).
-#[derive(Clone)]
-pub struct MirrorIdentity {
-    /// TLS name the receivers' certificates must carry (the cluster name).
-    pub server_name: String,
-    /// CA the receivers' certificates chain to.
-    pub ca: Vec<CertificateDer<'static>>,
-    /// Client certificate chain and key, issued by the CA the receivers trust.
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: Arc<PrivateKeyDer<'static>>,
-    /// Local IP of the mirrors' sockets.
-    pub bind_ip: std::net::IpAddr,
-}
-
-impl std::fmt::Debug for MirrorIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MirrorIdentity")
-            .field("server_name", &self.server_name)
-            .field("bind_ip", &self.bind_ip)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::mirror::MirrorIdentity;
 
 /// A mirror as `GET /mirrors/{stream}` and `POST /mirrors` show it.
 #[derive(Debug, Clone, Serialize)]

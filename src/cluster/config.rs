@@ -280,6 +280,9 @@ pub struct StreamsConfig {
     pub buffer_chunks: usize,
     /// How far back (in chunks) a synthetic stream can be resumed.
     pub replay_window_chunks: u64,
+    /// Standby copies of every live stream, on the next shards of its group in rendezvous
+    /// order (0: not mirrored; a live stream then dies with its shard).
+    pub live_standbys: u32,
     /// Session store capacity (tickets) shared by hub and shards.
     pub session_store_entries: usize,
     /// Lifetime of a stored session ticket.
@@ -416,6 +419,7 @@ impl Default for StreamsConfig {
             synthetic_chunk_bytes: 1024,
             buffer_chunks: 1024,
             replay_window_chunks: 30_000,
+            live_standbys: 1,
             session_store_entries: 100_000,
             // rustls advertises 86 400 s in every stateful ticket and cannot be told
             // otherwise: keep them that long, so what a ticket says is true.
@@ -541,6 +545,9 @@ impl Config {
         }
         if s.synthetic_chunk_bytes as usize > crate::wire::MAX_CHUNK_PAYLOAD {
             return bad("streams.synthetic_chunk_bytes", "must be at most 1 MiB");
+        }
+        if s.live_standbys > 8 {
+            return bad("streams.live_standbys", "must be in 0..=8");
         }
         if s.buffer_chunks == 0 {
             return bad("streams.buffer_chunks", "must be at least 1");

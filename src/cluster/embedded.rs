@@ -37,6 +37,8 @@ pub(super) struct LauncherInner {
     pub(super) store_entries: usize,
     pub(super) store_ttl: Duration,
     pub(super) links: Links,
+    /// The certificate shards mirror live streams to each other with (none: not mirrored).
+    pub(super) mirror_identity: Option<crate::mirror::MirrorIdentity>,
     /// How many ports from `base_port` the shards may use.
     pub(super) port_span: u32,
     pub(super) running: Mutex<BTreeMap<ShardId, Running>>,
@@ -102,6 +104,13 @@ impl EmbeddedLauncher {
             attach_timeout: s.attach_timeout,
             max_sessions: u64::from(s.max_sessions),
             uplink: shard_end.up.clone(),
+            replica: f.mirror_identity.clone().map(|identity| {
+                crate::shard::replica::ReplicaParams {
+                    listen: std::net::SocketAddr::new(f.shards.listen_ip, 0),
+                    advertise_ip: None,
+                    identity,
+                }
+            }),
         })
         .map_err(|source| LaunchError::Start {
             shard: id,

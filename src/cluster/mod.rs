@@ -168,7 +168,8 @@ pub struct Cluster {
 impl Cluster {
     /// Binds and starts everything. Must run inside a tokio runtime.
     pub fn start(cfg: &Config, m: Material) -> Result<Cluster, ClusterError> {
-        Self::start_with(cfg, m, Box::new(HeadroomPlacer::default()))
+        let placer = HeadroomPlacer::with_live_standbys(cfg.streams.live_standbys as usize);
+        Self::start_with(cfg, m, Box::new(placer))
     }
 
     pub fn start_with(
@@ -215,6 +216,7 @@ impl Cluster {
             book_clients: crate::tickets::book::MAX_CLIENTS,
             placer,
             grant_shards: cfg.hub.grant_shards,
+            live_standbys: cfg.streams.live_standbys,
             token_ttl: cfg.hub.token_ttl,
             synthetic: cfg.synthetic(),
             request_timeout: s.attach_timeout,
@@ -242,6 +244,13 @@ impl Cluster {
                 store_entries: st.session_store_entries,
                 store_ttl: st.session_ttl,
                 links: hub.links().clone(),
+                mirror_identity: (st.live_standbys > 0).then(|| crate::mirror::MirrorIdentity {
+                    server_name: cfg.cluster.clone(),
+                    ca: m.ca.clone(),
+                    chain: m.chain.clone(),
+                    key: Arc::new(m.key.clone_key()),
+                    bind_ip: s.listen_ip,
+                }),
                 port_span,
                 running: Mutex::default(),
             }),

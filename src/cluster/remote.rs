@@ -119,6 +119,17 @@ impl ShardProcess {
             attach_timeout: s.attach_timeout,
             max_sessions: u64::from(s.max_sessions),
             uplink: shard_end.up.clone(),
+            replica: (st.live_standbys > 0).then(|| crate::shard::replica::ReplicaParams {
+                identity: crate::mirror::MirrorIdentity {
+                    server_name: cfg.cluster.clone(),
+                    ca: ca.clone(),
+                    chain: chain.clone(),
+                    key: Arc::new(key.clone_key()),
+                    bind_ip: o.listen.ip(),
+                },
+                listen: SocketAddr::new(o.listen.ip(), 0),
+                advertise_ip: o.advertise.map(|a| a.ip()),
+            }),
         })
         .map_err(|source| ClusterError::Bind {
             what: format!("shard {}", id.0),

@@ -48,11 +48,15 @@ pub struct ShardRecord {
     pub group: GroupId,
     pub addr: SocketAddr,
     pub capacity: u64,
+    /// Its mirror receiver for standby copies of live streams.
+    pub mirror: Option<SocketAddr>,
     pub version: u16,
     pub state: ShardState,
     pub load: ShardLoad,
     pub registered_at: Instant,
     pub last_heard: Instant,
+    /// The live streams it holds, as it last reported them (primary or standby copy).
+    pub replicas: Vec<crate::link::ReplicaReport>,
 }
 
 impl ShardRecord {
@@ -120,11 +124,13 @@ impl Directory {
                 group: r.group,
                 addr: r.addr,
                 capacity: r.capacity,
+                mirror: r.mirror,
                 version: r.version,
                 state: ShardState::Ready,
                 load: ShardLoad::default(),
                 registered_at: now,
                 last_heard: now,
+                replicas: Vec::new(),
             },
         );
         self.generation += 1;
@@ -206,6 +212,33 @@ impl Directory {
         self.shards.values().map(ShardRecord::view).collect()
     }
 
+    /// A shard's report of its live streams (it replaces the last one).
+    pub fn handle_replicas(
+        &mut self,
+        id: ShardId,
+        streams: Vec<crate::link::ReplicaReport>,
+        now: Instant,
+    ) {
+        if let Some(r) = self.shards.get_mut(&id) {
+            r.replicas = streams;
+            r.last_heard = now;
+        }
+    }
+
+    /// The ready shards of `group` that take standby copies of live streams.
+    pub fn peers(&self, group: GroupId) -> Vec<crate::link::Peer> {
+        self.shards
+            .values()
+            .filter(|r| r.group == group && r.state == ShardState::Ready)
+            .filter_map(|r| {
+                r.mirror.map(|mirror| crate::link::Peer {
+                    shard: r.id,
+                    mirror,
+                })
+            })
+            .collect()
+    }
+
     /// Whether `id` is ready, for commands that only a ready shard takes.
     pub fn is_ready(&self, id: ShardId) -> Result<(), DirectoryError> {
         match self.shards.get(&id) {
@@ -255,6 +288,7 @@ mod tests {
             group: GroupId(group),
             addr: SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16)),
             capacity: 10,
+            mirror: None,
         }
     }
 

@@ -137,6 +137,11 @@ struct Inner {
     tokens: Arc<TokenKeys>,
     /// Round trip of each networked link (embedded links have none).
     link_rtt: Mutex<HashMap<ShardId, LinkRtt>>,
+    /// Standby copies per live stream, told to every shard with its group's peers.
+    live_standbys: std::sync::atomic::AtomicU32,
+    /// Groups whose membership changed since their peers were last sent.
+    peers_dirty: Mutex<std::collections::BTreeSet<crate::ids::GroupId>>,
+    peers_changed: tokio::sync::Notify,
 }
 
 impl Links {
@@ -160,8 +165,58 @@ impl Links {
                 sessions,
                 tokens,
                 link_rtt: Mutex::default(),
+                live_standbys: std::sync::atomic::AtomicU32::new(1),
+                peers_dirty: Mutex::default(),
+                peers_changed: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Standby copies each live stream keeps (told to the shards with their peers).
+    pub fn set_live_standbys(&self, n: u32) {
+        self.inner.live_standbys.store(n, Ordering::Relaxed);
+    }
+
+    /// The group's membership changed: its shards get the new peer list (in order, the latest
+    /// state, from [`Links::spawn_peer_announcer`]).
+    fn peers_changed(&self, group: crate::ids::GroupId) {
+        lock(&self.inner.peers_dirty).insert(group);
+        self.inner.peers_changed.notify_one();
+    }
+
+    /// Sends `peers` to the shards of each group whose membership changed, one group at a
+    /// time, the list read when it is sent (so a burst of changes sends the last one).
+    pub fn spawn_peer_announcer(&self) -> tokio::task::JoinHandle<()> {
+        let links = self.clone();
+        tokio::spawn(async move {
+            loop {
+                links.inner.peers_changed.notified().await;
+                loop {
+                    let Some(group) = lock(&links.inner.peers_dirty).pop_first() else {
+                        break;
+                    };
+                    let (peers, members) = {
+                        let d = lock(&links.inner.directory);
+                        let members: Vec<ShardId> = d
+                            .records()
+                            .filter(|r| r.group == group)
+                            .map(|r| r.id)
+                            .collect();
+                        (d.peers(group), members)
+                    };
+                    let cmd = crate::link::GroupPeers {
+                        group,
+                        standbys: links.inner.live_standbys.load(Ordering::Relaxed),
+                        shards: peers,
+                    };
+                    debug!(group = group.0, peers = cmd.shards.len(), "peers announced");
+                    for id in members {
+                        // A shard whose link just closed misses it, as it should.
+                        let _ = links.command(id, HubCmd::Peers(cmd.clone())).await;
+                    }
+                }
+            }
+        })
     }
 
     pub fn counters(&self) -> &LinkCounters {
@@ -216,6 +271,7 @@ impl Links {
             }
         }
         lock(&self.inner.senders).insert(reg.shard, end.commands.clone());
+        self.peers_changed(reg.group);
         c.registered.fetch_add(1, Ordering::Relaxed);
         info!(shard = reg.shard.0, group = reg.group.0, addr = %reg.addr, capacity = reg.capacity, "shard registered");
         Ok(reg.shard)
@@ -286,11 +342,16 @@ impl Links {
                     drained = true;
                     break;
                 }
+                ShardMsg::Replicas { streams } => {
+                    lock(&self.inner.directory).handle_replicas(id, streams, now);
+                }
             }
         }
         lock(&self.inner.senders).remove(&id);
         lock(&self.inner.link_rtt).remove(&id);
-        lock(&self.inner.directory).handle_link_lost(id);
+        if let Some(r) = lock(&self.inner.directory).handle_link_lost(id) {
+            self.peers_changed(r.group);
+        }
         let c = &self.inner.hub.link;
         if drained {
             c.drained.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +384,13 @@ impl Links {
         shard: ShardId,
         grace: Duration,
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        let cmd = lock(&self.inner.directory).begin_drain(shard, grace).ok()?;
+        let (cmd, group) = {
+            let mut d = lock(&self.inner.directory);
+            let cmd = d.begin_drain(shard, grace).ok()?;
+            (cmd, d.record(shard)?.group)
+        };
+        // A draining shard takes no new standby copies.
+        self.peers_changed(group);
         let links = self.clone();
         Some(async move {
             if links.command(shard, cmd).await.is_err() {
@@ -533,6 +600,9 @@ impl Links {
                 tick.tick().await;
                 let lost = lock(&links.inner.directory).handle_timeout(crate::clock::now());
                 for id in lost {
+                    if let Some(r) = lock(&links.inner.directory).record(id) {
+                        links.peers_changed(r.group);
+                    }
                     links.inner.hub.link.silent.fetch_add(1, Ordering::Relaxed);
                     warn!(shard = id.0, "shard silent; taken out of placement");
                 }
@@ -573,6 +643,7 @@ mod tests {
             group: GroupId(0),
             addr: "127.0.0.1:7000".parse().unwrap(),
             capacity: 10,
+            mirror: None,
         })
     }
 

@@ -76,6 +76,8 @@ pub struct HubParams {
     pub book_clients: usize,
     pub placer: Box<dyn Placer>,
     pub grant_shards: usize,
+    /// Standby copies each live stream keeps on the next shards of its group.
+    pub live_standbys: u32,
     pub token_ttl: Duration,
     pub synthetic: SyntheticSpec,
     pub request_timeout: Duration,
@@ -163,6 +165,7 @@ pub struct Hub {
     task: tokio::task::JoinHandle<()>,
     silence: tokio::task::JoinHandle<()>,
     rotation: tokio::task::JoinHandle<()>,
+    peers: tokio::task::JoinHandle<()>,
     /// True once the accept loop ended (the endpoint closed).
     accepting: tokio::sync::watch::Receiver<bool>,
 }
@@ -188,6 +191,8 @@ impl Hub {
         );
         let silence = links.spawn_silence_timer();
         let rotation = links.spawn_key_rotation();
+        links.set_live_standbys(p.live_standbys);
+        let peers = links.spawn_peer_announcer();
         let state = Arc::new(HubState {
             tokens: p.tokens,
             configs: p.configs,
@@ -228,6 +233,7 @@ impl Hub {
             task,
             silence,
             rotation,
+            peers,
             accepting,
         })
     }
@@ -290,6 +296,7 @@ impl Hub {
         self.task.abort();
         self.silence.abort();
         self.rotation.abort();
+        self.peers.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -719,6 +726,7 @@ impl Drop for Hub {
         self.task.abort();
         self.silence.abort();
         self.rotation.abort();
+        self.peers.abort();
         let code = ErrorCode::GoingAway;
         self.endpoint.close(code.varint(), code.reason().as_bytes());
     }

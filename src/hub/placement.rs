@@ -15,8 +15,12 @@
 //!     bitrate) first, then the rest least loaded first. Simultaneous arrivals that see the same
 //!     snapshot so spread over the group instead of herding onto its least loaded shard;
 //! - live streams must meet their publisher: group and shard order come from rendezvous hashing
-//!   of the stream name over live shards with headroom, so publisher and subscribers rank the
-//!   same shard first and fail over to the same next one.
+//!   of the stream name over live shards with headroom ([`rendezvous_order`]), so publisher and
+//!   subscribers rank the same shard first and fail over to the same next one. The first
+//!   `1 + live_standbys` shards of that order hold the stream (the primary mirrors it to the
+//!   others, see [`crate::shard::replica`]), so a subscriber's grant starts at one of them
+//!   chosen by a hash of its client id (the rest follow in order): subscribers spread over the
+//!   copies, and the publisher alone goes to the primary.
 //!
 //! Another policy plugs in by implementing [`Placer`].
 
@@ -109,6 +113,23 @@ fn score(parts: &[&[u8]]) -> u64 {
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("32-byte digest"))
 }
 
+/// A live stream's rendezvous score on one shard (higher ranks first).
+fn live_score(stream: &StreamName, shard: ShardId) -> u64 {
+    score(&[stream.as_str().as_bytes(), &shard.0.to_be_bytes()])
+}
+
+/// Shards in a live stream's rendezvous order, best first: the order grants rank them in, and
+/// the order a primary picks its standbys in.
+pub fn rendezvous_order(
+    stream: &StreamName,
+    shards: impl IntoIterator<Item = ShardId>,
+) -> Vec<ShardId> {
+    let mut v: Vec<ShardId> = shards.into_iter().collect();
+    v.sort_by_key(|&id| (std::cmp::Reverse(live_score(stream, id)), id));
+    v.dedup();
+    v
+}
+
 /// The group that lacked room for a request placement refused, so the pool grows only that
 /// one: a live stream's own group (the rendezvous choice among all groups, with or without
 /// headroom), or for a synthetic stream the group with the fewest live shards.
@@ -132,6 +153,9 @@ pub fn lacking_group(stream: &StreamName, shards: &[ShardView]) -> Option<GroupI
 pub struct HeadroomPlacer {
     /// Clients expected to pull at least this many kbit/s are placed by bandwidth headroom.
     pub heavy_kbps: u32,
+    /// Standby copies of each live stream (`streams.live_standbys`): subscribers of a live
+    /// stream spread over its first `1 + live_standbys` shards.
+    pub live_standbys: usize,
     /// Draws of the power-of-two choices (mixed into the hash so that one client's repeated
     /// requests spread too).
     draws: u64,
@@ -144,7 +168,18 @@ impl Default for HeadroomPlacer {
     fn default() -> Self {
         HeadroomPlacer {
             heavy_kbps: HEAVY_KBPS,
+            live_standbys: 0,
             draws: 0,
+        }
+    }
+}
+
+impl HeadroomPlacer {
+    /// The default placer for a cluster keeping `n` standby copies of each live stream.
+    pub fn with_live_standbys(n: usize) -> Self {
+        HeadroomPlacer {
+            live_standbys: n,
+            ..HeadroomPlacer::default()
         }
     }
 }
@@ -181,7 +216,12 @@ impl Placer for HeadroomPlacer {
             .filter(|s| s.group == group && s.headroom(prio) > 0)
             .collect();
         if !req.stream.is_synthetic() {
-            ranked.sort_by_key(|s| std::cmp::Reverse(score(&[stream, &s.id.0.to_be_bytes()])));
+            ranked.sort_by_key(|s| (std::cmp::Reverse(live_score(req.stream, s.id)), s.id));
+            let copies = (1 + self.live_standbys).min(ranked.len());
+            if req.role == Role::Subscribe && copies > 1 {
+                let first = score(&[req.client.as_str().as_bytes(), stream]) % copies as u64;
+                ranked[..copies].rotate_left(first as usize);
+            }
         } else if req.expect_kbps >= self.heavy_kbps {
             ranked.sort_by_key(|s| (s.committed_kbps, s.sessions, s.id));
         } else {
@@ -422,5 +462,47 @@ mod tests {
         for i in 0..20 {
             assert_eq!(place("live/game", &format!("sub{i}"), &shards).unwrap(), a);
         }
+    }
+
+    #[test]
+    fn live_subscribers_spread_over_the_copies_and_the_publisher_gets_the_primary() {
+        let shards: Vec<ShardView> = (0..4).map(|i| view(i, 0, 0, true)).collect();
+        let stream = StreamName::new("live/spread").unwrap();
+        let order = rendezvous_order(&stream, shards.iter().map(|s| s.id));
+        let mut p = HeadroomPlacer::with_live_standbys(1);
+        let (h, publisher) = (Hints::default(), ClientId::new("pub").unwrap());
+        let req = PlacementRequest {
+            client: &publisher,
+            stream: &stream,
+            role: Role::Publish,
+            hints: &h,
+            priority: Priority::Normal,
+            expect_kbps: 0,
+        };
+        let d = p.place(&req, &shards, 4, crate::clock::now()).unwrap();
+        let ids: Vec<ShardId> = d.shards.iter().map(|s| s.id).collect();
+        assert_eq!(ids, order, "the publisher's grant is the rendezvous order");
+        let mut first = std::collections::BTreeMap::new();
+        for i in 0..200 {
+            let d = place_with(
+                &mut p,
+                "live/spread",
+                &format!("s{i}"),
+                Priority::Normal,
+                0,
+                &shards,
+            )
+            .unwrap();
+            let ids: Vec<ShardId> = d.shards.iter().map(|s| s.id).collect();
+            // Each grant names both copies, and only them (two shards asked for).
+            let mut sorted = ids.clone();
+            sorted.sort();
+            let mut copies = order[..2].to_vec();
+            copies.sort();
+            assert_eq!(sorted, copies);
+            *first.entry(ids[0]).or_insert(0) += 1;
+        }
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first.values().all(|&n| n > 60), "spread: {first:?}");
     }
 }

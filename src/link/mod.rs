@@ -6,8 +6,8 @@
 //! in other processes will speak the same messages, MessagePack-encoded, over the control link.
 //!
 //! ```text
-//!  shard ──► hub   register · load · session_ended · entries · prepared · drained
-//!  hub ──► shard   keys · prepare · store_entries · drain · stop
+//!  shard ──► hub   register · load · session_ended · entries · prepared · drained · replicas
+//!  hub ──► shard   keys · peers · prepare · store_entries · drain · stop
 //! ```
 //!
 //! Order on one link: a shard's first message is [`ShardMsg::Register`]; the hub refuses
@@ -51,6 +51,9 @@ pub enum ShardMsg {
     Prepared { batch: u64 },
     /// The shard finished draining: every session is gone; it stops now.
     Drained,
+    /// The live streams this shard holds (primary or standby copy), with each one's
+    /// replication state: a report, sent with the load when the shard holds any.
+    Replicas { streams: Vec<ReplicaReport> },
 }
 
 /// Hub → shard.
@@ -75,6 +78,67 @@ pub enum HubCmd {
     /// whenever the set changes (a new epoch, or the next epoch's key ahead of it). Replaces
     /// the keys the shard held.
     Keys(GroupKeys),
+    /// The shards of this shard's group that live streams are mirrored between, and how many
+    /// standby copies each live stream keeps: sent after `keys` on every link, and again
+    /// whenever the group's membership changes. Replaces the list the shard held.
+    Peers(GroupPeers),
+}
+
+/// The mirroring peers of one group (see [`crate::shard::replica`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPeers {
+    pub group: GroupId,
+    /// Standby copies per live stream (0: live streams are not mirrored).
+    pub standbys: u32,
+    pub shards: Vec<Peer>,
+}
+
+/// One shard that takes mirrored copies of live streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub shard: ShardId,
+    /// Its mirror receiver (ALPN `shoal-mirror/1`).
+    #[serde(with = "addr_text")]
+    pub mirror: SocketAddr,
+}
+
+/// One live stream at one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaReport {
+    pub stream: StreamName,
+    pub role: ReplicaRole,
+    /// The newest sequence this shard holds.
+    pub last_seq: Option<u64>,
+    /// Primary: the standbys it mirrors to, each with its lag.
+    pub standbys: Vec<StandbyLag>,
+    /// Standby copies of this stream promoted to primary here.
+    pub promotions: u64,
+}
+
+/// How a live stream's copy is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaRole {
+    /// Its publisher is attached here; the shard mirrors it to its standbys.
+    Primary,
+    /// A mirrored copy, fed by the primary.
+    Standby,
+}
+
+/// A primary's view of one standby.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyLag {
+    pub shard: ShardId,
+    /// Newest sequence the standby acknowledged.
+    pub acked_seq: Option<u64>,
+    /// Sequences the standby is behind the primary.
+    pub lag_seqs: u64,
+    /// Age of the oldest chunk the standby has not acknowledged (0 when it has all).
+    pub lag_ms: u64,
 }
 
 /// The token-opening keys of one group (see [`crate::security::token`]): the previous and the
@@ -121,6 +185,13 @@ pub struct Register {
     pub addr: SocketAddr,
     /// Most sessions the shard admits.
     pub capacity: u64,
+    /// Its mirror receiver for standby copies of live streams (none: it takes no copies).
+    #[serde(
+        default,
+        with = "opt_addr_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mirror: Option<SocketAddr>,
 }
 
 /// Socket addresses travel as `ip:port` text (the same in every encoding).
@@ -136,6 +207,27 @@ mod addr_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Optional socket addresses, as [`addr_text`].
+mod opt_addr_text {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
     }
 }
 
@@ -165,6 +257,9 @@ pub struct ShardLoad {
     /// in time, expired or evicted): each one a resumption without 0-RTT.
     #[serde(default)]
     pub ticket_misses: u64,
+    /// Standby copies of live streams promoted to primary here (their publisher moved in).
+    #[serde(default)]
+    pub promotions: u64,
 }
 
 /// One ended session, as a shard reports it: the hub's profiler records it and its load model
@@ -246,6 +341,7 @@ mod tests {
                 group: GroupId(1),
                 addr: "127.0.0.1:7001".parse().unwrap(),
                 capacity: 100,
+                mirror: Some("127.0.0.1:7002".parse().unwrap()),
             }),
             ShardMsg::Load(ShardLoad {
                 sessions: 4,

@@ -24,6 +24,29 @@ pub use machine::{EndpointState, Event, Mirror, MirrorSnapshot, PushError, Switc
 pub use receiver::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions, StatsHandle};
 pub use sender::{ConnectError, MirrorSender, SenderError, SenderOptions};
 
+/// The TLS identity mirrors present to receivers (mutual TLS, `PROTOCOL.md` section 9).
+#[derive(Clone)]
+pub struct MirrorIdentity {
+    /// TLS name the receivers' certificates must carry (the cluster name).
+    pub server_name: String,
+    /// CA the receivers' certificates chain to.
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Client certificate chain and key, issued by the CA the receivers trust.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: std::sync::Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+    /// Local IP of the mirrors' sockets.
+    pub bind_ip: std::net::IpAddr,
+}
+
+impl std::fmt::Debug for MirrorIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorIdentity")
+            .field("server_name", &self.server_name)
+            .field("bind_ip", &self.bind_ip)
+            .finish_non_exhaustive()
+    }
+}
+
 /// ALPN of mirror receivers.
 pub const MIRROR_ALPN: &[u8] = b"shoal-mirror/1";
 /// Most endpoints one mirrored stream may have.

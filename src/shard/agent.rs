@@ -31,6 +31,7 @@ pub fn registration(shard: &Shard) -> ShardMsg {
         group: shard.group(),
         addr: shard.advertised(),
         capacity: shard.capacity(),
+        mirror: shard.mirror_addr(),
     })
 }
 
@@ -93,6 +94,10 @@ async fn run(shard: Shard, mut end: ShardEnd, registered: bool) {
                 changed = false;
                 last = crate::clock::tokio_now();
                 up.report(ShardMsg::Load(shard.load()));
+                let streams = shard.replica_reports();
+                if !streams.is_empty() {
+                    up.report(ShardMsg::Replicas { streams });
+                }
             }
         }
     }
@@ -128,6 +133,7 @@ async fn carry_out(
             return Some(tokio::spawn(async move { s.drain(grace).await }));
         }
         HubCmd::Stop => shard.kill(),
+        HubCmd::Peers(peers) => shard.set_peers(peers),
         HubCmd::Keys(keys) => match shard.install_keys(&keys) {
             Ok(()) => debug!(?keys, "token keys installed"),
             Err(e) => tracing::warn!(error = %e, "token keys refused"),

@@ -235,7 +235,7 @@ struct Session {
     /// This connection's view of the shard's session store.
     store: Arc<crate::tickets::conn::ConnStore>,
     core: SessionCore,
-    publishing: Option<Arc<streams::StreamState>>,
+    publishing: Option<streams::Publishing>,
     /// Payload bytes delivered to the subscriber and accepted from the publisher.
     delivered: u64,
     accepted: u64,
@@ -400,7 +400,11 @@ impl Session {
                     .map_err(|_| ErrorCode::NoError)?;
             }
             Action::Publish { stream } => {
-                self.publishing = Some(self.state.registry.stream(&stream, clock::unix_us()));
+                let live = self.state.registry.stream(&stream, clock::unix_us());
+                if let Some(r) = &self.state.replication {
+                    r.on_publisher(&self.state.registry, &live);
+                }
+                self.publishing = Some(streams::Publishing::new(live));
             }
             Action::Chunk(chunk) => {
                 let len = chunk.payload.len() as u64;

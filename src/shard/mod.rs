@@ -14,6 +14,7 @@ pub mod admission;
 pub mod agent;
 mod conn;
 pub mod cpu;
+pub mod replica;
 pub mod session;
 pub mod streams;
 
@@ -105,13 +106,16 @@ pub struct ShardParams {
     pub max_sessions: u64,
     /// The shard's end of its link to the hub: session outcomes and store entries go there.
     pub uplink: Uplink,
+    /// Mirroring of live streams within the group (none: a live stream dies with its shard).
+    pub replica: Option<replica::ReplicaParams>,
 }
 
 struct ShardState {
     id: ShardId,
     group: GroupId,
     admission: Mutex<Admission>,
-    registry: StreamRegistry,
+    registry: Arc<StreamRegistry>,
+    replication: Option<Arc<replica::Replication>>,
     counters: Arc<ShardCounters>,
     heartbeat: Duration,
     attach_timeout: Duration,
@@ -150,11 +154,21 @@ impl Shard {
     /// Binds the shard's socket and starts serving.
     pub fn start(p: ShardParams) -> std::io::Result<Shard> {
         let (endpoint, addr) = p.configs.bind(p.bind, p.socket_buffer, p.endpoint_config)?;
+        let registry = Arc::new(StreamRegistry::new(p.streams));
+        let (replication, mut tasks) = match p.replica {
+            Some(r) => {
+                let (repl, tasks) = replica::Replication::start(p.id, r, registry.clone())
+                    .map_err(|e| std::io::Error::other(format!("mirror receiver: {e}")))?;
+                (Some(repl), tasks)
+            }
+            None => (None, Vec::new()),
+        };
         let state = Arc::new(ShardState {
             id: p.id,
             group: p.group,
             admission: Mutex::new(p.admission),
-            registry: StreamRegistry::new(p.streams),
+            registry,
+            replication,
             counters: Arc::new(ShardCounters::default()),
             heartbeat: p.heartbeat_interval,
             attach_timeout: p.attach_timeout,
@@ -177,13 +191,15 @@ impl Shard {
             tick_loop(state.clone(), period).instrument(span),
             cpu,
         ));
-        info!(shard = p.id.0, group = p.group.0, %addr, "shard listening");
+        let mirror = state.replication.as_ref().map(|r| r.receiver_addr());
+        info!(shard = p.id.0, group = p.group.0, %addr, ?mirror, "shard listening");
+        tasks.extend([accept, ticker]);
         Ok(Shard {
             state,
             endpoint,
             addr,
             advertised: p.advertise.unwrap_or(addr),
-            tasks: Arc::new(Mutex::new(vec![accept, ticker])),
+            tasks: Arc::new(Mutex::new(tasks)),
         })
     }
 
@@ -215,6 +231,27 @@ impl Shard {
         self.state.registry.len()
     }
 
+    /// The shard's mirror receiver for standby copies of live streams.
+    pub fn mirror_addr(&self) -> Option<SocketAddr> {
+        self.state.replication.as_ref().map(|r| r.receiver_addr())
+    }
+
+    /// The hub's list of the group's peers (its `peers` command).
+    pub fn set_peers(&self, peers: crate::link::GroupPeers) {
+        if let Some(r) = &self.state.replication {
+            r.set_peers(peers);
+        }
+    }
+
+    /// The live streams this shard holds and their replication (the `replicas` report).
+    pub fn replica_reports(&self) -> Vec<crate::link::ReplicaReport> {
+        self.state
+            .replication
+            .as_ref()
+            .map(|r| r.reports())
+            .unwrap_or_default()
+    }
+
     /// A cursor on `stream` of this shard, from `from` (or from the newest chunk), as a
     /// subscriber gets it; the admin API's mirrors read their source this way. Creates the
     /// stream if needed; it lives as long as a cursor holds it.
@@ -239,6 +276,11 @@ impl Shard {
             rejections: c.total_rejections(),
             reports_dropped: self.state.uplink.dropped(),
             ticket_misses: l(&self.store().stats.misses),
+            promotions: self
+                .state
+                .replication
+                .as_ref()
+                .map_or(0, |r| r.promotions()),
         }
     }
 
@@ -308,6 +350,9 @@ impl Shard {
 
     fn stop(&self, code: ErrorCode) {
         self.endpoint.close(code.varint(), code.reason().as_bytes());
+        if let Some(r) = &self.state.replication {
+            r.stop();
+        }
         self.state.stopped.send_replace(true);
         for t in self
             .tasks

@@ -48,6 +48,31 @@ pub struct StreamState {
     tx: broadcast::Sender<Chunk>,
     /// Kept (and produced) until this time even without subscribers: set by warming.
     keep_until_us: AtomicU64,
+    /// Publisher sessions bound to it now.
+    publishers: std::sync::atomic::AtomicUsize,
+}
+
+/// A publisher session's hold on its stream: counted while it lives.
+pub struct Publishing(Arc<StreamState>);
+
+impl Publishing {
+    pub fn new(stream: Arc<StreamState>) -> Self {
+        stream.publishers.fetch_add(1, Ordering::Relaxed);
+        Publishing(stream)
+    }
+}
+
+impl std::ops::Deref for Publishing {
+    type Target = Arc<StreamState>;
+    fn deref(&self) -> &Arc<StreamState> {
+        &self.0
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.0.publishers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Result of asking the backlog for one sequence.
@@ -87,6 +112,7 @@ impl StreamState {
             }),
             tx,
             keep_until_us: AtomicU64::new(0),
+            publishers: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -100,6 +126,20 @@ impl StreamState {
 
     pub fn last_seq(&self) -> Option<Seq> {
         self.lock().last
+    }
+
+    /// Publisher sessions bound to the stream now.
+    pub fn publishers(&self) -> usize {
+        self.publishers.load(Ordering::Relaxed)
+    }
+
+    /// The oldest chunk a live stream's buffer holds (`None` for synthetic streams and for a
+    /// live stream with nothing published yet).
+    pub fn oldest_seq(&self) -> Option<Seq> {
+        match &self.lock().kind {
+            Kind::Live { buffer } => buffer.front().map(|c| c.seq),
+            Kind::Synthetic { .. } => None,
+        }
     }
 
     pub fn subscribers(&self) -> usize {

@@ -199,6 +199,7 @@ fn register(id: u32, group: GroupId, version: u16) -> ShardMsg {
         group,
         addr: "127.0.0.1:9".parse().unwrap(),
         capacity: 0,
+        mirror: None,
     })
 }
 

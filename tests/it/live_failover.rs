@@ -1,0 +1,185 @@
+//! Live streams survive the loss of a shard: the primary mirrors them to a standby in its
+//! group (real QUIC: publisher, subscribers and the mirror between shards), and publisher and
+//! subscribers resume there without a lost or duplicated chunk.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal::client::{Delivery, Subscription};
+use shoal::ids::{GroupId, ShardId, StreamName};
+use shoal::link::ReplicaRole;
+use shoal::shard::Shard;
+
+use super::common::TestCluster;
+
+fn live_config(shards: u32) -> shoal::cluster::config::Config {
+    let mut cfg = super::common::config();
+    cfg.shards.count = shards;
+    cfg.shards.groups = 1;
+    cfg.streams.live_standbys = 1;
+    cfg
+}
+
+/// The shard the publisher is attached to (it counts chunks taken from publishers).
+fn primary(tc: &TestCluster) -> Option<Shard> {
+    tc.cluster
+        .shards()
+        .into_iter()
+        .filter(|s| s.is_alive())
+        .find(|s| s.counters().chunks_published.load(Ordering::Relaxed) > 0)
+}
+
+/// Waits (bounded) until some shard other than the primary holds a standby copy of `stream`.
+async fn standby(tc: &TestCluster, stream: &StreamName, not: ShardId) -> Shard {
+    for _ in 0..400 {
+        let copy = tc.cluster.shards().into_iter().find(|s| {
+            s.id() != not
+                && s.is_alive()
+                && s.replica_reports()
+                    .iter()
+                    .any(|r| &r.stream == stream && r.role == ReplicaRole::Standby)
+        });
+        if let Some(s) = copy {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no standby copy of {stream} appeared");
+}
+
+/// Reads `sub` until it delivered `last`; returns the sequences (bounded in time).
+async fn read_until(sub: &mut Subscription, last: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let deadline = shoal::clock::tokio_now() + Duration::from_secs(20);
+    while seqs.last().is_none_or(|&s| s < last) {
+        let d = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("the subscription went on within 20 s")
+            .expect("the subscription did not end")
+            .expect("the subscription did not fail");
+        match d {
+            Delivery::Chunk(c) => seqs.push(c.seq.get()),
+            Delivery::Gap { from, to } => panic!("gap {from:?}..{to:?} after {seqs:?}"),
+        }
+    }
+    seqs
+}
+
+fn assert_contiguous(seqs: &[u64]) {
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "not contiguous at {w:?}");
+    }
+}
+
+/// Publishes `n` chunks at about `per_s`; returns their sequences.
+async fn publish_some(p: &mut shoal::client::Publisher, n: usize, per_s: u64) -> Vec<u64> {
+    let mut sent = Vec::with_capacity(n);
+    let gap = Duration::from_micros(1_000_000 / per_s);
+    for i in 0..n {
+        let payload = Bytes::from(vec![(i % 251) as u8; 64]);
+        sent.push(p.send(payload).await.expect("publish").get());
+        tokio::time::sleep(gap).await;
+    }
+    sent
+}
+
+/// Subscribes `n` clients (spread over the stream's copies by their ids) before anything is
+/// published, so that each must see every chunk.
+async fn subscribers(tc: &TestCluster, stream: &StreamName, n: usize) -> Vec<Subscription> {
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let c = tc.client(&format!("live-sub-{i}"));
+        subs.push(c.subscribe(stream).await.expect("subscribe"));
+    }
+    subs
+}
+
+/// Every subscriber got every sent chunk once, in order.
+async fn check_all(subs: &mut [Subscription], sent: &[u64]) {
+    let last = *sent.last().unwrap();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let got = read_until(sub, last).await;
+        assert_contiguous(&got);
+        assert_eq!(got.first(), sent.first(), "subscriber {i} missed the start");
+        let s = sub.stats();
+        assert_eq!((s.missing, s.duplicates), (0, 0), "subscriber {i}: {s:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_primary_killed_its_standby_takes_over_without_loss_or_duplicate() {
+    let tc = TestCluster::with(live_config(3));
+    let stream = StreamName::new("live/primary-kill").unwrap();
+    let mut subs = subscribers(&tc, &stream, 6).await;
+    let pc = tc.client("live-publisher");
+    let mut publisher = pc.publish(&stream).await.unwrap();
+    let mut sent = publish_some(&mut publisher, 60, 200).await;
+    let p = primary(&tc).expect("a shard took the publisher");
+    let s = standby(&tc, &stream, p.id()).await;
+    tc.kill(&p).await;
+    sent.extend(publish_some(&mut publisher, 120, 200).await);
+    check_all(&mut subs, &sent).await;
+    let ps = publisher.stats();
+    assert!(ps.resumes >= 1, "the publisher moved: {ps:?}");
+    // The standby took the publisher: promoted, and it counts it.
+    assert!(s.load().promotions >= 1, "{:?}", s.load());
+    assert!(s.counters().chunks_published.load(Ordering::Relaxed) > 0);
+    publisher.finish().await.unwrap();
+    drop(subs);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_standby_killed_its_subscribers_move_to_the_primary_without_loss() {
+    let tc = TestCluster::with(live_config(3));
+    let stream = StreamName::new("live/standby-kill").unwrap();
+    let mut subs = subscribers(&tc, &stream, 6).await;
+    let pc = tc.client("live-publisher-2");
+    let mut publisher = pc.publish(&stream).await.unwrap();
+    let mut sent = publish_some(&mut publisher, 60, 200).await;
+    let p = primary(&tc).expect("a shard took the publisher");
+    let s = standby(&tc, &stream, p.id()).await;
+    assert!(
+        s.counters().sessions.load(Ordering::Relaxed) > 0,
+        "some subscribers were placed on the standby copy"
+    );
+    tc.kill(&s).await;
+    sent.extend(publish_some(&mut publisher, 120, 200).await);
+    check_all(&mut subs, &sent).await;
+    assert_eq!(publisher.stats().resumes, 0, "the publisher never moved");
+    // The primary mirrors to the next shard in order now.
+    standby(&tc, &stream, p.id()).await;
+    publisher.finish().await.unwrap();
+    drop(subs);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shard_joining_mid_stream_becomes_the_standby_and_then_takes_over() {
+    let tc = TestCluster::with(live_config(1));
+    let stream = StreamName::new("live/join").unwrap();
+    let mut subs = subscribers(&tc, &stream, 4).await;
+    let pc = tc.client("live-publisher-3");
+    let mut publisher = pc.publish(&stream).await.unwrap();
+    let mut sent = publish_some(&mut publisher, 40, 200).await;
+    let p = primary(&tc).expect("a shard took the publisher");
+    // Alone in its group: nothing to mirror to yet.
+    assert!(p.replica_reports().iter().all(|r| r.standbys.is_empty()));
+    let joined = tc
+        .cluster
+        .launcher
+        .start(ShardId(77), GroupId(0))
+        .expect("a shard joins");
+    sent.extend(publish_some(&mut publisher, 40, 200).await);
+    let s = standby(&tc, &stream, p.id()).await;
+    assert_eq!(s.id(), joined.id());
+    sent.extend(publish_some(&mut publisher, 20, 200).await);
+    tc.kill(&p).await;
+    sent.extend(publish_some(&mut publisher, 80, 200).await);
+    check_all(&mut subs, &sent).await;
+    assert!(joined.load().promotions >= 1, "{:?}", joined.load());
+    publisher.finish().await.unwrap();
+    drop(subs);
+    tc.shutdown().await;
+}
