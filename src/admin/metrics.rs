@@ -385,6 +385,12 @@ pub const SHARD: &[Metric<ShardRecord>] = &[
         |s| s.load.ticket_misses as f64,
     ),
     (
+        "shoal_shard_promotions_total",
+        "counter",
+        "Standby copies of live streams promoted to primary at the shard (their publisher moved there).",
+        |s| s.load.promotions as f64,
+    ),
+    (
         "shoal_shard_rejections_total",
         "counter",
         "Connections the shard refused or closed with an error code.",
@@ -445,6 +451,38 @@ pub fn render(
             (l, f(s))
         });
         x.family(name, kind, help, samples);
+    }
+    // Live streams: each primary's view of its standbys.
+    type LagFn = fn(&crate::link::StandbyLag) -> f64;
+    let lags: [(&str, &str, LagFn); 2] = [
+        (
+            "shoal_live_replication_lag_seqs",
+            "Sequences a live stream's standby copy is behind its primary.",
+            |l| l.lag_seqs as f64,
+        ),
+        (
+            "shoal_live_replication_lag_ms",
+            "Age of the oldest chunk a live stream's standby has not acknowledged.",
+            |l| l.lag_ms as f64,
+        ),
+    ];
+    for (name, help, f) in lags {
+        let samples = shards.iter().flat_map(|s| {
+            s.replicas
+                .iter()
+                .filter(|r| r.role == crate::link::ReplicaRole::Primary)
+                .flat_map(move |r| {
+                    r.standbys.iter().map(move |l| {
+                        let labels = vec![
+                            ("stream", r.stream.to_string()),
+                            ("primary", s.id.0.to_string()),
+                            ("standby", l.shard.0.to_string()),
+                        ];
+                        (labels, f(l))
+                    })
+                })
+        });
+        x.family(name, "gauge", help, samples);
     }
     x.finish()
 }

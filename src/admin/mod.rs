@@ -14,6 +14,7 @@
 //! | `DELETE /mirrors/{stream}` | 200 `{"stream","stopped":true}` after a graceful stop |
 //! | `POST /mirrors/{stream}/endpoints` `{"addr","rank"?}` | 201 `{"stream","addr","id"}` |
 //! | `DELETE /mirrors/{stream}/endpoints/{addr}` | 200 `{"stream","addr","id","removed":true}` |
+//! | `GET /live` | `[`[`LiveStream`]`]`: each live stream's primary, standbys with their lag, copies and promotions, from the shards' reports |
 //! | `GET /metrics` | Prometheus text ([`metrics`]) |
 //!
 //! Every error is JSON, `{"error":"<message>","code":"<snake_case kind>"}`, with the status of
@@ -303,6 +304,7 @@ fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/live", get(live_streams))
         .route("/mirrors", get(list_mirrors).post(create_mirror))
         .route(
             "/mirrors/{*rest}",
@@ -331,6 +333,53 @@ async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// One live stream as `GET /live` shows it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct LiveStream {
+    pub stream: StreamName,
+    /// The shard its publisher is attached to (none while it has no primary).
+    pub primary: Option<crate::ids::ShardId>,
+    /// The primary's standbys, each with its lag.
+    pub standbys: Vec<crate::link::StandbyLag>,
+    /// Every shard holding a standby copy, with the newest sequence it holds.
+    pub copies: Vec<(crate::ids::ShardId, Option<u64>)>,
+    /// Promotions of a standby copy to primary, over all shards.
+    pub promotions: u64,
+}
+
+/// The live streams the shards report, by name.
+pub fn live_streams_of(records: &[crate::hub::directory::ShardRecord]) -> Vec<LiveStream> {
+    let mut by: std::collections::BTreeMap<StreamName, LiveStream> = Default::default();
+    for rec in records {
+        for r in &rec.replicas {
+            let e = by.entry(r.stream.clone()).or_insert_with(|| LiveStream {
+                stream: r.stream.clone(),
+                primary: None,
+                standbys: Vec::new(),
+                copies: Vec::new(),
+                promotions: 0,
+            });
+            e.promotions += r.promotions;
+            match r.role {
+                crate::link::ReplicaRole::Primary => {
+                    e.primary = Some(rec.id);
+                    e.standbys = r.standbys.clone();
+                }
+                crate::link::ReplicaRole::Standby => e.copies.push((rec.id, r.last_seq)),
+            }
+        }
+    }
+    by.into_values().collect()
+}
+
+async fn live_streams(State(s): Shared) -> impl IntoResponse {
+    let records: Vec<_> = crate::sync::lock(&s.shards.directory)
+        .records()
+        .cloned()
+        .collect();
+    Json(live_streams_of(&records))
 }
 
 async fn metrics_text(State(s): Shared) -> impl IntoResponse {

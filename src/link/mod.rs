@@ -139,6 +139,9 @@ pub struct StandbyLag {
     pub lag_seqs: u64,
     /// Age of the oldest chunk the standby has not acknowledged (0 when it has all).
     pub lag_ms: u64,
+    /// Whether the mirror is sending to it now (false: connecting, or failing the health
+    /// rule; its lag then grows until it is back or leaves the group).
+    pub connected: bool,
 }
 
 /// The token-opening keys of one group (see [`crate::security::token`]): the previous and the

@@ -529,6 +529,7 @@ fn standby_lags(
                 acked_seq: e.acked_seq.map(Seq::get),
                 lag_seqs,
                 lag_ms: log.lag_ms(e.acked_seq, now),
+                connected: e.state == crate::mirror::EndpointState::Active,
             })
         })
         .collect();

@@ -102,6 +102,26 @@ fn the_remote_shard_scenarios_run_with_shard_processes_behind_the_link_relay() {
 }
 
 #[test]
+fn live_failover_kills_the_primary_shard_process_and_counts_what_subscribers_saw() {
+    let (figures, stderr) = bench_json(&["bench", "live-failover", "--quick", "--json"]);
+    assert_eq!(figures.len(), 1, "{stderr}");
+    let f = &figures[0];
+    assert_eq!(f["scenario"], "live-failover");
+    // One round with a kill: every figure is there, and the promotion came after the kill.
+    for key in [
+        "lost",
+        "duplicated",
+        "max_gap_ms",
+        "detection_ms",
+        "replication_lag_p99_ms",
+    ] {
+        assert!(f[key].as_f64().is_some(), "{key}: {f}");
+    }
+    assert!(f["promotion_ms"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(f["per_round"][0]["published"].as_u64(), Some(750), "{f}");
+}
+
+#[test]
 fn bench_and_loadgen_refuse_bad_arguments_clearly() {
     let out = shoal().args(["bench", "warp-speed"]).output().unwrap();
     assert!(!out.status.success());

@@ -18,6 +18,9 @@ enum BenchScenario {
     All,
     /// Mirror failover: a sender, 3 receivers behind delay relays, the active one blackholed.
     Failover,
+    /// A live stream's primary shard process killed with SIGKILL under a publisher and its
+    /// subscribers (shard processes on loopback; `--subscribers` default 50 here).
+    LiveFailover,
     /// Shard pool policies (static, reactive, buffer, predictive) on a traffic trace, virtual
     /// time.
     Placement,
@@ -86,6 +89,48 @@ pub struct BenchArgs {
     buffer_shards: Option<u32>,
 }
 
+async fn bench_live_failover(a: &BenchArgs) -> Result<()> {
+    use shoal::tools::bench::live_failover::{run, LiveFailoverOptions};
+    let mut o = LiveFailoverOptions {
+        rounds: a.rounds.max(5),
+        rate_hz: a.rate_hz,
+        seed: a.seed,
+        ..LiveFailoverOptions::default()
+    };
+    if a.subscribers != 32 {
+        o.subscribers = a.subscribers;
+    }
+    if a.quick {
+        o.rounds = 1;
+        o.subscribers = o.subscribers.min(5);
+        o.duration = Duration::from_millis(1500);
+    }
+    if a.rate_hz == 0 || a.rate_hz > 100_000 {
+        bail!("--rate-hz must be in 1..=100000");
+    }
+    eprintln!(
+        "bench: live-failover ({} rounds, {} subscribers, {} chunks/s, shard processes on loopback)",
+        o.rounds, o.subscribers, o.rate_hz
+    );
+    let r = run(&o, &mut |line: &str| eprintln!("bench: {line}")).await?;
+    println!(
+        "live-failover  lost {}  duplicated {}  max_gap {:.0} ms  detection {:.0} ms  promotion {:.0} ms  lag p99 {:.1} ms  rtt {:.2} ms  goal {}  {}",
+        r.lost,
+        r.duplicated,
+        r.max_gap_ms,
+        r.detection_ms,
+        r.promotion_ms,
+        r.replication_lag_p99_ms,
+        r.rtt_ms,
+        r.goal,
+        if r.goal_met { "met" } else { "NOT met" }
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
 /// The given start-ups of `--startup-sweep`, after the measured one.
 const SWEEP_STARTUPS_MS: [f64; 2] = [1000.0, 5000.0];
 
@@ -109,6 +154,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     }
     if a.scenario == BenchScenario::Placement {
         return bench_placement(&a).await;
+    }
+    if a.scenario == BenchScenario::LiveFailover {
+        return bench_live_failover(&a).await;
     }
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut opts = BenchOptions::new(exe);
@@ -137,7 +185,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         BenchScenario::Memory => vec![Scenario::Memory],
         BenchScenario::Tickets => vec![Scenario::Tickets],
         BenchScenario::All => Scenario::ALL.to_vec(),
-        BenchScenario::Failover | BenchScenario::Placement => unreachable!("handled above"),
+        BenchScenario::Failover | BenchScenario::Placement | BenchScenario::LiveFailover => {
+            unreachable!("handled above")
+        }
     };
     let mut figures = Vec::new();
     for s in list {
