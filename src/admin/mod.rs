@@ -511,3 +511,65 @@ async fn delete_under_mirror(
     s.mirrors.stop(&stream, STOP_GRACE).await?;
     Ok(Json(json!({ "stream": stream, "stopped": true })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::directory::Directory;
+    use crate::ids::{GroupId, ShardId};
+    use crate::link::{Register, ReplicaReport, ReplicaRole, StandbyLag, LINK_VERSION};
+
+    #[test]
+    fn live_streams_join_the_primary_and_its_copies_by_name() {
+        let now = crate::clock::now();
+        let mut d = Directory::new(Duration::from_secs(2));
+        for id in [1, 2] {
+            let reg = Register {
+                version: LINK_VERSION,
+                shard: ShardId(id),
+                group: GroupId(0),
+                addr: SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16)),
+                capacity: 10,
+                mirror: None,
+            };
+            d.handle_register(&reg, now).unwrap();
+        }
+        let stream = StreamName::new("live/a").unwrap();
+        let lag = StandbyLag {
+            shard: ShardId(2),
+            acked_seq: Some(9),
+            lag_seqs: 1,
+            lag_ms: 3,
+            connected: true,
+        };
+        let report = |role, standbys: Vec<StandbyLag>, promotions| ReplicaReport {
+            stream: stream.clone(),
+            role,
+            last_seq: Some(9),
+            standbys,
+            promotions,
+        };
+        d.handle_replicas(
+            ShardId(1),
+            vec![report(ReplicaRole::Primary, vec![lag.clone()], 1)],
+            now,
+        );
+        d.handle_replicas(
+            ShardId(2),
+            vec![report(ReplicaRole::Standby, vec![], 0)],
+            now,
+        );
+        let records: Vec<_> = d.records().cloned().collect();
+        let live = live_streams_of(&records);
+        assert_eq!(
+            live,
+            vec![LiveStream {
+                stream,
+                primary: Some(ShardId(1)),
+                standbys: vec![lag],
+                copies: vec![(ShardId(2), Some(9))],
+                promotions: 1,
+            }]
+        );
+    }
+}
