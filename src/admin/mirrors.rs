@@ -25,7 +25,6 @@ use crate::hub::placement::{HeadroomPlacer, PlacementRequest, Placer, ShardView}
 use crate::ids::{ClientId, Seq, ShardId, StreamName};
 use crate::mirror::{
     EndpointId, MirrorConfig, MirrorError, MirrorSender, MirrorSnapshot, Mode, SenderError,
-    SenderOptions,
 };
 use crate::shard::streams::Item;
 use crate::shard::Shard;
@@ -129,16 +128,7 @@ impl MirrorManager {
             return Err(AdminError::MirrorExists(stream));
         }
         let shard = self.shards.pick(&stream).ok_or(AdminError::NoShard)?;
-        let id = &self.identity;
-        let mut opts = SenderOptions::new(
-            stream.clone(),
-            id.server_name.clone(),
-            id.ca.clone(),
-            id.chain.clone(),
-            id.key.clone_key(),
-        );
-        opts.config = config;
-        opts.bind_ip = id.bind_ip;
+        let opts = self.identity.sender_options(stream.clone(), config);
         let sender = Arc::new(MirrorSender::start(opts, endpoints).map_err(sender_error)?);
         let source = Arc::new(Mutex::new(shard.id()));
         let span = info_span!("mirror_source", %stream);

@@ -38,6 +38,26 @@ pub struct MirrorIdentity {
     pub bind_ip: std::net::IpAddr,
 }
 
+impl MirrorIdentity {
+    /// A sender of `stream` presenting this identity, with `config`.
+    pub fn sender_options(
+        &self,
+        stream: crate::ids::StreamName,
+        config: MirrorConfig,
+    ) -> SenderOptions {
+        let mut opts = SenderOptions::new(
+            stream,
+            self.server_name.clone(),
+            self.ca.clone(),
+            self.chain.clone(),
+            self.key.clone_key(),
+        );
+        opts.config = config;
+        opts.bind_ip = self.bind_ip;
+        opts
+    }
+}
+
 impl std::fmt::Debug for MirrorIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MirrorIdentity")

@@ -38,7 +38,7 @@ use crate::ids::{Seq, ShardId, StreamName};
 use crate::link::{GroupPeers, Peer, ReplicaReport, ReplicaRole, StandbyLag};
 use crate::mirror::{
     EndpointId, MirrorConfig, MirrorIdentity, MirrorSender, Mode, Overflow, Receiver,
-    ReceiverEvent, ReceiverOptions, SenderOptions,
+    ReceiverEvent, ReceiverOptions,
 };
 use crate::sync::lock;
 
@@ -451,16 +451,9 @@ fn sync_standbys(
         return;
     }
     let Some(s) = sender.as_ref() else {
-        let id = &repl.identity;
-        let mut opts = SenderOptions::new(
-            stream.clone(),
-            id.server_name.clone(),
-            id.ca.clone(),
-            id.chain.clone(),
-            id.key.clone_key(),
-        );
-        opts.config = mirror_config();
-        opts.bind_ip = id.bind_ip;
+        let opts = repl
+            .identity
+            .sender_options(stream.clone(), mirror_config());
         let addrs: Vec<SocketAddr> = want.iter().map(|p| p.mirror).collect();
         match MirrorSender::start(opts, &addrs) {
             Ok(s) => {
