@@ -130,6 +130,24 @@ pub struct ClientOptions {
     pub max_failovers: u32,
     /// Chunks buffered between the driver and the application.
     pub channel_capacity: usize,
+    /// Whether subscriptions keep a second session on the next shard of their grant
+    /// (make-before-break); see [`StandbyMode`].
+    pub standby: StandbyMode,
+}
+
+/// A subscription's second session, on the next shard of its grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StandbyMode {
+    /// None: a failover attaches anew (a handshake, 0-RTT when a ticket is held).
+    #[default]
+    Off,
+    /// Attached but not subscribed (heartbeats only): a failover is one `subscribe` on the
+    /// open connection. Costs one idle session per subscription.
+    Warm,
+    /// Attached *and* subscribed: both sessions deliver, the client keeps each sequence once,
+    /// so a live stream goes on as soon as any copy has new chunks, without waiting for the
+    /// client to notice its shard died. Costs the stream's bandwidth twice.
+    Hot,
 }
 
 impl ClientOptions {
@@ -149,6 +167,7 @@ impl ClientOptions {
             request_timeout: Duration::from_secs(5),
             max_failovers: 8,
             channel_capacity: 1024,
+            standby: StandbyMode::Off,
         }
     }
 }
@@ -690,6 +709,11 @@ pub(crate) struct SeqTracker {
 }
 
 impl SeqTracker {
+    /// The newest sequence delivered.
+    pub fn last(&self) -> Option<Seq> {
+        self.last
+    }
+
     /// Classifies an arriving chunk: `None` for a duplicate (drop it), else the sequences
     /// skipped before it, `from..seq` (empty when it follows the last one).
     pub fn accept(&mut self, seq: Seq) -> Option<Range<Seq>> {

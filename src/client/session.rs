@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use ring::rand::SecureRandom;
+use tokio::sync::mpsc;
 
 use super::failover::{Failover, Next};
 use super::{
@@ -149,6 +150,101 @@ pub(crate) async fn keep_idle(mut a: Attachment, hb: std::time::Duration) {
     let _ = a.send.finish();
 }
 
+/// A second session on the next shard of a grant (see [`super::StandbyMode`]), until a
+/// failover takes it. Warm: attached and idle (heartbeats answered); taking it costs one
+/// `subscribe`. Hot: attached and subscribed; its chunks reach the subscription through
+/// `side` meanwhile (each sequence is kept once), and taking it hands over the session as it
+/// is, already streaming.
+struct Standby {
+    rank: usize,
+    hot: bool,
+    take: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Option<Attachment>>,
+}
+
+impl Standby {
+    fn spawn(
+        inner: Arc<Inner>,
+        grant: Grant,
+        rank: usize,
+        stats: Arc<Stats>,
+        hot: Option<(Message, mpsc::Sender<Frame>)>,
+    ) -> Standby {
+        let (take, taken) = tokio::sync::oneshot::channel();
+        let shard = grant.shards[rank].clone();
+        let is_hot = hot.is_some();
+        let task = tokio::spawn(async move {
+            let (sub, side) = hot.unzip();
+            let a = attach(&inner, &grant, &shard, sub.as_ref(), &stats)
+                .await
+                .ok()?;
+            hold(a, inner.opts.heartbeat_interval, taken, side).await
+        });
+        Standby {
+            rank,
+            hot: is_hot,
+            take: Some(take),
+            task,
+        }
+    }
+
+    /// The session, if it is still up.
+    async fn take(mut self) -> Option<Attachment> {
+        if let Some(t) = self.take.take() {
+            let _ = t.send(());
+        }
+        (&mut self.task).await.ok().flatten()
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        // Taken or not, nothing else runs this session.
+        self.task.abort();
+    }
+}
+
+/// Holds `a` until `taken` fires (it is returned) or the shard goes away (`None`). A hot
+/// standby forwards its chunks and gaps to `side`.
+async fn hold(
+    mut a: Attachment,
+    hb: std::time::Duration,
+    mut taken: tokio::sync::oneshot::Receiver<()>,
+    side: Option<mpsc::Sender<Frame>>,
+) -> Option<Attachment> {
+    let mut heartbeat = tokio::time::interval(hb);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rx = crate::clock::tokio_now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut taken => return Some(a),
+            _ = tokio::time::sleep_until(last_rx + hb * 4) => return None,
+            // Cancel-safe: a partial frame stays buffered for the subscription that takes it.
+            frame = a.reader.next() => {
+                last_rx = crate::clock::tokio_now();
+                match (frame, &side) {
+                    (Ok(Some(Frame::Control(Message::Heartbeat(_)))), _) => {}
+                    (Ok(Some(f @ (Frame::Chunk(_) | Frame::Control(Message::Gap(_))))), Some(side)) => {
+                        // A full side channel slows this session down, never the subscription.
+                        if side.send(f).await.is_err() {
+                            return None;
+                        }
+                    }
+                    // A go-away, the end, or anything a standby should not get.
+                    _ => return None,
+                }
+            }
+            _ = heartbeat.tick() => {
+                let m = Message::Heartbeat(Heartbeat { at_us: crate::unix_us() });
+                if write_control(&mut a.send, &m).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// How one attached session ended.
 enum End {
     /// The application dropped the subscription.
@@ -173,11 +269,64 @@ pub(crate) async fn run_subscription(
     }
     let mut grant = reply.grant;
     let mut failover = Failover::new(inner.opts.max_failovers);
+    let mut standby: Option<Standby> = None;
+    // Chunks of a hot standby session, while it is the standby.
+    let (side_tx, mut side_rx) = mpsc::channel::<Frame>(256);
+    // The hot standby's newest sequence (its own duplicates are counted).
+    let mut side_high = seq.last();
+    let mode = inner.opts.standby;
     loop {
-        let shard = grant.shards[failover.rank() % grant.shards.len()].clone();
+        let rank = failover.rank() % grant.shards.len();
+        let shard = grant.shards[rank].clone();
+        // The standby session, when it is on the shard to use now and still up.
+        let ready = match standby.take() {
+            Some(s) if s.rank == rank => {
+                let hot = s.hot;
+                s.take().await.map(|a| (a, hot))
+            }
+            _ => None,
+        };
+        // What the old standby forwarded before it was taken comes first.
+        while let Ok(f) = side_rx.try_recv() {
+            if side_frame(&tx, &stats, &mut seq, f, started, &mut side_high)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        // The session streams on from its own position: a taken hot standby from the side's.
+        let own = match &ready {
+            Some((_, true)) => side_high,
+            _ => seq.last(),
+        };
+        if mode != super::StandbyMode::Off && grant.shards.len() > 1 {
+            let next = (rank + 1) % grant.shards.len();
+            side_high = seq.last();
+            let hot = (mode == super::StandbyMode::Hot).then(|| {
+                let sub = Message::Subscribe(Subscribe {
+                    stream: stream.clone(),
+                    from_seq: seq.next(),
+                });
+                (sub, side_tx.clone())
+            });
+            standby = Some(Standby::spawn(
+                inner.clone(),
+                grant.clone(),
+                next,
+                stats.clone(),
+                hot,
+            ));
+        }
         let before = stats.chunks.load(Ordering::Relaxed);
         let err = match stream_from(
-            &inner, &grant, &shard, &stream, &tx, &stats, &mut seq, started,
+            &inner,
+            &grant,
+            &shard,
+            &stream,
+            (&tx, &stats, &mut seq, started),
+            (ready, own),
+            (&mut side_rx, &mut side_high),
         )
         .await
         {
@@ -208,6 +357,8 @@ pub(crate) async fn run_subscription(
                 Ok(r) => {
                     Stats::inc(&stats.grants);
                     grant = r.grant;
+                    // A warm session belongs to the old grant's order.
+                    standby = None;
                     failover.regranted();
                 }
                 Err(e) => tracing::debug!(error = %e, "re-grant failed"),
@@ -224,8 +375,59 @@ async fn deliver(
     chunk: Chunk,
     started: Instant,
 ) -> Result<(), ()> {
-    let Some(skipped) = seq.accept(chunk.seq) else {
+    let mut own = seq.last();
+    deliver_from(tx, stats, seq, chunk, started, &mut own).await
+}
+
+/// A chunk or gap from a hot standby, whose own newest sequence is `own`.
+async fn side_frame(
+    tx: &Tx,
+    stats: &Stats,
+    seq: &mut SeqTracker,
+    frame: Frame,
+    started: Instant,
+    own: &mut Option<crate::ids::Seq>,
+) -> Result<(), ()> {
+    match frame {
+        Frame::Chunk(c) => deliver_from(tx, stats, seq, c, started, own).await,
+        Frame::Control(Message::Gap(g)) => gap(tx, stats, seq, g.from, g.to).await,
+        _ => Ok(()),
+    }
+}
+
+async fn gap(
+    tx: &Tx,
+    stats: &Stats,
+    seq: &mut SeqTracker,
+    from: crate::ids::Seq,
+    to: crate::ids::Seq,
+) -> Result<(), ()> {
+    if let Some(n) = seq.gap(from, to) {
+        stats.missing.fetch_add(n, Ordering::Relaxed);
+        tx.send(Ok(Delivery::Gap { from, to }))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Delivers `chunk` from a session whose newest sequence so far is `own`. A sequence at or
+/// below `own` is a duplicate (that session sent it twice, or a resume replayed it); one above
+/// it that another session delivered already (a hot standby's copy) is dropped silently.
+async fn deliver_from(
+    tx: &Tx,
+    stats: &Stats,
+    seq: &mut SeqTracker,
+    chunk: Chunk,
+    started: Instant,
+    own: &mut Option<crate::ids::Seq>,
+) -> Result<(), ()> {
+    if own.is_some_and(|h| chunk.seq <= h) {
         Stats::inc(&stats.duplicates);
+        return Ok(());
+    }
+    *own = Some(chunk.seq);
+    let Some(skipped) = seq.accept(chunk.seq) else {
         return Ok(());
     };
     if let Some(n) = skipped.start.distance(skipped.end).filter(|&n| n > 0) {
@@ -241,24 +443,34 @@ async fn deliver(
     tx.send(Ok(Delivery::Chunk(chunk))).await.map_err(|_| ())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a subscription delivers: the application's channel, its counters, its position.
+type Sink<'a> = (&'a Tx, &'a Stats, &'a mut SeqTracker, Instant);
+
 async fn stream_from(
     inner: &Inner,
     grant: &Grant,
     shard: &ShardAddr,
     stream: &StreamName,
-    tx: &Tx,
-    stats: &Stats,
-    seq: &mut SeqTracker,
-    started: Instant,
+    (tx, stats, seq, started): Sink<'_>,
+    (ready, mut own): (Option<(Attachment, bool)>, Option<crate::ids::Seq>),
+    (side, side_high): (&mut mpsc::Receiver<Frame>, &mut Option<crate::ids::Seq>),
 ) -> End {
     let sub = Message::Subscribe(Subscribe {
         stream: stream.clone(),
         from_seq: seq.next(),
     });
-    let mut a = match attach(inner, grant, shard, Some(&sub), stats).await {
-        Ok(a) => a,
-        Err(e) => return End::Failed(e),
+    let mut a = match ready {
+        // A hot standby streams already.
+        Some((a, true)) => a,
+        // A warm one is attached: the subscribe alone, one round trip.
+        Some((mut a, false)) => match write_control(&mut a.send, &sub).await {
+            Ok(()) => a,
+            Err(e) => return End::Failed(closed_or(&a.conn, e.into())),
+        },
+        None => match attach(inner, grant, shard, Some(&sub), stats).await {
+            Ok(a) => a,
+            Err(e) => return End::Failed(e),
+        },
     };
     let hb = inner.opts.heartbeat_interval;
     let mut heartbeat = tokio::time::interval(hb);
@@ -281,16 +493,13 @@ async fn stream_from(
                 };
                 match frame {
                     Frame::Chunk(c) => {
-                        if deliver(tx, stats, seq, c, started).await.is_err() {
+                        if deliver_from(tx, stats, seq, c, started, &mut own).await.is_err() {
                             break End::ReceiverGone;
                         }
                     }
                     Frame::Control(Message::Gap(g)) => {
-                        if let Some(n) = seq.gap(g.from, g.to) {
-                            stats.missing.fetch_add(n, Ordering::Relaxed);
-                            if tx.send(Ok(Delivery::Gap { from: g.from, to: g.to })).await.is_err() {
-                                break End::ReceiverGone;
-                            }
+                        if gap(tx, stats, seq, g.from, g.to).await.is_err() {
+                            break End::ReceiverGone;
                         }
                     }
                     Frame::Control(Message::GoAway(g)) => {
@@ -301,6 +510,11 @@ async fn stream_from(
                     Frame::Control(other) => {
                         break End::Failed(ProtocolError::Unexpected { expected: "a chunk", got: other.kind() }.into());
                     }
+                }
+            }
+            Some(f) = side.recv() => {
+                if side_frame(tx, stats, seq, f, started, side_high).await.is_err() {
+                    break End::ReceiverGone;
                 }
             }
             _ = heartbeat.tick() => {

@@ -87,9 +87,25 @@ async fn publish_some(p: &mut shoal::client::Publisher, n: usize, per_s: u64) ->
 /// Subscribes `n` clients (spread over the stream's copies by their ids) before anything is
 /// published, so that each must see every chunk.
 async fn subscribers(tc: &TestCluster, stream: &StreamName, n: usize) -> Vec<Subscription> {
+    subscribers_with(tc, stream, n, shoal::client::StandbyMode::Off).await
+}
+
+/// [`subscribers`], each holding a standby session as `standby` says.
+async fn subscribers_with(
+    tc: &TestCluster,
+    stream: &StreamName,
+    n: usize,
+    standby: shoal::client::StandbyMode,
+) -> Vec<Subscription> {
     let mut subs = Vec::new();
     for i in 0..n {
-        let c = tc.client(&format!("live-sub-{i}"));
+        let id = shoal::ids::ClientId::new(format!("live-sub-{i}")).unwrap();
+        let mut o =
+            shoal::client::ClientOptions::new(tc.cfg.cluster.clone(), super::common::ca(), id);
+        o.heartbeat_interval = tc.cfg.transport.heartbeat_interval;
+        o.request_timeout = Duration::from_secs(3);
+        o.standby = standby;
+        let c = shoal::client::Client::new(tc.hub(), o).expect("client binds");
         subs.push(c.subscribe(stream).await.expect("subscribe"));
     }
     subs
@@ -128,6 +144,46 @@ async fn the_primary_killed_its_standby_takes_over_without_loss_or_duplicate() {
     publisher.finish().await.unwrap();
     drop(subs);
     tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_standby_sessions_subscribers_resume_on_the_open_session() {
+    use shoal::client::StandbyMode;
+    for (i, mode) in [StandbyMode::Warm, StandbyMode::Hot]
+        .into_iter()
+        .enumerate()
+    {
+        let tc = TestCluster::with(live_config(3));
+        let stream = StreamName::new(format!("live/standby-{i}")).unwrap();
+        let mut subs = subscribers_with(&tc, &stream, 6, mode).await;
+        let pc = tc.client(&format!("live-publisher-standby-{i}"));
+        let mut publisher = pc.publish(&stream).await.unwrap();
+        let mut sent = publish_some(&mut publisher, 60, 200).await;
+        let p = primary(&tc).expect("a shard took the publisher");
+        standby(&tc, &stream, p.id()).await;
+        let attaches: Vec<u64> = subs.iter().map(|s| s.stats().attaches).collect();
+        tc.kill(&p).await;
+        sent.extend(publish_some(&mut publisher, 120, 200).await);
+        // Every chunk once, in order, and no duplicate counted: a hot standby's copies of
+        // what the first session delivered are expected, not duplicates.
+        check_all(&mut subs, &sent).await;
+        for (j, s) in subs.iter().enumerate() {
+            let st = s.stats();
+            // Each subscription held two sessions; those that moved took the standby and then
+            // opened another: at most one new attach each.
+            assert!(
+                attaches[j] >= 2,
+                "{mode:?} subscriber {j} held a standby: {st:?}"
+            );
+            assert!(
+                st.attaches <= attaches[j] + 1,
+                "{mode:?} subscriber {j}: {st:?}"
+            );
+        }
+        publisher.finish().await.unwrap();
+        drop(subs);
+        tc.shutdown().await;
+    }
 }
 
 #[tokio::test]

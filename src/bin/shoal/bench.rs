@@ -27,6 +27,13 @@ enum BenchScenario {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StandbyArg {
+    Off,
+    Warm,
+    Hot,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TraceArg {
     Ramp,
     Diurnal,
@@ -83,6 +90,10 @@ pub struct BenchArgs {
     /// (placement).
     #[arg(long)]
     startup_sweep: bool,
+    /// live-failover: the subscribers' second session on the next shard of their grant: `off`
+    /// (a failover attaches anew), `warm` (attached, idle) or `hot` (attached and subscribed).
+    #[arg(long, value_enum, default_value = "hot")]
+    standby: StandbyArg,
     /// The buffer policy's spare shards (placement). Default: the spare whose shard-seconds are
     /// closest to predictive's on the same run.
     #[arg(long)]
@@ -95,6 +106,11 @@ async fn bench_live_failover(a: &BenchArgs) -> Result<()> {
         rounds: a.rounds.max(5),
         rate_hz: a.rate_hz,
         seed: a.seed,
+        standby: match a.standby {
+            StandbyArg::Off => shoal::client::StandbyMode::Off,
+            StandbyArg::Warm => shoal::client::StandbyMode::Warm,
+            StandbyArg::Hot => shoal::client::StandbyMode::Hot,
+        },
         ..LiveFailoverOptions::default()
     };
     if a.subscribers != 32 {
@@ -109,8 +125,8 @@ async fn bench_live_failover(a: &BenchArgs) -> Result<()> {
         bail!("--rate-hz must be in 1..=100000");
     }
     eprintln!(
-        "bench: live-failover ({} rounds, {} subscribers, {} chunks/s, shard processes on loopback)",
-        o.rounds, o.subscribers, o.rate_hz
+        "bench: live-failover ({} rounds, {} subscribers, {} chunks/s, shard processes on loopback, standby sessions {:?})",
+        o.rounds, o.subscribers, o.rate_hz, o.standby
     );
     let r = run(&o, &mut |line: &str| eprintln!("bench: {line}")).await?;
     println!(

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::BenchError;
-use crate::client::{Client, ClientOptions, Delivery};
+use crate::client::{Client, ClientOptions, Delivery, StandbyMode};
 use crate::cluster::config::{Config, LauncherKind};
 use crate::cluster::{Cluster, Material};
 use crate::ids::{ClientId, StreamName};
@@ -34,6 +34,8 @@ pub struct LiveFailoverOptions {
     pub shards: u32,
     pub heartbeat: Duration,
     pub seed: u64,
+    /// The subscribers' standby sessions ([`ClientOptions::standby`]).
+    pub standby: StandbyMode,
 }
 
 impl Default for LiveFailoverOptions {
@@ -46,6 +48,7 @@ impl Default for LiveFailoverOptions {
             shards: 3,
             heartbeat: Duration::from_millis(100),
             seed: 7,
+            standby: StandbyMode::Hot,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct LiveFailoverReport {
     pub rounds: usize,
     pub subscribers: usize,
     pub rate_hz: u32,
+    /// `off`, `warm` or `hot`.
+    pub standby: String,
     pub lost: u64,
     pub duplicated: u64,
     pub max_gap_ms: f64,
@@ -123,6 +128,7 @@ pub async fn run(
         rounds: rounds.len(),
         subscribers: opts.subscribers,
         rate_hz: opts.rate_hz,
+        standby: format!("{:?}", opts.standby).to_lowercase(),
         lost,
         duplicated,
         max_gap_ms: max_gap,
@@ -180,10 +186,11 @@ async fn measure(
 ) -> Result<LiveRound, BenchError> {
     let err = |e: &dyn std::fmt::Display| BenchError::Load(e.to_string());
     let hub = cluster.hub.addr();
-    let client = |name: String| -> Result<Client, BenchError> {
+    let client = |name: String, standby: StandbyMode| -> Result<Client, BenchError> {
         let id = ClientId::new(name).map_err(|e| err(&e))?;
         let mut o = ClientOptions::new(cfg.cluster.clone(), cluster.ca.clone(), id);
         o.heartbeat_interval = cfg.transport.heartbeat_interval;
+        o.standby = standby;
         Client::new(hub, o).map_err(|e| err(&e))
     };
     let stream = StreamName::new(format!("live/bench-failover-{round}")).map_err(|e| err(&e))?;
@@ -192,7 +199,7 @@ async fn measure(
     let (done_tx, done_rx) = tokio::sync::watch::channel(None::<u64>);
     let mut readers = Vec::with_capacity(opts.subscribers);
     for i in 0..opts.subscribers {
-        let c = client(format!("bench-live-sub-{round}-{i}"))?;
+        let c = client(format!("bench-live-sub-{round}-{i}"), opts.standby)?;
         let mut sub = c.subscribe(&stream).await.map_err(|e| err(&e))?;
         let arrivals: Arrivals = Arc::default();
         let a = arrivals.clone();
@@ -228,7 +235,7 @@ async fn measure(
             }),
         ));
     }
-    let pc = client(format!("bench-live-pub-{round}"))?;
+    let pc = client(format!("bench-live-pub-{round}"), StandbyMode::Off)?;
     let mut publisher = pc.publish(&stream).await.map_err(|e| err(&e))?;
     let sent: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     // Kill at a random moment in the middle third of the run.
@@ -240,6 +247,7 @@ async fn measure(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut killed: Option<Instant> = None;
+    let mut kill_seen: Option<tokio::task::JoinHandle<Instant>> = None;
     let mut detected: Option<Instant> = None;
     let mut lag_samples: Vec<f64> = Vec::new();
     let mut last_sample = started;
@@ -257,6 +265,18 @@ async fn measure(
                 .map(|r| r.id);
             if let (Some(id), Some(p)) = (primary, cluster.processes()) {
                 crate::pool::launcher::Launcher::reap(p, id);
+                // The kill counts from when the child is seen gone (its exit reaped), not from
+                // the request: the signal is sent by the launcher's watch task.
+                let p = p.clone();
+                kill_seen = Some(tokio::spawn(async move {
+                    for _ in 0..2000 {
+                        if !p.running().contains(&id) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    crate::clock::now()
+                }));
                 killed = Some(crate::clock::now());
             }
         }
@@ -300,6 +320,10 @@ async fn measure(
         all.push(std::mem::take(&mut *lock(&arrivals)));
     }
     let _ = publisher.finish().await;
+    let killed = match kill_seen {
+        Some(t) => t.await.ok().or(killed),
+        None => killed,
+    };
     let killed = killed.ok_or_else(|| BenchError::Load("no primary was found to kill".into()))?;
     let sent = std::mem::take(&mut *lock(&sent));
     Ok(figures(&sent, &all, killed, detected, started, lag_samples))
