@@ -4,7 +4,8 @@
 //! [`Failover::on_failure`] and does what the returned [`Next`] says. Rules, in order:
 //! 1. a refusal that every shard of the cluster would repeat (an admission failure: forged,
 //!    wrong group, bad proof, replay…) ends the work at once — except `TOKEN_EXPIRED`, which
-//!    asks the hub for a new grant;
+//!    asks the hub for a new grant — and so does `UNKNOWN_STREAM` (the stream cannot be served:
+//!    a live stream whose every copy is gone, a publish to a synthetic stream);
 //! 2. the next shard of the grant is tried; once every shard of the grant failed since the
 //!    last progress, the hub is asked for a new grant;
 //! 3. more than `max_failures` failures without progress end the work (`Exhausted`);
@@ -66,7 +67,9 @@ impl Failover {
     pub fn on_failure(&mut self, err: &ClientError, shards: usize, progressed: bool) -> Next {
         let code = err.code();
         let expired = code == Some(ErrorCode::TokenExpired);
-        if code.is_some_and(ErrorCode::is_admission_failure) && !expired {
+        if code.is_some_and(ErrorCode::is_admission_failure) && !expired
+            || code == Some(ErrorCode::UnknownStream)
+        {
             return Next::GiveUp;
         }
         if progressed {

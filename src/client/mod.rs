@@ -583,6 +583,13 @@ pub(crate) fn closed_or(conn: &quinn::Connection, e: ClientError) -> ClientError
     }
 }
 
+/// [`closed_or`] after the stream ended: the shard finishes its stream and then closes with its
+/// code, so the close is given a moment (250 ms) to arrive and say why.
+pub(crate) async fn ended_or(conn: &quinn::Connection, e: ClientError) -> ClientError {
+    let _ = tokio::time::timeout(Duration::from_millis(250), conn.closed()).await;
+    closed_or(conn, e)
+}
+
 pub(crate) fn refused_or_lost(err: quinn::ConnectionError) -> ClientError {
     match ErrorCode::of_close(&err) {
         Some(code) if code != ErrorCode::NoError => ClientError::Refused {

@@ -488,7 +488,7 @@ async fn stream_from(
                 last_rx = crate::clock::tokio_now();
                 let frame = match frame {
                     Ok(Some(f)) => f,
-                    Ok(None) => break End::Failed(closed_or(&a.conn, ProtocolError::StreamEnded.into())),
+                    Ok(None) => break End::Failed(super::ended_or(&a.conn, ProtocolError::StreamEnded.into()).await),
                     Err(e) => break End::Failed(closed_or(&a.conn, e.into())),
                 };
                 match frame {

@@ -186,6 +186,7 @@ pub(super) async fn serve(
         store: conn_store.clone(),
         core: SessionCore::new(started, state.heartbeat, provisional),
         publishing: None,
+        orphan_until: None,
         delivered: 0,
         accepted: 0,
     };
@@ -226,6 +227,10 @@ pub(super) async fn serve(
 }
 
 /// The I/O of one admitted session; its decisions are in `core`.
+/// How long a resume on a live stream this shard holds no copy of waits for a chunk (a
+/// publisher failing over to here), in heartbeat intervals.
+pub const ORPHAN_WAIT_HEARTBEATS: u32 = 10;
+
 struct Session {
     state: Arc<ShardState>,
     conn: quinn::Connection,
@@ -236,6 +241,9 @@ struct Session {
     store: Arc<crate::tickets::conn::ConnStore>,
     core: SessionCore,
     publishing: Option<streams::Publishing>,
+    /// A resume on a live stream this shard held no copy of: unless a chunk comes by then, the
+    /// session ends with `UNKNOWN_STREAM` (every copy is gone; see [`ORPHAN_WAIT_HEARTBEATS`]).
+    orphan_until: Option<tokio::time::Instant>,
     /// Payload bytes delivered to the subscriber and accepted from the publisher.
     delivered: u64,
     accepted: u64,
@@ -324,8 +332,13 @@ impl Session {
                     }
                     Ok(Due::Nothing) => {}
                 },
+                () = sleep_until_opt(self.orphan_until) => {
+                    debug!("resume on a live stream no copy of which is here; nothing came");
+                    return ErrorCode::UnknownStream;
+                }
                 item = next_item(&mut cursor) => {
                     let Some(item) = item else { return ErrorCode::UnknownStream };
+                    self.orphan_until = None;
                     if self.deliver(item).await.is_err() {
                         return ErrorCode::NoError;
                     }
@@ -372,6 +385,16 @@ impl Session {
         match action {
             Action::None => {}
             Action::Subscribe { stream, from } => {
+                // Nothing ever published or mirrored here (a warmed stream is empty).
+                let held = self
+                    .state
+                    .registry
+                    .get(&stream)
+                    .is_some_and(|s| s.last_seq().is_some());
+                if from.is_some() && !stream.is_synthetic() && !held {
+                    let wait = self.state.heartbeat * ORPHAN_WAIT_HEARTBEATS;
+                    self.orphan_until = Some(clock::tokio_now() + wait);
+                }
                 *cursor = Some(
                     self.state
                         .registry
@@ -422,6 +445,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

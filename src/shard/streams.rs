@@ -431,6 +431,11 @@ impl StreamRegistry {
         self.map().len()
     }
 
+    /// The stream, if the shard holds it now (not created).
+    pub fn get(&self, name: &StreamName) -> Option<Arc<StreamState>> {
+        self.map().get(name).cloned()
+    }
+
     /// Payload bytes all streams hold now (the shard's buffer memory in its load report).
     pub fn buffered_bytes(&self) -> u64 {
         let streams: Vec<_> = self.map().values().cloned().collect();

@@ -239,3 +239,76 @@ async fn a_shard_joining_mid_stream_becomes_the_standby_and_then_takes_over() {
     drop(subs);
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn primary_and_standby_both_dying_end_the_subscriptions_with_a_clear_error() {
+    let tc = TestCluster::with(live_config(3));
+    let stream = StreamName::new("live/both-die").unwrap();
+    let mut subs = subscribers(&tc, &stream, 3).await;
+    let pc = tc.client("live-publisher-both");
+    let mut publisher = pc.publish(&stream).await.unwrap();
+    let sent = publish_some(&mut publisher, 40, 200).await;
+    let p = primary(&tc).expect("a shard took the publisher");
+    let s = standby(&tc, &stream, p.id()).await;
+    check_all(&mut subs, &sent).await;
+    // The publisher is gone too: nothing can bring the stream back.
+    publisher.finish().await.unwrap();
+    tc.kill(&p).await;
+    tc.kill(&s).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let end = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match sub.next().await {
+                    Some(Ok(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the subscription ended within 30 s, not a hang");
+        match end {
+            Some(Err(e)) => assert_eq!(
+                e.code(),
+                Some(shoal::wire::ErrorCode::UnknownStream),
+                "subscriber {i}: {e}"
+            ),
+            other => panic!("subscriber {i}: {other:?}"),
+        }
+    }
+    drop(subs);
+    tc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_publisher_racing_its_own_failover_is_resolved_by_sequence() {
+    use shoal::ids::Seq;
+    let tc = TestCluster::with(live_config(3));
+    let stream = StreamName::new("live/race").unwrap();
+    let mut subs = subscribers(&tc, &stream, 6).await;
+    // The stream's first two shards: where a publisher goes, and where it fails over to.
+    let order = shoal::hub::placement::rendezvous_order(
+        &stream,
+        tc.cluster.shards().iter().map(|s| s.id()),
+    );
+    let (a, b) = (tc.shard(order[0]), tc.shard(order[1]));
+    let raw = super::common::RawClient::new();
+    let mut on_a = super::seq_limits::RawSession::open(&tc, &raw, &a, &[]).await;
+    let mut on_b = super::seq_limits::RawSession::open(&tc, &raw, &b, &[]).await;
+    on_a.publish(&stream).await;
+    on_b.publish(&stream).await;
+    // Both connections carry every sequence, the second one behind and in bursts: each shard
+    // takes each sequence once, from whichever copy brings it first.
+    let sent: Vec<u64> = (1..=200u64).map(|i| 5_000 + i).collect();
+    for (i, &s) in sent.iter().enumerate() {
+        on_a.send_chunk(Seq::new(s)).await;
+        if i % 10 == 9 {
+            for &r in &sent[i.saturating_sub(12)..=i] {
+                on_b.send_chunk(Seq::new(r)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    check_all(&mut subs, &sent).await;
+    drop(subs);
+    tc.shutdown().await;
+}

@@ -19,7 +19,7 @@ use shoal::wire::{
 use crate::common::*;
 
 /// One admitted shard session on a raw connection.
-struct RawSession {
+pub(super) struct RawSession {
     conn: quinn::Connection,
     send: quinn::SendStream,
     reader: FrameReader<quinn::RecvStream>,
@@ -28,7 +28,12 @@ struct RawSession {
 
 impl RawSession {
     /// Attaches to `shard` with a minted token; `then` goes in the same first flight.
-    async fn open(tc: &TestCluster, raw: &RawClient, shard: &Shard, then: &[Message]) -> Self {
+    pub(super) async fn open(
+        tc: &TestCluster,
+        raw: &RawClient,
+        shard: &Shard,
+        then: &[Message],
+    ) -> Self {
         let secret = [9u8; 32];
         let token = tc.mint(shard.group(), secret, now_ms(), now_ms() + 60_000);
         let conn = raw.connect(shard.addr()).await;
@@ -55,7 +60,7 @@ impl RawSession {
 
     /// The next frame other than a heartbeat within `limit` (each heartbeat is answered, so
     /// the shard keeps the session); `None` when nothing else came.
-    async fn next_within(&mut self, limit: Duration) -> Option<Frame> {
+    pub(super) async fn next_within(&mut self, limit: Duration) -> Option<Frame> {
         let until = shoal::clock::tokio_now() + limit;
         loop {
             let f = tokio::time::timeout_at(until, self.reader.next())
@@ -75,7 +80,7 @@ impl RawSession {
     }
 
     /// Binds the session and publishes to `stream`.
-    async fn publish(&mut self, stream: &StreamName) {
+    pub(super) async fn publish(&mut self, stream: &StreamName) {
         let exporter = shoal::security::proof::exporter(&self.conn).expect("handshake done");
         let mac = shoal::security::proof::bind_mac(&self.secret, &exporter).to_vec();
         write_control(&mut self.send, &Message::Bind(Bind { mac }))
@@ -92,7 +97,7 @@ impl RawSession {
         write_control(&mut self.send, &publish).await.unwrap();
     }
 
-    async fn send_chunk(&mut self, seq: Seq) {
+    pub(super) async fn send_chunk(&mut self, seq: Seq) {
         self.send.write_all(&chunk_frame(seq)).await.unwrap();
     }
 
