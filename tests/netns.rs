@@ -151,6 +151,18 @@ fn start_cluster(lab: &mut Lab) -> (Proc, String, [(u32, Proc); 2]) {
 
 /// `shoal loadgen` in `clients` against the hub, 150 ms heartbeats.
 fn loadgen(lab: &mut Lab, name: &str, clients: u32, rate: u32, hold_s: u32) -> Proc {
+    loadgen_on(lab, name, clients, rate, hold_s, STREAMS)
+}
+
+/// [`loadgen`] on the streams `streams` (comma-separated).
+fn loadgen_on(
+    lab: &mut Lab,
+    name: &str,
+    clients: u32,
+    rate: u32,
+    hold_s: u32,
+    streams: &str,
+) -> Proc {
     let ca = lab.dir().join("data/ca.pem").display().to_string();
     let a = args(&[
         "loadgen",
@@ -165,7 +177,7 @@ fn loadgen(lab: &mut Lab, name: &str, clients: u32, rate: u32, hold_s: u32) -> P
         "--hold",
         &hold_s.to_string(),
         "--streams",
-        STREAMS,
+        streams,
         "--heartbeat-ms",
         "150",
         "--json",
@@ -232,6 +244,69 @@ fn sigkill_shard_process_with_100_subscribers() {
     assert!(n(&r, "resumes") >= served.max(1.0), "{r}");
     // …within a second: the longest silence any subscriber saw between two chunks.
     assert!(n(&r, "max_stall_ms") <= 1000.0, "{r}");
+}
+
+#[test]
+fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
+    const STREAM: &str = "live/netns";
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut lab) = lab(4) else { return };
+    let (_hub, _config, shards) = start_cluster(&mut lab);
+    let ca = lab.dir().join("data/ca.pem").display().to_string();
+    let hub = lab.addr("hub", HUB_PORT).to_string();
+    let publish = args(&[
+        "publish", "--hub", &hub, "--ca", &ca, "--rate", "100", "--count", "1300", STREAM,
+    ]);
+    let publisher = lab.spawn("clients", "publisher", &publish);
+    // The primary (the shard the publisher attached to), from the hub's `GET /live`.
+    let live = |lab: &Lab| -> Option<Value> {
+        let body = lab
+            .http_get("hub", lab.addr("hub", ADMIN_PORT), "/live")
+            .ok()?;
+        let all: Value = serde_json::from_str(&body).ok()?;
+        all.as_array()?
+            .iter()
+            .find(|s| {
+                s["stream"] == STREAM
+                    && !s["primary"].is_null()
+                    && s["copies"].as_array().is_some_and(|c| !c.is_empty())
+            })
+            .cloned()
+    };
+    let first = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        live(&lab)
+    })
+    .expect("the hub never listed the live stream with a primary and a copy");
+    let primary = first["primary"].as_u64().unwrap() as u32;
+    let run = loadgen_on(&mut lab, "loadgen", 20, 20, 6, STREAM);
+    wait_sessions(&lab, 21.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = shards.iter().position(|(id, _)| *id == primary).unwrap();
+    eprintln!("live stream {first}: SIGKILL its primary, shard {primary}");
+    lab.kill(shards[victim].1);
+    let r = report(&mut lab, run, Duration::from_secs(60));
+    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (20.0, 0.0), "{r}");
+    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
+    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    assert!(n(&r, "resumes") >= 1.0, "{r}");
+    // The copy on the other host took the publisher: it is the primary now.
+    let after = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        let s = live(&lab).or_else(|| {
+            let body = lab
+                .http_get("hub", lab.addr("hub", ADMIN_PORT), "/live")
+                .ok()?;
+            let all: Value = serde_json::from_str(&body).ok()?;
+            all.as_array()?
+                .iter()
+                .find(|s| s["stream"] == STREAM)
+                .cloned()
+        })?;
+        (s["primary"].as_u64() != Some(u64::from(primary)) && s["promotions"].as_u64() >= Some(1))
+            .then_some(s)
+    })
+    .expect("no promoted primary listed after the kill");
+    eprintln!("after the kill: {after}");
+    lab.kill(publisher);
 }
 
 #[test]
