@@ -159,8 +159,12 @@ struct Standby {
     rank: usize,
     hot: bool,
     take: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Option<Attachment>>,
+    task: tokio::task::JoinHandle<Option<Taken>>,
 }
+
+/// A standby session as a failover takes it, with the chunk it had read but not yet handed
+/// on (a hot standby whose side channel was full).
+type Taken = (Attachment, Option<Frame>);
 
 impl Standby {
     fn spawn(
@@ -189,7 +193,7 @@ impl Standby {
     }
 
     /// The session, if it is still up.
-    async fn take(mut self) -> Option<Attachment> {
+    async fn take(mut self) -> Option<Taken> {
         if let Some(t) = self.take.take() {
             let _ = t.send(());
         }
@@ -205,30 +209,36 @@ impl Drop for Standby {
 }
 
 /// Holds `a` until `taken` fires (it is returned) or the shard goes away (`None`). A hot
-/// standby forwards its chunks and gaps to `side`.
+/// standby forwards its chunks to `side` (not its gaps: the two copies may differ, and a jump
+/// is found from the chunks alone).
 async fn hold(
     mut a: Attachment,
     hb: std::time::Duration,
     mut taken: tokio::sync::oneshot::Receiver<()>,
     side: Option<mpsc::Sender<Frame>>,
-) -> Option<Attachment> {
+) -> Option<Taken> {
     let mut heartbeat = tokio::time::interval(hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = crate::clock::tokio_now();
     loop {
         tokio::select! {
             biased;
-            _ = &mut taken => return Some(a),
+            _ = &mut taken => return Some((a, None)),
             _ = tokio::time::sleep_until(last_rx + hb * 4) => return None,
             // Cancel-safe: a partial frame stays buffered for the subscription that takes it.
             frame = a.reader.next() => {
                 last_rx = crate::clock::tokio_now();
                 match (frame, &side) {
-                    (Ok(Some(Frame::Control(Message::Heartbeat(_)))), _) => {}
-                    (Ok(Some(f @ (Frame::Chunk(_) | Frame::Control(Message::Gap(_))))), Some(side)) => {
-                        // A full side channel slows this session down, never the subscription.
-                        if side.send(f).await.is_err() {
-                            return None;
+                    (Ok(Some(Frame::Control(Message::Heartbeat(_) | Message::Gap(_)))), _) => {}
+                    (Ok(Some(f @ Frame::Chunk(_))), Some(side)) => {
+                        // A full side channel slows this session down, never the subscription;
+                        // a failover that takes it meanwhile gets the chunk with it.
+                        tokio::select! {
+                            biased;
+                            _ = &mut taken => return Some((a, Some(f))),
+                            sent = side.send(f.clone()) => if sent.is_err() {
+                                return None;
+                            },
                         }
                     }
                     // A go-away, the end, or anything a standby should not get.
@@ -279,14 +289,16 @@ pub(crate) async fn run_subscription(
         let rank = failover.rank() % grant.shards.len();
         let shard = grant.shards[rank].clone();
         // The standby session, when it is on the shard to use now and still up.
-        let ready = match standby.take() {
+        let mut ready = match standby.take() {
             Some(s) if s.rank == rank => {
                 let hot = s.hot;
-                s.take().await.map(|a| (a, hot))
+                s.take().await.map(|(a, pending)| (a, hot, pending))
             }
             _ => None,
         };
-        // What the old standby forwarded before it was taken comes first.
+        // What the old standby forwarded before it was taken comes first, then the chunk it
+        // held when it was taken.
+        let pending = ready.as_mut().and_then(|r| r.2.take());
         while let Ok(f) = side_rx.try_recv() {
             if side_frame(&tx, &stats, &mut seq, f, started, &mut side_high)
                 .await
@@ -295,6 +307,15 @@ pub(crate) async fn run_subscription(
                 return;
             }
         }
+        if let Some(f) = pending {
+            if side_frame(&tx, &stats, &mut seq, f, started, &mut side_high)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let ready = ready.map(|(a, hot, _)| (a, hot));
         // The session streams on from its own position: a taken hot standby from the side's.
         let own = match &ready {
             Some((_, true)) => side_high,

@@ -137,12 +137,13 @@ impl Directory {
         Ok(())
     }
 
+    /// A load report; `Ok(true)` when it brought a lost shard back into placement.
     pub fn handle_load(
         &mut self,
         id: ShardId,
         load: ShardLoad,
         now: Instant,
-    ) -> Result<(), DirectoryError> {
+    ) -> Result<bool, DirectoryError> {
         let r = self.record_mut(id)?;
         r.load = load;
         r.last_heard = now;
@@ -150,8 +151,9 @@ impl Directory {
             // Heard again: it was slow, not gone.
             r.state = ShardState::Ready;
             self.generation += 1;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Any other message from the shard: it is alive.

@@ -115,6 +115,9 @@ pub enum LinkError {
     Closed(ShardId),
 }
 
+/// How long the peer announcer waits for room on one shard's link.
+const PEERS_SEND_WAIT: Duration = Duration::from_millis(500);
+
 /// The hub's links (cheap to clone).
 #[derive(Clone)]
 pub struct Links {
@@ -211,8 +214,12 @@ impl Links {
                     };
                     debug!(group = group.0, peers = cmd.shards.len(), "peers announced");
                     for id in members {
-                        // A shard whose link just closed misses it, as it should.
-                        let _ = links.command(id, HubCmd::Peers(cmd.clone())).await;
+                        // A shard whose link just closed misses it, as it should; one whose
+                        // link is full (silent, hung) does not hold up the others.
+                        let send = links.command(id, HubCmd::Peers(cmd.clone()));
+                        if tokio::time::timeout(PEERS_SEND_WAIT, send).await.is_err() {
+                            warn!(shard = id.0, "no room for the group's peers on its link");
+                        }
                     }
                 }
             }
@@ -316,7 +323,17 @@ impl Links {
                     break;
                 }
                 ShardMsg::Load(load) => {
-                    let _ = lock(&self.inner.directory).handle_load(id, load, now);
+                    let back = {
+                        let mut d = lock(&self.inner.directory);
+                        match d.handle_load(id, load, now) {
+                            Ok(true) => d.record(id).map(|r| r.group),
+                            _ => None,
+                        }
+                    };
+                    // A shard back from silence takes standby copies again.
+                    if let Some(group) = back {
+                        self.peers_changed(group);
+                    }
                 }
                 ShardMsg::SessionEnded(outcome) => {
                     lock(&self.inner.directory).handle_heard(id, now);

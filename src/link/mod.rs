@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ClientId, GroupId, ShardId, StreamName, TokenId};
 
 /// The version of the hub↔shard contract. A shard registers with it; the hub refuses another.
-pub const LINK_VERSION: u16 = 1;
+pub const LINK_VERSION: u16 = 2;
 
 /// Shard → hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

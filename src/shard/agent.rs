@@ -57,6 +57,8 @@ async fn run(shard: Shard, mut end: ShardEnd, registered: bool) {
     // The last report, and whether a change waits for the next.
     let mut last = crate::clock::tokio_now();
     let mut changed = false;
+    // Whether the last replicas report listed any stream.
+    let mut held_replicas = false;
     loop {
         let due = last + REPORT_GAP;
         tokio::select! {
@@ -95,7 +97,9 @@ async fn run(shard: Shard, mut end: ShardEnd, registered: bool) {
                 last = crate::clock::tokio_now();
                 up.report(ShardMsg::Load(shard.load()));
                 let streams = shard.replica_reports();
-                if !streams.is_empty() {
+                // One empty report after the last live stream went, so the hub forgets them.
+                if !streams.is_empty() || held_replicas {
+                    held_replicas = !streams.is_empty();
                     up.report(ShardMsg::Replicas { streams });
                 }
             }

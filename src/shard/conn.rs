@@ -385,13 +385,15 @@ impl Session {
         match action {
             Action::None => {}
             Action::Subscribe { stream, from } => {
-                // Nothing ever published or mirrored here (a warmed stream is empty).
+                // No chunk of it held here (never published or mirrored here, or let go; a
+                // warmed stream is empty). Without replication a resume waits, as before.
                 let held = self
                     .state
                     .registry
                     .get(&stream)
                     .is_some_and(|s| s.last_seq().is_some());
-                if from.is_some() && !stream.is_synthetic() && !held {
+                let mirrored = self.state.replication.is_some();
+                if mirrored && from.is_some() && !stream.is_synthetic() && !held {
                     let wait = self.state.heartbeat * ORPHAN_WAIT_HEARTBEATS;
                     self.orphan_until = Some(clock::tokio_now() + wait);
                 }
@@ -424,10 +426,12 @@ impl Session {
             }
             Action::Publish { stream } => {
                 let live = self.state.registry.stream(&stream, clock::unix_us());
+                // Counted first: the primary's mirroring never sees the stream unpublished.
+                let publishing = streams::Publishing::new(live);
                 if let Some(r) = &self.state.replication {
-                    r.on_publisher(&self.state.registry, &live);
+                    r.on_publisher(&self.state.registry, &publishing);
                 }
-                self.publishing = Some(streams::Publishing::new(live));
+                self.publishing = Some(publishing);
             }
             Action::Chunk(chunk) => {
                 let len = chunk.payload.len() as u64;

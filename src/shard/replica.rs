@@ -269,6 +269,8 @@ pub fn standbys_of(stream: &StreamName, me: ShardId, peers: &GroupPeers) -> Vec<
         .into_iter()
         .filter(|s| seen.insert(*s))
         .filter_map(|s| peers.shards.iter().find(|p| p.shard == s).cloned())
+        // A mirror takes at most this many endpoints.
+        .take(crate::mirror::MAX_ENDPOINTS)
         .collect()
 }
 
@@ -337,6 +339,12 @@ async fn sweep_copies(repl: Arc<Replication>) {
             .copies
             .retain(|_, c| now.saturating_duration_since(c.fed) < COPY_LINGER);
         inner.primaries.retain(|_, p| !p.task.is_finished());
+        let Inner {
+            primaries,
+            copies,
+            promoted,
+        } = &mut *inner;
+        promoted.retain(|name, _| primaries.contains_key(name) || copies.contains_key(name));
     }
 }
 
@@ -354,10 +362,18 @@ impl PushLog {
 
     /// Age of the oldest pushed chunk after `acked` (0 if there is none).
     fn lag_ms(&self, acked: Option<Seq>, now: Instant) -> u64 {
-        let first = self.0.iter().find(|(s, _)| acked.is_none_or(|a| *s > a));
-        first.map_or(0, |(_, at)| {
+        // Pushes are in sequence order.
+        let i = acked.map_or(0, |a| self.0.partition_point(|(s, _)| *s <= a));
+        self.0.get(i).map_or(0, |(_, at)| {
             u64::try_from(now.saturating_duration_since(*at).as_millis()).unwrap_or(u64::MAX)
         })
+    }
+
+    /// Forgets pushes every standby acknowledged.
+    fn trim(&mut self, acked_by_all: Seq) {
+        while self.0.front().is_some_and(|(s, _)| *s <= acked_by_all) {
+            self.0.pop_front();
+        }
     }
 }
 
@@ -375,7 +391,10 @@ async fn mirror_primary(
     let mut cursor = registry.subscribe(&name, stream.oldest_seq(), crate::unix_us());
     let mut peers = repl.peers.subscribe();
     let mut sender: Option<MirrorSender> = None;
-    let mut members: HashMap<ShardId, (EndpointId, SocketAddr)> = HashMap::new();
+    let mut members: Members = HashMap::new();
+    // Standbys that left the set but whose removal the mirror refused for now (the only
+    // active one, until a newer one connects): retried every check.
+    let mut leaving: HashMap<ShardId, EndpointId> = HashMap::new();
     let mut log = PushLog::default();
     let mut check = tokio::time::interval(Duration::from_millis(100));
     let mut unpublished_since: Option<Instant> = None;
@@ -387,7 +406,18 @@ async fn mirror_primary(
                 Some(p) => standbys_of(&name, repl.me, p),
                 None => Vec::new(),
             };
-            sync_standbys(&repl, &name, &mut sender, &mut members, &want);
+            let started = sync_standbys(
+                &repl,
+                &name,
+                &mut sender,
+                (&mut members, &mut leaving),
+                &want,
+            );
+            if started {
+                // A mirror that starts now starts from the oldest chunk held, as one that
+                // started with the stream would have.
+                cursor = registry.subscribe(&name, stream.oldest_seq(), crate::unix_us());
+            }
         }
         tokio::select! {
             item = cursor.next() => match item {
@@ -418,13 +448,35 @@ async fn mirror_primary(
                 if stream.publishers() == 0 {
                     let since = *unpublished_since.get_or_insert(now);
                     if now.saturating_duration_since(since) >= PRIMARY_LINGER {
-                        info!("no publisher for a while; mirroring stopped");
-                        break;
+                        // Decided under the lock a new publisher's bind takes: it either
+                        // finds this task still the primary, or none (and starts one).
+                        let mut inner = lock(&repl.inner);
+                        if stream.publishers() == 0 {
+                            inner.primaries.remove(&name);
+                            info!("no publisher for a while; mirroring stopped");
+                            break;
+                        }
                     }
                 } else {
                     unpublished_since = None;
                 }
+                if let Some(s) = &sender {
+                    leaving.retain(|id, ep| match s.remove_endpoint(*ep) {
+                        Ok(()) => {
+                            info!(standby = id.0, "standby removed");
+                            false
+                        }
+                        // Gone already: nothing left to remove.
+                        Err(crate::mirror::SenderError::Mirror(
+                            crate::mirror::MirrorError::UnknownEndpoint(_),
+                        )) => false,
+                        Err(_) => true,
+                    });
+                }
                 let lags = standby_lags(sender.as_ref(), &members, stream.last_seq(), &log, now);
+                if let Some(min) = lags.iter().map(|l| l.acked_seq).min().flatten() {
+                    log.trim(Seq::new(min));
+                }
                 lock(&status).standbys = lags;
             }
         }
@@ -434,21 +486,25 @@ async fn mirror_primary(
     }
 }
 
+/// A primary's standbys in its mirror: shard → (endpoint, mirror address).
+type Members = HashMap<ShardId, (EndpointId, SocketAddr)>;
+
 /// Makes the mirror's endpoints the wanted standbys (starting or stopping the mirror when the
-/// set becomes non-empty or empty).
+/// set becomes non-empty or empty); true when it started the mirror.
 fn sync_standbys(
     repl: &Replication,
     stream: &StreamName,
     sender: &mut Option<MirrorSender>,
-    members: &mut HashMap<ShardId, (EndpointId, SocketAddr)>,
+    (members, leaving): (&mut Members, &mut HashMap<ShardId, EndpointId>),
     want: &[Peer],
-) {
+) -> bool {
     if want.is_empty() {
         if sender.take().is_some() {
             info!("no standby left in the group; mirroring paused");
         }
         members.clear();
-        return;
+        leaving.clear();
+        return false;
     }
     let Some(s) = sender.as_ref() else {
         let opts = repl
@@ -465,12 +521,15 @@ fn sync_standbys(
                 }
                 info!(standbys = ?want.iter().map(|p| p.shard.0).collect::<Vec<_>>(), "mirroring to standbys");
                 *sender = Some(s);
+                leaving.clear();
+                return true;
             }
             Err(e) => warn!(error = %e, "cannot start mirroring to the standbys"),
         }
-        return;
+        return false;
     };
-    // Removed first, added after: a mirror keeps at least one endpoint.
+    // Added first, removed after: a mirror keeps at least one endpoint, and removing the
+    // only active one waits until another can take over (then it is retried).
     let gone: Vec<ShardId> = members
         .keys()
         .filter(|id| !want.iter().any(|p| p.shard == **id))
@@ -478,6 +537,11 @@ fn sync_standbys(
         .collect();
     for p in want {
         if members.contains_key(&p.shard) {
+            continue;
+        }
+        // Back before its removal went through: it never left.
+        if let Some(ep) = leaving.remove(&p.shard) {
+            members.insert(p.shard, (ep, p.mirror));
             continue;
         }
         match s.add_endpoint(p.mirror, None) {
@@ -492,15 +556,19 @@ fn sync_standbys(
         if let Some((ep, _)) = members.remove(&id) {
             match s.remove_endpoint(ep) {
                 Ok(()) => info!(standby = id.0, "standby removed"),
-                Err(e) => debug!(standby = id.0, error = %e, "standby removal refused"),
+                Err(e) => {
+                    debug!(standby = id.0, error = %e, "standby removal refused for now");
+                    leaving.insert(id, ep);
+                }
             }
         }
     }
+    false
 }
 
 fn standby_lags(
     sender: Option<&MirrorSender>,
-    members: &HashMap<ShardId, (EndpointId, SocketAddr)>,
+    members: &Members,
     head: Option<Seq>,
     log: &PushLog,
     now: Instant,

@@ -48,6 +48,23 @@ async fn standby(tc: &TestCluster, stream: &StreamName, not: ShardId) -> Shard {
     panic!("no standby copy of {stream} appeared");
 }
 
+/// Waits (bounded) until `shard`'s copy of `stream` holds `last`: the mirror carried
+/// everything the publisher sent (the publisher's own replay would hide a copy that did not).
+async fn copy_holds(shard: &Shard, stream: &StreamName, last: u64) {
+    for _ in 0..500 {
+        let held = shard
+            .replica_reports()
+            .iter()
+            .find(|r| &r.stream == stream)
+            .and_then(|r| r.last_seq);
+        if held == Some(last) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{:?}'s copy of {stream} never reached {last}", shard.id());
+}
+
 /// Reads `sub` until it delivered `last`; returns the sequences (bounded in time).
 async fn read_until(sub: &mut Subscription, last: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -133,6 +150,7 @@ async fn the_primary_killed_its_standby_takes_over_without_loss_or_duplicate() {
     let mut sent = publish_some(&mut publisher, 60, 200).await;
     let p = primary(&tc).expect("a shard took the publisher");
     let s = standby(&tc, &stream, p.id()).await;
+    copy_holds(&s, &stream, *sent.last().unwrap()).await;
     tc.kill(&p).await;
     sent.extend(publish_some(&mut publisher, 120, 200).await);
     check_all(&mut subs, &sent).await;
@@ -231,6 +249,8 @@ async fn a_shard_joining_mid_stream_becomes_the_standby_and_then_takes_over() {
     let s = standby(&tc, &stream, p.id()).await;
     assert_eq!(s.id(), joined.id());
     sent.extend(publish_some(&mut publisher, 20, 200).await);
+    // The copy started from the oldest chunk the primary held, not from when it joined.
+    copy_holds(&s, &stream, *sent.last().unwrap()).await;
     tc.kill(&p).await;
     sent.extend(publish_some(&mut publisher, 80, 200).await);
     check_all(&mut subs, &sent).await;
