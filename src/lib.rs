@@ -36,6 +36,8 @@ pub mod cluster;
 #[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]
+pub mod lb;
+#[cfg(feature = "server")]
 pub mod link;
 #[cfg(feature = "server")]
 pub mod net;
