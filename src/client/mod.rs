@@ -270,6 +270,8 @@ pub struct Client {
 pub(crate) struct Inner {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) quic: quinn::ClientConfig,
+    /// Routing CIDs used so far, per shard of the newest grants (each used once, in turn).
+    pub(crate) route_turn: std::sync::atomic::AtomicUsize,
     pub(crate) hub: SocketAddr,
     pub(crate) opts: ClientOptions,
     hub_conn: tokio::sync::Mutex<Option<HubConn>>,
@@ -299,6 +301,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoint,
                 quic,
+                route_turn: std::sync::atomic::AtomicUsize::new(0),
                 hub,
                 opts,
                 hub_conn: tokio::sync::Mutex::new(None),
@@ -680,14 +683,26 @@ impl Drop for ShardSession {
 
 /// Shared helper: the ticket-aware connect used for shard attaches. Returns the connection,
 /// the 0-RTT acceptance future when 0-RTT was attempted, and the time the attempt started.
+/// Connects to a shard at `addr`. Behind a QUIC-LB balancer, `route_cid` is the destination
+/// CID of the first packets (from the grant), so they reach the shard the hub chose.
 pub(crate) fn connect_shard(
     inner: &Inner,
     addr: SocketAddr,
+    route_cid: Option<&[u8]>,
     stats: &Stats,
 ) -> Result<Attempt, ClientError> {
+    let config = match route_cid {
+        Some(cid) => {
+            let mut c = inner.quic.clone();
+            let cid = quinn::ConnectionId::new(cid);
+            c.initial_dst_cid_provider(std::sync::Arc::new(move || cid));
+            c
+        }
+        None => inner.quic.clone(),
+    };
     let connecting = inner
         .endpoint
-        .connect_with(inner.quic.clone(), addr, &inner.opts.cluster)
+        .connect_with(config, addr, &inner.opts.cluster)
         .map_err(|source| ClientError::Connect { addr, source })?;
     Stats::inc(&stats.attaches);
     Ok(match connecting.into_0rtt() {

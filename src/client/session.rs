@@ -64,7 +64,12 @@ pub(crate) async fn attach(
     let timeout = inner.opts.request_timeout;
     let opened = crate::clock::now();
     let work = async {
-        let (conn, send, recv) = match connect_shard(inner, addr, stats)? {
+        // Behind a QUIC-LB balancer: a routing CID of the grant, a different one each time.
+        let route = (!shard.route_cids.is_empty()).then(|| {
+            let turn = inner.route_turn.fetch_add(1, Ordering::Relaxed);
+            shard.route_cids[turn % shard.route_cids.len()].as_ref()
+        });
+        let (conn, send, recv) = match connect_shard(inner, addr, route, stats)? {
             Attempt::ZeroRtt(conn, accepted) => {
                 let (mut send, recv) = conn.open_bi().await?;
                 // Written into 0-RTT packets; if the shard rejects 0-RTT they are discarded and

@@ -31,6 +31,8 @@ pub(super) struct LauncherInner {
     pub(super) transport: Arc<quinn::TransportConfig>,
     pub(super) token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     pub(super) endpoint_config: quinn::EndpointConfig,
+    /// Behind a QUIC-LB balancer: every shard's CIDs carry its server id.
+    pub(super) lb: Option<Arc<crate::lb::LbConfig>>,
     pub(super) streams: StreamSettings,
     pub(super) shards: crate::cluster::config::ShardsConfig,
     pub(super) heartbeat: Duration,
@@ -89,6 +91,18 @@ impl EmbeddedLauncher {
         );
         let (hub_end, shard_end) = crate::link::channel::pair();
         let s = &f.shards;
+        let endpoint_config = match &f.lb {
+            Some(c) => {
+                let h = crate::lb::LbHandle::new(c.cid_len());
+                let sid = crate::lb::server_id_bytes(id.0, c.server_id_len());
+                h.set(c.clone(), sid).map_err(|e| LaunchError::Start {
+                    shard: id,
+                    source: Box::new(ClusterError::Lb(e)),
+                })?;
+                crate::lb::with_cids(f.endpoint_config.clone(), &h)
+            }
+            None => f.endpoint_config.clone(),
+        };
         let shard = Shard::start(ShardParams {
             id,
             group,
@@ -96,7 +110,7 @@ impl EmbeddedLauncher {
             advertise: None,
             socket_buffer: s.socket_buffer_bytes,
             configs,
-            endpoint_config: f.endpoint_config.clone(),
+            endpoint_config,
             // Only its group's keys, from the hub over the link (the first command).
             admission: Admission::new(id, group, Arc::new(TokenKeys::held(group)), s.replay_cache),
             streams: f.streams,

@@ -52,6 +52,8 @@ pub enum ClusterError {
     Launch(LaunchError),
     #[error("{0}")]
     Invalid(String),
+    #[error("QUIC-LB: {0}")]
+    Lb(#[from] crate::lb::LbError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -189,6 +191,20 @@ impl Cluster {
             Arc::new(schedule.new_token_key());
         let crypto = |tickets: usize| endpoint_crypto(&m.chain, &m.key, tickets, st.session_ttl);
         let endpoint_config = quinn::EndpointConfig::new(reset_key);
+        // Behind a QUIC-LB balancer every endpoint issues CIDs that carry its server id.
+        let lb = match cfg.lb.enabled {
+            true => Some(Arc::new(cfg.lb.config(Some(&schedule))?)),
+            false => None,
+        };
+        let hub_endpoint = match &lb {
+            Some(c) => {
+                let h = crate::lb::LbHandle::new(c.cid_len());
+                let sid = crate::lb::server_id_bytes(crate::lb::HUB_SERVER_ID, c.server_id_len());
+                h.set(c.clone(), sid)?;
+                crate::lb::with_cids(endpoint_config.clone(), &h)
+            }
+            None => endpoint_config.clone(),
+        };
         let streams = stream_settings(cfg);
         let s = &cfg.shards;
         let limits = cfg.profiles.limits.clone();
@@ -210,13 +226,14 @@ impl Cluster {
                 token_key.clone(),
                 hub_store,
             ),
-            endpoint_config: endpoint_config.clone(),
+            endpoint_config: hub_endpoint,
             tokens,
             shard_silence: SHARD_SILENCE,
             book_clients: crate::tickets::book::MAX_CLIENTS,
             placer,
             grant_shards: cfg.hub.grant_shards,
             live_standbys: cfg.streams.live_standbys,
+            lb: lb.clone().map(|c| (c, cfg.lb.shards_via)),
             token_ttl: cfg.hub.token_ttl,
             synthetic: cfg.synthetic(),
             request_timeout: s.attach_timeout,
@@ -238,6 +255,7 @@ impl Cluster {
                 transport,
                 token_key,
                 endpoint_config,
+                lb: lb.clone(),
                 streams,
                 shards: s.clone(),
                 heartbeat: cfg.transport.heartbeat_interval,

@@ -123,8 +123,15 @@ pub fn claims(
     }
 }
 
-/// Step 5: the grant for a sealed `token`.
-pub fn reply(decision: &Decision, claims: &Claims, token: Vec<u8>) -> Grant {
+/// Step 5: the grant for a sealed `token`. Behind a QUIC-LB balancer, every shard is reached
+/// at the balancer's address `via`, and `route` gives each shard's routing CIDs.
+pub fn reply(
+    decision: &Decision,
+    claims: &Claims,
+    token: Vec<u8>,
+    via: Option<std::net::SocketAddr>,
+    route: impl Fn(crate::ids::ShardId) -> Vec<Vec<u8>>,
+) -> Grant {
     Grant {
         group: decision.group,
         shards: decision
@@ -132,7 +139,11 @@ pub fn reply(decision: &Decision, claims: &Claims, token: Vec<u8>) -> Grant {
             .iter()
             .map(|s| ShardAddr {
                 id: s.id,
-                addr: s.addr.to_string(),
+                addr: via.unwrap_or(s.addr).to_string(),
+                route_cids: route(s.id)
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
             })
             .collect(),
         token,
@@ -247,8 +258,18 @@ mod tests {
             (c.group, c.priority, c.expect_kbps),
             (GroupId(1), Priority::High, 9)
         );
-        let g = reply(&d, &c, vec![7; 4]);
+        let g = reply(&d, &c, vec![7; 4], None, |_| Vec::new());
         assert_eq!(g.shards[0].addr, "127.0.0.1:7003");
+        assert!(g.shards[0].route_cids.is_empty());
+        let via = "10.0.0.1:443".parse().unwrap();
+        let g = reply(&d, &c, vec![7; 4], Some(via), |id| {
+            vec![vec![id.0 as u8; 13]]
+        });
+        assert_eq!(
+            g.shards[0].addr, "10.0.0.1:443",
+            "behind a balancer: its address"
+        );
+        assert_eq!(g.shards[0].route_cids[0].as_ref(), &[3u8; 13][..]);
         assert_eq!(g.session_secret, vec![2; 32]);
     }
 }

@@ -78,6 +78,9 @@ pub struct HubParams {
     pub grant_shards: usize,
     /// Standby copies each live stream keeps on the next shards of its group.
     pub live_standbys: u32,
+    /// Behind a QUIC-LB balancer: the configuration (grants carry routing CIDs for each shard)
+    /// and the balancer's address grants name for the shards.
+    pub lb: Option<(Arc<crate::lb::LbConfig>, Option<SocketAddr>)>,
     pub token_ttl: Duration,
     pub synthetic: SyntheticSpec,
     pub request_timeout: Duration,
@@ -93,6 +96,7 @@ struct HubState {
     arrivals: ArrivalsHandle,
     placer: Mutex<Box<dyn Placer>>,
     grant_shards: usize,
+    lb: Option<(Arc<crate::lb::LbConfig>, Option<SocketAddr>)>,
     token_ttl: Duration,
     synthetic: SyntheticSpec,
     request_timeout: Duration,
@@ -200,6 +204,7 @@ impl Hub {
             arrivals: ArrivalsHandle::default(),
             placer: Mutex::new(p.placer),
             grant_shards: p.grant_shards,
+            lb: p.lb,
             token_ttl: p.token_ttl,
             synthetic: p.synthetic,
             request_timeout: p.request_timeout,
@@ -718,7 +723,31 @@ fn grant(
     }
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
     let ids = decision.shards.iter().map(|s| s.id).collect();
-    Ok((grant::reply(&decision, &claims, token), ids))
+    let via = state.lb.as_ref().and_then(|(_, via)| *via);
+    let route = |id: ShardId| match &state.lb {
+        Some((config, _)) => route_cids(config, id),
+        None => Vec::new(),
+    };
+    Ok((grant::reply(&decision, &claims, token, via, route), ids))
+}
+
+/// Connection IDs a grant carries per shard behind a QUIC-LB balancer: a client uses one per
+/// connection, so a few cover its attach, a standby session and a resume or two; a re-grant
+/// brings more.
+pub const ROUTE_CIDS: usize = 4;
+
+/// [`ROUTE_CIDS`] fresh CIDs that route to shard `id`.
+fn route_cids(config: &crate::lb::LbConfig, id: ShardId) -> Vec<Vec<u8>> {
+    use ring::rand::SecureRandom;
+    let sid = crate::lb::server_id_bytes(id.0, config.server_id_len());
+    let rng = ring::rand::SystemRandom::new();
+    (0..ROUTE_CIDS)
+        .filter_map(|_| {
+            let mut nonce = vec![0u8; config.nonce_len()];
+            rng.fill(&mut nonce).ok()?;
+            config.encode(&sid, &nonce).ok()
+        })
+        .collect()
 }
 
 impl Drop for Hub {

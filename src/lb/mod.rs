@@ -1,60 +1,151 @@
 //! Behind UDP load balancers: QUIC-LB connection IDs ([`cid`]) that carry each endpoint's
 //! server id, and the quinn connection-id generator that issues them.
+//!
+//! quinn asks an endpoint's generator for every CID it issues and fixes the CID length when
+//! the endpoint is made, so each endpoint gets an [`LbHandle`] of a fixed length whose
+//! configuration (config id, key, server id) is installed later — by the hub over the link, for
+//! a shard in another process. Until then the endpoint issues *unroutable* CIDs (config id
+//! 0b111, the draft's rule for a server with no configuration), of the same length.
 
 pub mod cid;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use cid::{LbConfig, LbError};
 
-/// Issues QUIC-LB connection IDs for one endpoint (its server id, fresh random nonces).
-pub struct LbCidGenerator {
-    config: Arc<LbConfig>,
-    server_id: Vec<u8>,
+/// The hub's server id, in every configuration (shard ids stop below it).
+pub const HUB_SERVER_ID: u32 = u32::MAX;
+
+/// Server id `id` in `len` octets: the big-endian id, zero-extended on the left (a length
+/// below 4 keeps the low octets).
+pub fn server_id_bytes(id: u32, len: usize) -> Vec<u8> {
+    let be = id.to_be_bytes();
+    if len >= 4 {
+        let mut v = vec![0; len - 4];
+        v.extend_from_slice(&be);
+        v
+    } else {
+        be[4 - len..].to_vec()
+    }
 }
 
-impl LbCidGenerator {
-    /// A generator for the endpoint with `server_id` (its length must be the configuration's).
-    pub fn new(config: Arc<LbConfig>, server_id: Vec<u8>) -> Result<Self, LbError> {
+/// An endpoint's QUIC-LB state, shared with its connection-id generator.
+#[derive(Clone)]
+pub struct LbHandle {
+    cid_len: usize,
+    current: Arc<RwLock<Option<(Arc<LbConfig>, Vec<u8>)>>>,
+}
+
+impl std::fmt::Debug for LbHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbHandle")
+            .field("cid_len", &self.cid_len)
+            .field("configured", &self.configured())
+            .finish()
+    }
+}
+
+impl LbHandle {
+    /// A handle whose CIDs are `cid_len` octets (at least 5, at most 20), unroutable until
+    /// [`LbHandle::set`].
+    pub fn new(cid_len: usize) -> Self {
+        Self {
+            cid_len: cid_len.clamp(5, cid::MAX_CID_LEN),
+            current: Arc::default(),
+        }
+    }
+
+    pub fn cid_len(&self) -> usize {
+        self.cid_len
+    }
+
+    pub fn configured(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Installs `config` with this endpoint's `server_id`; new CIDs carry it from now on.
+    pub fn set(&self, config: Arc<LbConfig>, server_id: Vec<u8>) -> Result<(), LbError> {
+        if config.cid_len() != self.cid_len {
+            return Err(LbError::WrongLength {
+                got: config.cid_len(),
+                want: self.cid_len,
+            });
+        }
         if server_id.len() != config.server_id_len() {
             return Err(LbError::WrongServerId {
                 got: server_id.len(),
                 want: config.server_id_len(),
             });
         }
-        Ok(Self { config, server_id })
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((config, server_id));
+        Ok(())
     }
 
-    /// One CID with a fresh random nonce.
+    /// One CID: routable to this endpoint once configured, unroutable before.
     pub fn cid(&self) -> Vec<u8> {
-        use ring::rand::SecureRandom;
-        let mut nonce = vec![0u8; self.config.nonce_len()];
-        if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
-            // No randomness: a zero nonce still routes; uniqueness then comes from quinn's
-            // collision check (it asks again).
-            nonce.iter_mut().for_each(|b| *b = 0);
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match &*current {
+            Some((config, sid)) => {
+                let nonce = random(config.nonce_len());
+                config
+                    .encode(sid, &nonce)
+                    .expect("lengths were checked when the configuration was set")
+            }
+            None => {
+                let mut c = random(self.cid_len);
+                c[0] = cid::UNROUTABLE << 5 | (self.cid_len - 1) as u8;
+                c
+            }
         }
-        self.config
-            .encode(&self.server_id, &nonce)
-            .expect("lengths were checked when the generator was made")
+    }
+
+    /// Whether `cid` is one this endpoint could have issued.
+    fn is_own(&self, cid: &[u8]) -> bool {
+        if cid.len() != self.cid_len {
+            return false;
+        }
+        if LbConfig::config_id_of(cid) == Some(cid::UNROUTABLE) {
+            return true;
+        }
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match &*current {
+            Some((config, sid)) => config.decode_server_id(cid).is_ok_and(|s| &s == sid),
+            None => false,
+        }
     }
 }
 
-impl quinn::ConnectionIdGenerator for LbCidGenerator {
+fn random(n: usize) -> Vec<u8> {
+    use ring::rand::SecureRandom;
+    let mut v = vec![0u8; n];
+    // Without randomness the CID still routes; quinn retries a colliding one.
+    let _ = ring::rand::SystemRandom::new().fill(&mut v);
+    v
+}
+
+/// quinn's view of an [`LbHandle`].
+struct Generator(LbHandle);
+
+impl quinn::ConnectionIdGenerator for Generator {
     fn generate_cid(&mut self) -> quinn::ConnectionId {
-        quinn::ConnectionId::new(&self.cid())
+        quinn::ConnectionId::new(&self.0.cid())
     }
 
     fn validate(&self, cid: &quinn::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
-        // Only this endpoint's own CIDs; anything else was misrouted or forged.
-        match self.config.decode_server_id(cid) {
-            Ok(sid) if sid == self.server_id => Ok(()),
-            _ => Err(quinn_proto::InvalidCid),
+        // A short-header packet for another server's CID was misrouted or forged: dropped
+        // (a stateless reset is only for this endpoint's own CIDs).
+        if self.0.is_own(cid) {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
         }
     }
 
     fn cid_len(&self) -> usize {
-        self.config.cid_len()
+        self.0.cid_len
     }
 
     fn cid_lifetime(&self) -> Option<std::time::Duration> {
@@ -62,21 +153,11 @@ impl quinn::ConnectionIdGenerator for LbCidGenerator {
     }
 }
 
-/// An endpoint configuration whose connection IDs carry `server_id`.
-pub fn endpoint_config(
-    config: Arc<LbConfig>,
-    server_id: Vec<u8>,
-) -> Result<quinn::EndpointConfig, LbError> {
-    // Checked once here: the factory below cannot fail.
-    LbCidGenerator::new(config.clone(), server_id.clone())?;
-    let mut e = quinn::EndpointConfig::default();
-    e.cid_generator(move || {
-        Box::new(
-            LbCidGenerator::new(config.clone(), server_id.clone())
-                .expect("checked when the endpoint configuration was made"),
-        )
-    });
-    Ok(e)
+/// `base` with its connection IDs issued through `handle`.
+pub fn with_cids(mut base: quinn::EndpointConfig, handle: &LbHandle) -> quinn::EndpointConfig {
+    let h = handle.clone();
+    base.cid_generator(move || Box::new(Generator(h.clone())));
+    base
 }
 
 #[cfg(test)]
@@ -85,18 +166,34 @@ mod tests {
     use quinn::ConnectionIdGenerator;
 
     #[test]
-    fn the_generator_issues_routable_cids_of_its_server_and_validates_only_those() {
+    fn the_generator_issues_routable_cids_once_configured_and_validates_only_its_own() {
         let c = Arc::new(LbConfig::new(1, 4, 8, Some([7; 16])).unwrap());
-        let mut g = LbCidGenerator::new(c.clone(), vec![0, 0, 0, 42]).unwrap();
-        let a = g.generate_cid();
-        let b = g.generate_cid();
+        let h = LbHandle::new(c.cid_len());
+        let mut g = Generator(h.clone());
+        // Not configured: unroutable, the right length.
+        let u = g.generate_cid();
+        assert_eq!((u.len(), u[0] >> 5), (13, cid::UNROUTABLE));
+        assert!(g.validate(&u).is_ok());
+        h.set(c.clone(), server_id_bytes(42, 4)).unwrap();
+        let (a, b) = (g.generate_cid(), g.generate_cid());
         assert_ne!(a, b, "fresh nonces");
-        assert_eq!(a.len(), g.cid_len());
         assert_eq!(c.decode_server_id(&a).unwrap(), vec![0, 0, 0, 42]);
         assert!(g.validate(&a).is_ok());
-        let other = LbCidGenerator::new(c.clone(), vec![0, 0, 0, 43]).unwrap();
+        let other = LbHandle::new(13);
+        other.set(c.clone(), server_id_bytes(43, 4)).unwrap();
         assert!(g.validate(&quinn::ConnectionId::new(&other.cid())).is_err());
         assert!(g.validate(&quinn::ConnectionId::new(&[0x20; 8])).is_err());
-        assert!(LbCidGenerator::new(c, vec![1, 2]).is_err());
+        assert!(h.set(c.clone(), vec![1, 2]).is_err());
+        assert!(LbHandle::new(9).set(c, server_id_bytes(1, 4)).is_err());
+    }
+
+    #[test]
+    fn server_ids_are_big_endian_and_zero_extended() {
+        assert_eq!(
+            server_id_bytes(0x0102_0304, 8),
+            vec![0, 0, 0, 0, 1, 2, 3, 4]
+        );
+        assert_eq!(server_id_bytes(0x0102_0304, 4), vec![1, 2, 3, 4]);
+        assert_eq!(server_id_bytes(0x0102_0304, 2), vec![3, 4]);
     }
 }

@@ -136,6 +136,13 @@ impl KeySchedule {
         self.expand(format!("token group {group} epoch {epoch}").as_bytes())
     }
 
+    /// The AES-128 key of QUIC-LB configuration `config_id` (the same on every endpoint and
+    /// balancer of the cluster).
+    pub fn lb_key(&self, config_id: u8) -> [u8; 16] {
+        let k = self.expand(format!("quic-lb config {config_id}").as_bytes());
+        k[..16].try_into().expect("16 of 32 octets")
+    }
+
     /// Key for QUIC stateless resets; the same on every endpoint of the cluster.
     pub fn stateless_reset_key(&self) -> ring::hmac::Key {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.expand(b"stateless reset"))

@@ -109,8 +109,13 @@ pub struct StreamRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardAddr {
     pub id: ShardId,
-    /// `ip:port` of the shard's UDP socket.
+    /// `ip:port` of the shard's UDP socket (behind a balancer: the balancer's address).
     pub addr: String,
+    /// Behind a QUIC-LB balancer: connection IDs that route to this shard, for the destination
+    /// CID of a client's first packets (one per connection, used in turn; PROTOCOL §1.1).
+    /// Absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_cids: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Hub → client: the answer to a [`StreamRequest`]. Chunk frames may follow on the same stream

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod common;
 mod core_path;
+mod lb;
 mod live_failover;
 mod mirror;
 mod mirror_faults;

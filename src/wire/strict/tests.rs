@@ -131,6 +131,7 @@ fn every_message_round_trips_through_the_strict_decoder() {
             shards: vec![ShardAddr {
                 id: ShardId(2),
                 addr: "127.0.0.1:9".into(),
+                route_cids: vec![serde_bytes::ByteBuf::from(vec![0x0c; 13])],
             }],
             token: vec![1; 120],
             session_secret: vec![2; 32],
@@ -453,6 +454,7 @@ fn truncations_fail_and_trailing_bytes_are_ignored() {
         shards: vec![ShardAddr {
             id: ShardId(2),
             addr: "127.0.0.1:9".into(),
+            route_cids: Vec::new(),
         }],
         token: vec![1; 120],
         session_secret: vec![2; 32],

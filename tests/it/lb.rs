@@ -1,0 +1,63 @@
+//! Behind a QUIC-LB balancer (here without one: the CIDs themselves): grants carry routing CIDs
+//! that decode to the granted shard's server id, and clients attach with them, 0-RTT included.
+
+use std::time::Duration;
+
+use shoal::client::Delivery;
+use shoal::ids::StreamName;
+use shoal::lb::server_id_bytes;
+use shoal::security::keys::{ClusterSecret, KeySchedule};
+use shoal::wire::Role;
+
+use super::common::{TestCluster, SECRET};
+
+#[tokio::test]
+async fn grants_carry_routing_cids_of_their_shards_and_attaches_use_them() {
+    for profile in ["encrypted", "plaintext", "nlb"] {
+        let mut cfg = super::common::config();
+        cfg.lb.enabled = true;
+        cfg.lb.profile = serde_json::from_value(serde_json::json!(profile)).unwrap();
+        let tc = TestCluster::with(cfg.clone());
+        let lb = cfg
+            .lb
+            .config(Some(&KeySchedule::new(&ClusterSecret::from_bytes(SECRET))))
+            .unwrap();
+        let client = tc.client(&format!("lb-{profile}"));
+        let stream = StreamName::new(format!("synth/lb-{profile}")).unwrap();
+        let reply = client.request(&stream, Role::Subscribe).await.unwrap();
+        for s in &reply.grant.shards {
+            assert_eq!(s.route_cids.len(), 4, "{profile}: {s:?}");
+            for cid in &s.route_cids {
+                assert_eq!(cid.len(), lb.cid_len(), "{profile}");
+                let sid = lb.decode_server_id(cid).unwrap();
+                assert_eq!(
+                    sid,
+                    server_id_bytes(s.id.0, lb.server_id_len()),
+                    "{profile}"
+                );
+            }
+        }
+        if profile == "nlb" {
+            assert_eq!(lb.cid_len(), 16, "AWS NLB takes 16-octet CIDs only");
+            assert!(!lb.is_encrypted());
+        }
+        // Attaching with the routing CIDs works, 0-RTT included (the second client of the
+        // same id resumes with the tickets the first got).
+        let mut sub = client.subscribe(&stream).await.unwrap();
+        // Past the chunks that came with the grant: these came from the shard.
+        for _ in 0..10 {
+            let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("a chunk within 5 s");
+            assert!(matches!(next, Some(Ok(Delivery::Chunk(_)))), "{next:?}");
+        }
+        let s = sub.stats();
+        assert_eq!(
+            s.zero_rtt_accepted, s.zero_rtt_attempted,
+            "{profile}: {s:?}"
+        );
+        assert!(s.zero_rtt_attempted >= 1, "{profile}: {s:?}");
+        drop(sub);
+        tc.shutdown().await;
+    }
+}
