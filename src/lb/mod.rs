@@ -33,8 +33,11 @@ pub fn server_id_bytes(id: u32, len: usize) -> Vec<u8> {
 #[derive(Clone)]
 pub struct LbHandle {
     cid_len: usize,
-    current: Arc<RwLock<Option<(Arc<LbConfig>, Vec<u8>)>>>,
+    current: Arc<RwLock<Option<Installed>>>,
 }
+
+/// A configuration and this endpoint's server id in it.
+type Installed = (Arc<LbConfig>, Vec<u8>);
 
 impl std::fmt::Debug for LbHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
