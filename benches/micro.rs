@@ -62,6 +62,7 @@ fn frames(c: &mut Criterion) {
             .map(|i| ShardAddr {
                 id: ShardId(i),
                 addr: format!("127.0.0.1:{}", 4500 + i),
+                route_cids: Vec::new(),
             })
             .collect(),
         token: vec![0xab; 96],
