@@ -91,7 +91,7 @@ impl EmbeddedLauncher {
         );
         let (hub_end, shard_end) = crate::link::channel::pair();
         let s = &f.shards;
-        let endpoint_config = match &f.lb {
+        let (endpoint_config, lb) = match &f.lb {
             Some(c) => {
                 let h = crate::lb::LbHandle::new(c.cid_len());
                 let sid = crate::lb::server_id_bytes(id.0, c.server_id_len());
@@ -99,9 +99,9 @@ impl EmbeddedLauncher {
                     shard: id,
                     source: Box::new(ClusterError::Lb(e)),
                 })?;
-                crate::lb::with_cids(f.endpoint_config.clone(), &h)
+                (crate::lb::with_cids(f.endpoint_config.clone(), &h), Some(h))
             }
-            None => f.endpoint_config.clone(),
+            None => (f.endpoint_config.clone(), None),
         };
         let shard = Shard::start(ShardParams {
             id,
@@ -125,6 +125,7 @@ impl EmbeddedLauncher {
                     identity,
                 }
             }),
+            lb,
         })
         .map_err(|source| LaunchError::Start {
             shard: id,

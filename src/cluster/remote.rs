@@ -100,6 +100,10 @@ impl ShardProcess {
             Arc::new(SessionStore::new(st.session_store_entries, st.session_ttl)),
         );
         let (local, shard_end) = crate::link::channel::pair();
+        let lb = cfg
+            .lb
+            .enabled
+            .then(|| crate::lb::LbHandle::new(cfg.lb.cid_len()));
         let shard = Shard::start(ShardParams {
             id,
             group: o.group,
@@ -107,7 +111,11 @@ impl ShardProcess {
             advertise: o.advertise,
             socket_buffer: s.socket_buffer_bytes,
             configs,
-            endpoint_config: quinn::EndpointConfig::default(),
+            endpoint_config: match &lb {
+                // Unroutable CIDs of the configured length until the hub's `lb` command.
+                Some(h) => crate::lb::with_cids(quinn::EndpointConfig::default(), h),
+                None => quinn::EndpointConfig::default(),
+            },
             admission: Admission::new(
                 id,
                 o.group,
@@ -130,6 +138,7 @@ impl ShardProcess {
                 listen: SocketAddr::new(o.listen.ip(), 0),
                 advertise_ip: o.advertise.map(|a| a.ip()),
             }),
+            lb: lb.clone(),
         })
         .map_err(|source| ClusterError::Bind {
             what: format!("shard {}", id.0),

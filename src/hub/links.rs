@@ -145,6 +145,8 @@ struct Inner {
     /// Groups whose membership changed since their peers were last sent.
     peers_dirty: Mutex<std::collections::BTreeSet<crate::ids::GroupId>>,
     peers_changed: tokio::sync::Notify,
+    /// Behind a QUIC-LB balancer: the configuration every shard's CIDs use.
+    lb: Mutex<Option<Arc<crate::lb::LbConfig>>>,
 }
 
 impl Links {
@@ -171,8 +173,14 @@ impl Links {
                 live_standbys: std::sync::atomic::AtomicU32::new(1),
                 peers_dirty: Mutex::default(),
                 peers_changed: tokio::sync::Notify::new(),
+                lb: Mutex::default(),
             }),
         }
+    }
+
+    /// The QUIC-LB configuration shards get on their links (`lb`).
+    pub fn set_lb(&self, config: Option<Arc<crate::lb::LbConfig>>) {
+        *lock(&self.inner.lb) = config;
     }
 
     /// Standby copies each live stream keeps (told to the shards with their peers).
@@ -274,6 +282,21 @@ impl Links {
                 warn!(
                     shard = reg.shard.0,
                     "no room for the token keys on a new link"
+                );
+            }
+        }
+        if let Some(c) = lock(&self.inner.lb).as_ref() {
+            let params = crate::lb::LbParams {
+                config_id: c.config_id(),
+                server_id_len: c.server_id_len() as u8,
+                nonce_len: c.nonce_len() as u8,
+                key: c.key().map(|k| bytes::Bytes::copy_from_slice(&k)),
+                server_id: crate::lb::server_id_bytes(reg.shard.0, c.server_id_len()).into(),
+            };
+            if end.commands.try_send(HubCmd::Lb(params)).is_err() {
+                warn!(
+                    shard = reg.shard.0,
+                    "no room for the QUIC-LB configuration on a new link"
                 );
             }
         }

@@ -196,6 +196,7 @@ impl Hub {
         let silence = links.spawn_silence_timer();
         let rotation = links.spawn_key_rotation();
         links.set_live_standbys(p.live_standbys);
+        links.set_lb(p.lb.as_ref().map(|(c, _)| c.clone()));
         let peers = links.spawn_peer_announcer();
         let state = Arc::new(HubState {
             tokens: p.tokens,

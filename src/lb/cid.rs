@@ -43,6 +43,10 @@ pub enum LbError {
     WrongLength { got: usize, want: usize },
     #[error("the CID carries config id {got}, not {want}")]
     OtherConfig { got: u8, want: u8 },
+    #[error("a QUIC-LB key of {0} octets, not 16")]
+    BadKey(usize),
+    #[error("this endpoint was started without QUIC-LB connection IDs (lb.enabled)")]
+    NotEnabled,
 }
 
 /// One QUIC-LB configuration: what a balancer and the endpoints behind it share.
@@ -52,6 +56,8 @@ pub struct LbConfig {
     server_id_len: usize,
     nonce_len: usize,
     cipher: Option<Aes128>,
+    /// Kept to hand to shards in other processes (`lb` on the link).
+    key: Option<[u8; 16]>,
 }
 
 impl std::fmt::Debug for LbConfig {
@@ -91,6 +97,7 @@ impl LbConfig {
             server_id_len,
             nonce_len,
             cipher: key.map(|k| Aes128::new(&k.into())),
+            key,
         })
     }
 
@@ -108,6 +115,11 @@ impl LbConfig {
 
     pub fn is_encrypted(&self) -> bool {
         self.cipher.is_some()
+    }
+
+    /// The key (secret), for a shard in another process.
+    pub fn key(&self) -> Option<[u8; 16]> {
+        self.key
     }
 
     /// Length of every CID of this configuration.

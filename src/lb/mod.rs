@@ -29,6 +29,51 @@ pub fn server_id_bytes(id: u32, len: usize) -> Vec<u8> {
     }
 }
 
+/// A QUIC-LB configuration as the hub sends it to a shard in another process (the link's
+/// `lb` command): the shard holds no cluster secret, so the key travels. Secret: `Debug` omits
+/// the key.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbParams {
+    pub config_id: u8,
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+    /// 16 octets, or none for plaintext CIDs.
+    #[serde(default)]
+    pub key: Option<bytes::Bytes>,
+    /// The shard's server id in this configuration (from the hub's directory).
+    pub server_id: bytes::Bytes,
+}
+
+impl std::fmt::Debug for LbParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbParams")
+            .field("config_id", &self.config_id)
+            .field("server_id_len", &self.server_id_len)
+            .field("nonce_len", &self.nonce_len)
+            .field("encrypted", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LbParams {
+    /// The configuration these parameters describe.
+    pub fn config(&self) -> Result<LbConfig, LbError> {
+        let key = match &self.key {
+            Some(k) => {
+                Some(<[u8; 16]>::try_from(k.as_ref()).map_err(|_| LbError::BadKey(k.len()))?)
+            }
+            None => None,
+        };
+        LbConfig::new(
+            self.config_id,
+            usize::from(self.server_id_len),
+            usize::from(self.nonce_len),
+            key,
+        )
+    }
+}
+
 /// An endpoint's QUIC-LB state, shared with its connection-id generator.
 #[derive(Clone)]
 pub struct LbHandle {

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  shard ──► hub   register · load · session_ended · entries · prepared · drained · replicas
-//!  hub ──► shard   keys · peers · prepare · store_entries · drain · stop
+//!  hub ──► shard   keys · lb · peers · prepare · store_entries · drain · stop
 //! ```
 //!
 //! Order on one link: a shard's first message is [`ShardMsg::Register`]; the hub refuses
@@ -82,6 +82,9 @@ pub enum HubCmd {
     /// standby copies each live stream keeps: sent after `keys` on every link, and again
     /// whenever the group's membership changes. Replaces the list the shard held.
     Peers(GroupPeers),
+    /// Behind a QUIC-LB balancer: the configuration the shard's connection IDs use, with its
+    /// server id (after `keys`, before anything else, on every link of such a hub).
+    Lb(crate::lb::LbParams),
 }
 
 /// The mirroring peers of one group (see [`crate::shard::replica`]).

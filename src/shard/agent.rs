@@ -138,6 +138,10 @@ async fn carry_out(
         }
         HubCmd::Stop => shard.kill(),
         HubCmd::Peers(peers) => shard.set_peers(peers),
+        HubCmd::Lb(params) => match shard.install_lb(&params) {
+            Ok(()) => info!(?params, "QUIC-LB connection IDs configured"),
+            Err(e) => tracing::warn!(error = %e, "QUIC-LB configuration refused"),
+        },
         HubCmd::Keys(keys) => match shard.install_keys(&keys) {
             Ok(()) => debug!(?keys, "token keys installed"),
             Err(e) => tracing::warn!(error = %e, "token keys refused"),

@@ -108,6 +108,9 @@ pub struct ShardParams {
     pub uplink: Uplink,
     /// Mirroring of live streams within the group (none: a live stream dies with its shard).
     pub replica: Option<replica::ReplicaParams>,
+    /// Behind a QUIC-LB balancer: the handle of the endpoint's connection-id generator (the
+    /// hub's `lb` command installs the configuration).
+    pub lb: Option<crate::lb::LbHandle>,
 }
 
 struct ShardState {
@@ -116,6 +119,7 @@ struct ShardState {
     admission: Mutex<Admission>,
     registry: Arc<StreamRegistry>,
     replication: Option<Arc<replica::Replication>>,
+    lb: Option<crate::lb::LbHandle>,
     counters: Arc<ShardCounters>,
     heartbeat: Duration,
     attach_timeout: Duration,
@@ -169,6 +173,7 @@ impl Shard {
             admission: Mutex::new(p.admission),
             registry,
             replication,
+            lb: p.lb,
             counters: Arc::new(ShardCounters::default()),
             heartbeat: p.heartbeat_interval,
             attach_timeout: p.attach_timeout,
@@ -234,6 +239,22 @@ impl Shard {
     /// The shard's mirror receiver for standby copies of live streams.
     pub fn mirror_addr(&self) -> Option<SocketAddr> {
         self.state.replication.as_ref().map(|r| r.receiver_addr())
+    }
+
+    /// The hub's QUIC-LB configuration for this shard (its `lb` command): new connection IDs
+    /// carry the server id from now on.
+    pub fn install_lb(&self, params: &crate::lb::LbParams) -> Result<(), crate::lb::LbError> {
+        let Some(h) = &self.state.lb else {
+            return Err(crate::lb::LbError::NotEnabled);
+        };
+        let config = Arc::new(params.config()?);
+        h.set(config, params.server_id.to_vec())
+    }
+
+    /// A connection ID as this shard issues them now (routable once QUIC-LB is configured;
+    /// none without QUIC-LB).
+    pub fn sample_cid(&self) -> Option<Vec<u8>> {
+        self.state.lb.as_ref().map(crate::lb::LbHandle::cid)
     }
 
     /// The hub's list of the group's peers (its `peers` command).

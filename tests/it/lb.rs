@@ -61,3 +61,49 @@ async fn grants_carry_routing_cids_of_their_shards_and_attaches_use_them() {
         tc.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_shard_process_gets_its_quic_lb_configuration_over_the_link() {
+    use super::remote::{any_port, config_with_control, shard_config, start_remote};
+    let mut cfg = config_with_control(any_port(), 0);
+    cfg.lb.enabled = true;
+    let tc = TestCluster::with(cfg.clone());
+    let control = tc.cluster.control().expect("a control listener").addr();
+    let mut scfg = shard_config();
+    scfg.lb.enabled = true;
+    let remote = start_remote(control, 100, scfg, Default::default())
+        .await
+        .expect("the shard process starts");
+    let lb = cfg
+        .lb
+        .config(Some(&KeySchedule::new(&ClusterSecret::from_bytes(SECRET))))
+        .unwrap();
+    // Unroutable (config id 7) until the hub's `lb` command, then its own server id.
+    let mut routed = None;
+    for _ in 0..500 {
+        let cid = remote.shard().sample_cid().expect("QUIC-LB is on");
+        assert_eq!(cid.len(), lb.cid_len());
+        if let Ok(sid) = lb.decode_server_id(&cid) {
+            routed = Some(sid);
+            break;
+        }
+        assert_eq!(cid[0] >> 5, 7, "unroutable before it is configured");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(routed, Some(server_id_bytes(100, lb.server_id_len())));
+    // A client gets a grant naming it, with routing CIDs, and attaches.
+    let client = tc.client("lb-remote");
+    let stream = StreamName::new("synth/lb-remote").unwrap();
+    let mut sub = client.subscribe(&stream).await.unwrap();
+    for _ in 0..10 {
+        let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a chunk within 5 s");
+        assert!(matches!(next, Some(Ok(Delivery::Chunk(_)))), "{next:?}");
+    }
+    assert!(sub.stats().zero_rtt_accepted >= 1, "{:?}", sub.stats());
+    drop(sub);
+    client.close().await;
+    tc.cluster.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), remote.wait()).await;
+}

@@ -31,7 +31,7 @@ fn certs_dir() -> PathBuf {
 }
 
 /// The test cluster's configuration with a control listener on `control`.
-fn config_with_control(control: SocketAddr, shards: u32) -> Config {
+pub(super) fn config_with_control(control: SocketAddr, shards: u32) -> Config {
     let mut cfg = config();
     cfg.shards.count = shards;
     cfg.shards.groups = 1;
@@ -46,12 +46,12 @@ fn control_cluster() -> (TestCluster, SocketAddr) {
     (tc, control)
 }
 
-fn any_port() -> SocketAddr {
+pub(super) fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// What a shard process of the test cluster runs with (the committed certificates).
-fn shard_config() -> Config {
+pub(super) fn shard_config() -> Config {
     let mut cfg = config();
     cfg.tls.cert = Some(certs_dir().join("cluster.pem"));
     cfg.tls.key = Some(certs_dir().join("cluster.key"));
@@ -59,7 +59,7 @@ fn shard_config() -> Config {
     cfg
 }
 
-async fn start_remote(
+pub(super) async fn start_remote(
     hub: SocketAddr,
     id: u32,
     cfg: Config,
