@@ -35,8 +35,13 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The lab for one test, or `None` (after saying why) where this machine cannot host one.
 fn lab(subnet: u8) -> Option<Lab> {
+    lab_of(subnet, &["hub", "shard-a", "shard-b", "clients"])
+}
+
+/// [`lab`] with the hosts `hosts`.
+fn lab_of(subnet: u8, hosts: &[&str]) -> Option<Lab> {
     let why = match lab::unavailable() {
-        None => match Lab::new(subnet, &["hub", "shard-a", "shard-b", "clients"]) {
+        None => match Lab::new(subnet, hosts) {
             Ok(lab) => return Some(lab),
             Err(e) => format!("cannot build the namespaces: {e}"),
         },
@@ -307,6 +312,118 @@ fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
     .expect("no promoted primary listed after the kill");
     eprintln!("after the kill: {after}");
     lab.kill(publisher);
+}
+
+/// The stateless balancer of `shoal lb nftables` in `balancer`, in front of hub and shards:
+/// loads the ruleset (again, when called again) and returns the virtual address.
+fn nftables_balancer(lab: &Lab, config: &str, vip: std::net::Ipv4Addr) -> SocketAddr {
+    let vip_addr = SocketAddr::from((vip, 443));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["lb", "nftables", "--config", config, "--vip"])
+        .arg(vip_addr.to_string())
+        .arg("--hub")
+        .arg(lab.addr("hub", HUB_PORT).to_string())
+        .arg("--shard")
+        .arg(format!("1={}", lab.addr("shard-a", SHARD_PORT)))
+        .arg("--shard")
+        .arg(format!("2={}", lab.addr("shard-b", SHARD_PORT)))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("shoal lb nftables");
+    assert!(out.status.success(), "shoal lb nftables: {out:?}");
+    let file = lab.dir().join("lb.nft");
+    std::fs::write(&file, &out.stdout).expect("ruleset file");
+    lab.exec("balancer", &["nft", "-f", &file.display().to_string()])
+        .expect("the ruleset loads");
+    vip_addr
+}
+
+/// Routes: the balancer owns the virtual address and forwards (no redirects: the backends'
+/// answers must come back through it), the backends send to the clients through it.
+fn balancer_routes(lab: &Lab, vip: std::net::Ipv4Addr) {
+    let b = |args: &[&str]| lab.exec("balancer", args).expect("balancer setup");
+    b(&["ip", "addr", "add", &format!("{vip}/32"), "dev", "eth0"]);
+    b(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    b(&["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"]);
+    b(&["sysctl", "-qw", "net.ipv4.conf.eth0.send_redirects=0"]);
+    let clients = format!("{}/32", lab.ip("clients"));
+    let via = lab.ip("balancer").to_string();
+    for host in ["hub", "shard-a", "shard-b"] {
+        let h = |args: &[&str]| lab.exec(host, args).expect("backend route");
+        h(&["ip", "route", "add", &clients, "via", &via]);
+        h(&["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0"]);
+        h(&["sysctl", "-qw", "net.ipv4.conf.eth0.accept_redirects=0"]);
+    }
+}
+
+#[test]
+fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let hosts = ["balancer", "hub", "shard-a", "shard-b", "clients"];
+    let Some(mut lab) = lab_of(5, &hosts) else {
+        return;
+    };
+    let vip = std::net::Ipv4Addr::new(10, 77, 5, 100);
+    balancer_routes(&lab, vip);
+    let extra = format!(
+        "[lb]\n\
+         enabled = true\n\
+         profile = \"plaintext\"\n\
+         shards_via = \"{vip}:443\"\n"
+    );
+    let config = write_config(&lab, &extra);
+    let _hub = start_hub(&mut lab, "hub", &config);
+    let _a = start_shard(&mut lab, "shard-a", 1, &config);
+    let _b = start_shard(&mut lab, "shard-b", 2, &config);
+    wait_alive(&lab, Duration::from_secs(20), |ids| {
+        ids.contains(&1) && ids.contains(&2)
+    });
+    let vip_addr = nftables_balancer(&lab, &config, vip);
+    // Every client reaches the hub and its shard through the virtual address only.
+    let ca = lab.dir().join("data/ca.pem").display().to_string();
+    let a = args(&[
+        "loadgen",
+        "--hub",
+        &vip_addr.to_string(),
+        "--ca",
+        &ca,
+        "--clients",
+        "30",
+        "--rate",
+        "30",
+        "--hold",
+        "4",
+        "--streams",
+        STREAMS,
+        "--heartbeat-ms",
+        "150",
+        "--json",
+    ]);
+    let run = lab.spawn("clients", "loadgen", &a);
+    // Reloaded mid-stream: stateless rules, so every connection goes on.
+    std::thread::sleep(Duration::from_millis(2500));
+    nftables_balancer(&lab, &config, vip);
+    let status = lab.wait(run, Duration::from_secs(60));
+    eprintln!(
+        "balancer: {}",
+        lab.exec("balancer", &["nft", "list", "ruleset"])
+            .unwrap_or_default()
+    );
+    assert!(status.is_some(), "loadgen still runs");
+    let r = report(&mut lab, run, Duration::from_secs(1));
+    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
+    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
+    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    let zero = n(&r, "zero_rtt_accepted") / n(&r, "zero_rtt_attempted").max(1.0);
+    assert!(zero >= 0.99, "0-RTT through the balancer: {zero} ({r})");
+    let m = metrics(&lab).expect("metrics");
+    let misrouted = by_shard(&m, "shoal_shard_misrouted_total");
+    let allocations = by_shard(&m, "shoal_shard_allocations_total");
+    eprintln!("misrouted {misrouted:?}, allocations {allocations:?}");
+    assert_eq!(misrouted.len(), 2, "{m}");
+    assert!(misrouted.values().all(|v| *v == 0.0), "{misrouted:?}");
+    // Both shards were chosen for some clients, and took them.
+    assert!(allocations.values().all(|v| *v >= 1.0), "{allocations:?}");
 }
 
 #[test]

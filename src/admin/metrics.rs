@@ -391,6 +391,12 @@ pub const SHARD: &[Metric<ShardRecord>] = &[
         |s| s.load.promotions as f64,
     ),
     (
+        "shoal_shard_misrouted_total",
+        "counter",
+        "Packets that reached the shard with another server's QUIC-LB connection ID (misrouted by the balancer, or forged).",
+        |s| s.load.misrouted as f64,
+    ),
+    (
         "shoal_shard_rejections_total",
         "counter",
         "Connections the shard refused or closed with an error code.",

@@ -8,6 +8,7 @@
 //! 0b111, the draft's rule for a server with no configuration), of the same length.
 
 pub mod cid;
+pub mod rules;
 
 use std::sync::{Arc, RwLock};
 
@@ -79,6 +80,8 @@ impl LbParams {
 pub struct LbHandle {
     cid_len: usize,
     current: Arc<RwLock<Option<Installed>>>,
+    /// Packets that reached this endpoint with another server's CID (misrouted or forged).
+    foreign: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A configuration and this endpoint's server id in it.
@@ -100,6 +103,7 @@ impl LbHandle {
         Self {
             cid_len: cid_len.clamp(5, cid::MAX_CID_LEN),
             current: Arc::default(),
+            foreign: Arc::default(),
         }
     }
 
@@ -150,6 +154,29 @@ impl LbHandle {
         }
     }
 
+    /// Packets with another server's CID seen so far ([`LbHandle::note_foreign`] and the
+    /// generator's validation).
+    pub fn foreign(&self) -> u64 {
+        self.foreign.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a packet that carried another server's CID.
+    pub fn note_foreign(&self) {
+        self.foreign
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a client's first packet with destination CID `cid` was meant for this endpoint:
+    /// its server id is ours (true when nothing is configured yet, or the CID is not QUIC-LB
+    /// at all: a client that did not route, such as one talking to the hub directly).
+    pub fn routes_here(&self, cid: &[u8]) -> bool {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match &*current {
+            Some((config, sid)) => config.decode_server_id(cid).map_or(true, |s| &s == sid),
+            None => true,
+        }
+    }
+
     /// Whether `cid` is one this endpoint could have issued.
     fn is_own(&self, cid: &[u8]) -> bool {
         if cid.len() != self.cid_len {
@@ -188,6 +215,7 @@ impl quinn::ConnectionIdGenerator for Generator {
         if self.0.is_own(cid) {
             Ok(())
         } else {
+            self.0.note_foreign();
             Err(quinn_proto::InvalidCid)
         }
     }

@@ -266,6 +266,11 @@ pub struct ShardLoad {
     /// Standby copies of live streams promoted to primary here (their publisher moved in).
     #[serde(default)]
     pub promotions: u64,
+    /// Behind a QUIC-LB balancer: packets that reached this shard carrying another server's
+    /// connection ID (a first packet routed here for another shard, or a short header with a
+    /// foreign CID). 0 when the balancer routes right.
+    #[serde(default)]
+    pub misrouted: u64,
 }
 
 /// One ended session, as a shard reports it: the hub's profiler records it and its load model

@@ -302,6 +302,11 @@ impl Shard {
                 .replication
                 .as_ref()
                 .map_or(0, |r| r.promotions()),
+            misrouted: self
+                .state
+                .lb
+                .as_ref()
+                .map_or(0, crate::lb::LbHandle::foreign),
         }
     }
 
@@ -402,6 +407,13 @@ async fn tick_loop(state: Arc<ShardState>, period: Duration) {
 
 async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
+        // Behind a QUIC-LB balancer a first packet carries a routing CID of this shard; one
+        // of another shard's was misrouted (counted; served all the same).
+        if let Some(lb) = &state.lb {
+            if !lb.routes_here(&incoming.orig_dst_cid()) {
+                lb.note_foreign();
+            }
+        }
         let state = state.clone();
         let span = info_span!("conn", remote = %incoming.remote_address());
         let cpu = state.counters.cpu_ns.clone();

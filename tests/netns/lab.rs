@@ -207,6 +207,14 @@ impl Lab {
         Proc(self.procs.len() - 1)
     }
 
+    /// Runs `args` (a command and its arguments) in a host, to completion.
+    pub fn exec(&self, host: &str, args: &[&str]) -> Result<String, String> {
+        let ns = self.ns(host);
+        let mut all = vec!["netns", "exec", ns.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
     /// The process id (`ip netns exec` became shoal, so it is shoal's).
     pub fn pid(&self, p: Proc) -> u32 {
         self.procs[p.0].1.id()

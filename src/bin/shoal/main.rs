@@ -6,6 +6,7 @@
 mod bench;
 mod certs;
 mod demo;
+mod lb;
 mod loadgen;
 mod mirror;
 mod publish;
@@ -58,6 +59,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Drive many simulated clients against a running hub and report latencies.
     Loadgen(loadgen::LoadgenArgs),
+    /// Print balancer configurations (nftables by QUIC-LB server id, nginx by address).
+    Lb(lb::LbArgs),
     /// (internal) Serve one measured server for `shoal bench` until stdin closes.
     #[command(hide = true)]
     BenchServe { spec: String },
@@ -127,6 +130,7 @@ fn main() -> Result<()> {
             Cmd::Mirror(a) => mirror::mirror(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Loadgen(a) => loadgen::run(a).await,
+            Cmd::Lb(a) => lb::run(a),
             Cmd::BenchServe { spec } => Ok(shoal::tools::bench::serve_child(&spec).await?),
         }
     })
