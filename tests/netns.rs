@@ -317,16 +317,30 @@ fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
 /// The stateless balancer of `shoal lb nftables` in `balancer`, in front of hub and shards:
 /// loads the ruleset (again, when called again) and returns the virtual address.
 fn nftables_balancer(lab: &Lab, config: &str, vip: std::net::Ipv4Addr) -> SocketAddr {
+    nftables_balancer_for(lab, config, vip, &[1, 2])
+}
+
+/// [`nftables_balancer`] routing to the shards `shards` only (1 in shard-a, 2 in shard-b).
+fn nftables_balancer_for(
+    lab: &Lab,
+    config: &str,
+    vip: std::net::Ipv4Addr,
+    shards: &[u32],
+) -> SocketAddr {
     let vip_addr = SocketAddr::from((vip, 443));
+    let listed: Vec<String> = shards
+        .iter()
+        .map(|&id| {
+            let host = if id == 1 { "shard-a" } else { "shard-b" };
+            format!("--shard={id}={}", lab.addr(host, SHARD_PORT))
+        })
+        .collect();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["lb", "nftables", "--config", config, "--vip"])
         .arg(vip_addr.to_string())
         .arg("--hub")
         .arg(lab.addr("hub", HUB_PORT).to_string())
-        .arg("--shard")
-        .arg(format!("1={}", lab.addr("shard-a", SHARD_PORT)))
-        .arg("--shard")
-        .arg(format!("2={}", lab.addr("shard-b", SHARD_PORT)))
+        .args(&listed)
         .env("RUST_LOG", "off")
         .output()
         .expect("shoal lb nftables");
@@ -424,6 +438,49 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     assert!(misrouted.values().all(|v| *v == 0.0), "{misrouted:?}");
     // Both shards were chosen for some clients, and took them.
     assert!(allocations.values().all(|v| *v >= 1.0), "{allocations:?}");
+
+    // A client that moves to a new local port mid-stream keeps its session: the balancer
+    // routes by CID, not by address.
+    let sub = args(&[
+        "subscribe",
+        "--hub",
+        &vip_addr.to_string(),
+        "--ca",
+        &ca,
+        "--count",
+        "200",
+        "--seconds",
+        "20",
+        "--rebind-after",
+        "1",
+        "--quiet",
+        "synth/netns-rebind",
+    ]);
+    let moving = lab.spawn("clients", "rebinding", &sub);
+    let status = lab.wait(moving, Duration::from_secs(30));
+    let log = std::fs::read_to_string(lab.dir().join("rebinding.log")).unwrap_or_default();
+    eprintln!(
+        "rebinding subscriber: {status:?} {}",
+        log.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+    );
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(log.contains("rebound the client's socket"), "{log}");
+    assert!(
+        log.contains("200 chunks, 0 missing, 0 duplicated, 0 resumes"),
+        "{log}"
+    );
+
+    // A shard taken out of the ruleset: its clients fail over to the other one, no loss.
+    let run = lab.spawn("clients", "loadgen-removal", &a);
+    wait_sessions(&lab, 30.0);
+    nftables_balancer_for(&lab, &config, vip, &[1]);
+    let status = lab.wait(run, Duration::from_secs(60));
+    assert!(status.is_some(), "loadgen still runs");
+    let r = report(&mut lab, run, Duration::from_secs(1));
+    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
+    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
+    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    assert!(n(&r, "resumes") >= 1.0, "the clients of shard 2 moved: {r}");
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub struct SubscribeArgs {
     /// Only print a summary at the end.
     #[arg(long, short)]
     quiet: bool,
+    /// After this many seconds, move the client's socket to a new local port (QUIC connection
+    /// migration: the session should go on, with no resume).
+    #[arg(long, value_name = "SECS")]
+    rebind_after: Option<f64>,
     stream: String,
 }
 
@@ -38,7 +42,21 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
     let started = shoal::clock::now();
     let limit = (a.seconds > 0.0).then(|| Duration::from_secs_f64(a.seconds));
     let (mut chunks, mut bad) = (0u64, 0u64);
+    let mut rebind = a
+        .rebind_after
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| shoal::clock::now() + Duration::from_secs_f64(s));
     loop {
+        if rebind.is_some_and(|at| shoal::clock::now() >= at) {
+            rebind = None;
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).context("a new local socket")?;
+            let to = socket.local_addr()?;
+            client
+                .endpoint()
+                .rebind(socket)
+                .context("moving the client's socket")?;
+            eprintln!("rebound the client's socket to {to}");
+        }
         let left = limit.map(|l| l.saturating_sub(shoal::clock::since(started)));
         let next = async {
             tokio::select! {
@@ -75,9 +93,10 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
     }
     let s = sub.stats();
     eprintln!(
-        "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, 0-RTT {}/{}, ttfb {:.2} ms",
+        "{chunks} chunks, {} missing, {} duplicated, {} resumes, {bad} integrity failures, 0-RTT {}/{}, ttfb {:.2} ms",
         s.missing,
         s.duplicates,
+        s.resumes,
         s.zero_rtt_accepted,
         s.zero_rtt_attempted,
         s.ttfb_us as f64 / 1000.0
