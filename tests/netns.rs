@@ -1,4 +1,4 @@
-//! Shards as processes on other hosts, each host a network namespace (see `netns/lab.rs`):
+//! Shards as processes on other hosts, each host a network namespace (see `src/tools/netlab.rs`):
 //!
 //! ```text
 //!   hub 10.77.x.2 ──┐
@@ -15,8 +15,7 @@
 //! and are skipped with a message otherwise. They run one at a time (a lock): they measure
 //! resume times, and two at once on a 2-core machine would measure the machine.
 
-#[path = "netns/lab.rs"]
-mod lab;
+use shoal::tools::netlab as lab;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -41,7 +40,11 @@ fn lab(subnet: u8) -> Option<Lab> {
 /// [`lab`] with the hosts `hosts`.
 fn lab_of(subnet: u8, hosts: &[&str]) -> Option<Lab> {
     let why = match lab::unavailable() {
-        None => match Lab::new(subnet, hosts) {
+        None => match Lab::new(
+            subnet,
+            hosts,
+            std::path::Path::new(env!("CARGO_BIN_EXE_shoal")),
+        ) {
             Ok(lab) => return Some(lab),
             Err(e) => format!("cannot build the namespaces: {e}"),
         },
@@ -352,24 +355,6 @@ fn nftables_balancer_for(
     vip_addr
 }
 
-/// Routes: the balancer owns the virtual address and forwards (no redirects: the backends'
-/// answers must come back through it), the backends send to the clients through it.
-fn balancer_routes(lab: &Lab, vip: std::net::Ipv4Addr) {
-    let b = |args: &[&str]| lab.exec("balancer", args).expect("balancer setup");
-    b(&["ip", "addr", "add", &format!("{vip}/32"), "dev", "eth0"]);
-    b(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    b(&["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"]);
-    b(&["sysctl", "-qw", "net.ipv4.conf.eth0.send_redirects=0"]);
-    let clients = format!("{}/32", lab.ip("clients"));
-    let via = lab.ip("balancer").to_string();
-    for host in ["hub", "shard-a", "shard-b"] {
-        let h = |args: &[&str]| lab.exec(host, args).expect("backend route");
-        h(&["ip", "route", "add", &clients, "via", &via]);
-        h(&["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0"]);
-        h(&["sysctl", "-qw", "net.ipv4.conf.eth0.accept_redirects=0"]);
-    }
-}
-
 #[test]
 fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -378,7 +363,8 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
         return;
     };
     let vip = std::net::Ipv4Addr::new(10, 77, 5, 100);
-    balancer_routes(&lab, vip);
+    lab.route_through("balancer", vip, &["hub", "shard-a", "shard-b"], "clients")
+        .expect("balancer routes");
     let extra = format!(
         "[lb]\n\
          enabled = true\n\

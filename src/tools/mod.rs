@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod demo;
 pub mod loadgen;
+pub mod netlab;
 pub mod traffic;

@@ -21,6 +21,9 @@ enum BenchScenario {
     /// A live stream's primary shard process killed with SIGKILL under a publisher and its
     /// subscribers (shard processes on loopback; `--subscribers` default 50 here).
     LiveFailover,
+    /// Clients through a stateless nftables balancer (QUIC-LB server ids) against direct, in
+    /// network namespaces (needs root): misrouted packets, 0-RTT, TTFB ratio, migrations.
+    Lb,
     /// Shard pool policies (static, reactive, buffer, predictive) on a traffic trace, virtual
     /// time.
     Placement,
@@ -100,6 +103,36 @@ pub struct BenchArgs {
     buffer_shards: Option<u32>,
 }
 
+async fn bench_lb(a: &BenchArgs) -> Result<()> {
+    use shoal::tools::bench::lb::{run, LbBenchOptions};
+    let o = LbBenchOptions {
+        rounds: if a.quick { 1 } else { a.rounds },
+        clients: if a.quick { 4 } else { 20 },
+        program: std::env::current_exe().context("finding the shoal executable")?,
+    };
+    eprintln!(
+        "bench: lb ({} rounds, {} clients each way, network namespaces)",
+        o.rounds, o.clients
+    );
+    let r = tokio::task::spawn_blocking(move || run(&o, &mut |line: &str| eprintln!("{line}")))
+        .await
+        .context("the lab thread")??;
+    println!(
+        "lb  misrouted {}  0-RTT {:.3}  ttfb_ratio {:.3}  migrations kept {}/{}  goal {}  {}",
+        r.misrouted,
+        r.zero_rtt_acceptance,
+        r.ttfb_ratio,
+        r.migrations_kept,
+        r.migrations_tried,
+        r.goal,
+        if r.goal_met { "met" } else { "NOT met" }
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
 async fn bench_live_failover(a: &BenchArgs) -> Result<()> {
     use shoal::tools::bench::live_failover::{run, LiveFailoverOptions};
     let mut o = LiveFailoverOptions {
@@ -174,6 +207,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if a.scenario == BenchScenario::LiveFailover {
         return bench_live_failover(&a).await;
     }
+    if a.scenario == BenchScenario::Lb {
+        return bench_lb(&a).await;
+    }
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut opts = BenchOptions::new(exe);
     opts.rounds = a.rounds;
@@ -201,9 +237,10 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         BenchScenario::Memory => vec![Scenario::Memory],
         BenchScenario::Tickets => vec![Scenario::Tickets],
         BenchScenario::All => Scenario::ALL.to_vec(),
-        BenchScenario::Failover | BenchScenario::Placement | BenchScenario::LiveFailover => {
-            unreachable!("handled above")
-        }
+        BenchScenario::Failover
+        | BenchScenario::Placement
+        | BenchScenario::LiveFailover
+        | BenchScenario::Lb => unreachable!("handled above"),
     };
     let mut figures = Vec::new();
     for s in list {

@@ -3,6 +3,9 @@
 //! `.<i + 2>`). Nothing touches the root namespace's links, so parallel labs (other threads,
 //! other runs) never collide: names carry the test process's id and a counter.
 //!
+//! Used by the namespace tests and by `shoal bench lb`. Needs root and `ip netns`
+//! ([`unavailable`] says why not).
+//!
 //! Processes are the real `shoal` binary run with `ip netns exec HOST …`, their stdout and
 //! stderr in files of the lab's directory. Dropping the lab SIGKILLs every process it started
 //! and every process left in its namespaces (children the hub spawned, too), then deletes the
@@ -30,6 +33,8 @@ pub struct Lab {
     hosts: Vec<String>,
     procs: Vec<(String, Child)>,
     dir: tempfile::TempDir,
+    /// The `shoal` binary the lab runs.
+    program: std::path::PathBuf,
 }
 
 /// Runs a command to completion; its stderr in the error.
@@ -100,7 +105,7 @@ fn remove_stale_labs() {
 
 impl Lab {
     /// Creates the bridge and one namespace per host; host `i` gets `10.77.<subnet>.<i + 2>`.
-    pub fn new(subnet: u8, hosts: &[&str]) -> Result<Lab, String> {
+    pub fn new(subnet: u8, hosts: &[&str], program: &Path) -> Result<Lab, String> {
         static N: AtomicU32 = AtomicU32::new(0);
         remove_stale_labs();
         let name = format!(
@@ -119,6 +124,7 @@ impl Lab {
             hosts: Vec::new(),
             procs: Vec::new(),
             dir,
+            program: program.to_path_buf(),
         };
         // On an error below, the drop removes what was made.
         let br = lab.bridge.clone();
@@ -171,6 +177,11 @@ impl Lab {
         SocketAddr::from((self.ip(host), port))
     }
 
+    /// The `shoal` binary the lab runs.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
     /// The lab's directory (configs, certificates, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -184,7 +195,8 @@ impl Lab {
                 .unwrap_or_else(|e| panic!("log file of {name}: {e}"))
         };
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_shoal")])
+        cmd.args(["netns", "exec", &self.ns(host)])
+            .arg(&self.program)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -215,6 +227,41 @@ impl Lab {
         run("ip", &all)
     }
 
+    /// Makes `balancer` the router in front of `backends` for `clients`: it owns `vip` and
+    /// forwards without ICMP redirects, and the backends send to the clients through it (so
+    /// their answers pass the balancer's rewrite).
+    pub fn route_through(
+        &self,
+        balancer: &str,
+        vip: Ipv4Addr,
+        backends: &[&str],
+        clients: &str,
+    ) -> Result<(), String> {
+        self.exec(
+            balancer,
+            &["ip", "addr", "add", &format!("{vip}/32"), "dev", "eth0"],
+        )?;
+        for key in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ] {
+            self.exec(balancer, &["sysctl", "-qw", key])?;
+        }
+        let to = format!("{}/32", self.ip(clients));
+        let via = self.ip(balancer).to_string();
+        for host in backends {
+            self.exec(host, &["ip", "route", "add", &to, "via", &via])?;
+            for key in [
+                "net.ipv4.conf.all.accept_redirects=0",
+                "net.ipv4.conf.eth0.accept_redirects=0",
+            ] {
+                self.exec(host, &["sysctl", "-qw", key])?;
+            }
+        }
+        Ok(())
+    }
+
     /// The process id (`ip netns exec` became shoal, so it is shoal's).
     pub fn pid(&self, p: Proc) -> u32 {
         self.procs[p.0].1.id()
@@ -236,12 +283,12 @@ impl Lab {
 
     /// Its exit status once it ended, waiting at most `within`.
     pub fn wait(&mut self, p: Proc, within: Duration) -> Option<ExitStatus> {
-        let deadline = shoal::clock::now() + within;
+        let deadline = crate::clock::now() + within;
         loop {
             if let Ok(Some(s)) = self.procs[p.0].1.try_wait() {
                 return Some(s);
             }
-            if shoal::clock::now() >= deadline {
+            if crate::clock::now() >= deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -373,12 +420,12 @@ pub fn wait_for<T>(
     every: Duration,
     mut f: impl FnMut() -> Option<T>,
 ) -> Option<T> {
-    let deadline = shoal::clock::now() + within;
+    let deadline = crate::clock::now() + within;
     loop {
         if let Some(v) = f() {
             return Some(v);
         }
-        if shoal::clock::now() >= deadline {
+        if crate::clock::now() >= deadline {
             return None;
         }
         std::thread::sleep(every);
