@@ -598,3 +598,32 @@ fn pool_launches_shard_processes_under_a_ramp() {
     eprintln!("drained {drained}, left {left:?}");
     assert!(drained >= exited.len() as f64, "drained {drained}: {m}");
 }
+
+#[test]
+fn bench_lb_runs_its_lab_and_reports_every_figure() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(why) = lab::unavailable() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set and this test needs root with `ip netns`: {why}");
+        }
+        eprintln!("skipping the network-namespace test: {why}");
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["bench", "lb", "--quick", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("shoal bench lb");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r = last_json(&stdout).expect("a JSON report");
+    assert_eq!(r["scenario"], "lb", "{r}");
+    assert_eq!(r["misrouted"].as_f64(), Some(0.0), "{r}");
+    assert!(
+        r["zero_rtt_acceptance"].as_f64().is_some_and(|z| z > 0.0),
+        "{r}"
+    );
+    assert!(r["ttfb_ratio"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+    assert_eq!(r["migrations_kept"].as_u64(), Some(1), "{r}");
+}
