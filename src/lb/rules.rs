@@ -296,11 +296,4 @@ mod tests {
         );
         assert!(n.contains("hash $remote_addr consistent;"), "{n}");
     }
-
-    #[test]
-    #[ignore = "prints a ruleset for `nft -c -f` by hand"]
-    fn print_a_ruleset() {
-        let c = LbConfig::new(0, 4, 8, None).unwrap();
-        println!("{}", nftables(&c, &backends()).unwrap());
-    }
 }
