@@ -267,19 +267,10 @@ fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
     ]);
     let publisher = lab.spawn("clients", "publisher", &publish);
     // The primary (the shard the publisher attached to), from the hub's `GET /live`.
-    let live = |lab: &Lab| -> Option<Value> {
-        let body = lab
-            .http_get("hub", lab.addr("hub", ADMIN_PORT), "/live")
-            .ok()?;
-        let all: Value = serde_json::from_str(&body).ok()?;
-        all.as_array()?
-            .iter()
-            .find(|s| {
-                s["stream"] == STREAM
-                    && !s["primary"].is_null()
-                    && s["copies"].as_array().is_some_and(|c| !c.is_empty())
-            })
-            .cloned()
+    let live = |lab: &Lab| {
+        live_stream(lab, STREAM).filter(|s| {
+            !s["primary"].is_null() && s["copies"].as_array().is_some_and(|c| !c.is_empty())
+        })
     };
     let first = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
         live(&lab)
@@ -299,22 +290,25 @@ fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
     assert!(n(&r, "resumes") >= 1.0, "{r}");
     // The copy on the other host took the publisher: it is the primary now.
     let after = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
-        let s = live(&lab).or_else(|| {
-            let body = lab
-                .http_get("hub", lab.addr("hub", ADMIN_PORT), "/live")
-                .ok()?;
-            let all: Value = serde_json::from_str(&body).ok()?;
-            all.as_array()?
-                .iter()
-                .find(|s| s["stream"] == STREAM)
-                .cloned()
-        })?;
+        let s = live_stream(&lab, STREAM)?;
         (s["primary"].as_u64() != Some(u64::from(primary)) && s["promotions"].as_u64() >= Some(1))
             .then_some(s)
     })
     .expect("no promoted primary listed after the kill");
     eprintln!("after the kill: {after}");
     lab.kill(publisher);
+}
+
+/// The hub's `GET /live` entry of `stream`.
+fn live_stream(lab: &Lab, stream: &str) -> Option<Value> {
+    let body = lab
+        .http_get("hub", lab.addr("hub", ADMIN_PORT), "/live")
+        .ok()?;
+    let all: Value = serde_json::from_str(&body).ok()?;
+    all.as_array()?
+        .iter()
+        .find(|s| s["stream"] == stream)
+        .cloned()
 }
 
 /// The stateless balancer of `shoal lb nftables` in `balancer`, in front of hub and shards:
@@ -452,7 +446,7 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     assert!(status.is_some_and(|s| s.success()), "{log}");
     assert!(log.contains("rebound the client's socket"), "{log}");
     assert!(
-        log.contains("200 chunks, 0 missing, 0 duplicated, 0 resumes"),
+        log.contains("200 chunks, 0 missing, 0 duplicated, 0 integrity failures, 0 resumes"),
         "{log}"
     );
 

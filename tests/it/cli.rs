@@ -106,6 +106,17 @@ fn certs_and_config_round_trip_through_the_cli() {
     );
 }
 
+/// A child process killed when the test ends, passed or failed (a failed test must not leave
+/// a server holding the default ports).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
     use std::io::{BufRead, BufReader};
@@ -118,15 +129,17 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
         .unwrap()
         .port();
     let hub = format!("127.0.0.1:{port}");
-    let mut up = shoal()
-        .args(["up", "--listen", &hub, "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = KillOnDrop(
+        shoal()
+            .args(["up", "--listen", &hub, "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Wait (bounded) for the ready line; it comes after the dev material note.
-    let stderr = up.stderr.take().unwrap();
+    let stderr = up.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -140,7 +153,6 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
         match rx.recv_timeout(left) {
             Ok(l) => seen.push(l),
             Err(_) => {
-                let _ = up.kill();
                 panic!("shoal up never became ready: {seen:#?}");
             }
         }
@@ -171,7 +183,7 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
         "{stderr}"
     );
     // Ctrl-C: graceful drain, exit 0, bounded in time.
-    let pid = up.id().to_string();
+    let pid = up.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-INT", &pid])
         .status()
@@ -179,11 +191,10 @@ fn up_creates_dev_material_serves_subscribe_and_drains_on_sigint() {
         .success());
     let deadline = shoal::clock::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = up.try_wait().unwrap() {
+        if let Some(s) = up.0.try_wait().unwrap() {
             break s;
         }
         if shoal::clock::now() > deadline {
-            let _ = up.kill();
             panic!("shoal up did not stop within 15 s of SIGINT");
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -11,6 +11,16 @@ use shoal::wire::Role;
 
 use super::common::{TestCluster, SECRET};
 
+/// Ten chunks in a row: past the ones that came with the grant, these came from the shard.
+async fn ten_chunks(sub: &mut shoal::client::Subscription) {
+    for _ in 0..10 {
+        let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a chunk within 5 s");
+        assert!(matches!(next, Some(Ok(Delivery::Chunk(_)))), "{next:?}");
+    }
+}
+
 #[tokio::test]
 async fn grants_carry_routing_cids_of_their_shards_and_attaches_use_them() {
     for profile in ["encrypted", "plaintext", "nlb"] {
@@ -44,13 +54,7 @@ async fn grants_carry_routing_cids_of_their_shards_and_attaches_use_them() {
         // Attaching with the routing CIDs works, 0-RTT included (the second client of the
         // same id resumes with the tickets the first got).
         let mut sub = client.subscribe(&stream).await.unwrap();
-        // Past the chunks that came with the grant: these came from the shard.
-        for _ in 0..10 {
-            let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                .await
-                .expect("a chunk within 5 s");
-            assert!(matches!(next, Some(Ok(Delivery::Chunk(_)))), "{next:?}");
-        }
+        ten_chunks(&mut sub).await;
         let s = sub.stats();
         assert_eq!(
             s.zero_rtt_accepted, s.zero_rtt_attempted,
@@ -95,12 +99,7 @@ async fn a_shard_process_gets_its_quic_lb_configuration_over_the_link() {
     let client = tc.client("lb-remote");
     let stream = StreamName::new("synth/lb-remote").unwrap();
     let mut sub = client.subscribe(&stream).await.unwrap();
-    for _ in 0..10 {
-        let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
-            .await
-            .expect("a chunk within 5 s");
-        assert!(matches!(next, Some(Ok(Delivery::Chunk(_)))), "{next:?}");
-    }
+    ten_chunks(&mut sub).await;
     assert!(sub.stats().zero_rtt_accepted >= 1, "{:?}", sub.stats());
     drop(sub);
     client.close().await;

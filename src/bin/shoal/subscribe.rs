@@ -93,7 +93,7 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
     }
     let s = sub.stats();
     eprintln!(
-        "{chunks} chunks, {} missing, {} duplicated, {} resumes, {bad} integrity failures, 0-RTT {}/{}, ttfb {:.2} ms",
+        "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, {} resumes, 0-RTT {}/{}, ttfb {:.2} ms",
         s.missing,
         s.duplicates,
         s.resumes,

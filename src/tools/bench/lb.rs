@@ -305,7 +305,7 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
             std::fs::read_to_string(lab.dir().join(format!("{name}.log"))).unwrap_or_default();
         let kept = status.is_some_and(|s| s.success())
             && log.contains("rebound the client's socket")
-            && log.contains("150 chunks, 0 missing, 0 duplicated, 0 resumes");
+            && log.contains("150 chunks, 0 missing, 0 duplicated, 0 integrity failures, 0 resumes");
         let misrouted = misrouted_now(&lab) - before;
         let (tv, td) = (
             field(&through, &["ttfb", "p50_us"]),
