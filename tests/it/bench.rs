@@ -61,7 +61,11 @@ fn every_bench_scenario_runs_once_in_quick_mode() {
     assert!(t["rtt_ms"].as_f64().unwrap() >= 20.0);
     assert!(by("fanout")["goodput_gbps"].as_f64().unwrap() > 0.0);
     let m = by("memory");
-    assert_eq!(m["sessions_open_at_measure"].as_f64(), Some(100.0));
+    // The figure divides by the sessions really open when measured. On a loaded machine a
+    // provisional 0-RTT session whose handshake takes over 1 s is closed (PROTOCOL 3.2), so a
+    // few of the 100 may be gone; most must be held.
+    let open = m["sessions_open_at_measure"].as_f64().unwrap();
+    assert!((95.0..=100.0).contains(&open), "{m}");
     assert!(m["kib_per_conn"].as_f64().unwrap() > 0.0);
     let k = by("tickets");
     assert!(k["at_1k_us"].as_f64().unwrap() > 0.0 && k["at_100k_us"].as_f64().unwrap() > 0.0);
