@@ -106,3 +106,48 @@ async fn a_shard_process_gets_its_quic_lb_configuration_over_the_link() {
     tc.cluster.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), remote.wait()).await;
 }
+
+#[tokio::test]
+async fn foreign_cids_and_truncated_headers_at_a_shard_are_dropped_and_counted() {
+    let mut cfg = super::common::config();
+    cfg.lb.enabled = true;
+    let tc = TestCluster::with(cfg.clone());
+    let lb = cfg
+        .lb
+        .config(Some(&KeySchedule::new(&ClusterSecret::from_bytes(SECRET))))
+        .unwrap();
+    let shard = tc.cluster.shards()[0].clone();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A short header with another server's CID (misrouted or forged): dropped, counted.
+    let foreign = lb
+        .encode(&server_id_bytes(999, lb.server_id_len()), &[7; 8])
+        .unwrap();
+    let mut short = vec![0x40];
+    short.extend_from_slice(&foreign);
+    short.extend_from_slice(&[0x5a; 40]);
+    // A long header cut after its CID length, a CID of an unknown config id, and noise.
+    let truncated = [0xc0, 0, 0, 0, 1, 20];
+    // Config id 3 (this cluster's is 0).
+    let mut unknown_config = vec![0x40, 0x60 | (lb.cid_len() as u8 - 1)];
+    unknown_config.extend_from_slice(&[0x11; 50]);
+    for datagram in [&short[..], &truncated, &unknown_config, &[0u8; 3]] {
+        udp.send_to(datagram, shard.addr()).unwrap();
+    }
+    let mut counted = false;
+    for _ in 0..200 {
+        // The foreign CID and the unknown config id.
+        if shard.load().misrouted >= 2 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(counted, "both were counted: {:?}", shard.load());
+    // The shard goes on serving.
+    let client = tc.client("lb-after-garbage");
+    let stream = StreamName::new("synth/lb-after-garbage").unwrap();
+    let mut sub = client.subscribe(&stream).await.unwrap();
+    ten_chunks(&mut sub).await;
+    drop(sub);
+    tc.shutdown().await;
+}
