@@ -192,9 +192,10 @@ impl Cluster {
         let crypto = |tickets: usize| endpoint_crypto(&m.chain, &m.key, tickets, st.session_ttl);
         let endpoint_config = quinn::EndpointConfig::new(reset_key);
         // Behind a QUIC-LB balancer every endpoint issues CIDs that carry its server id.
-        let lb = match cfg.lb.enabled {
-            true => Some(Arc::new(cfg.lb.config(Some(&schedule))?)),
-            false => None,
+        let lb = if cfg.lb.enabled {
+            Some(Arc::new(cfg.lb.config(Some(&schedule))?))
+        } else {
+            None
         };
         let hub_endpoint = match &lb {
             Some(c) => {

@@ -255,19 +255,12 @@ pub fn standbys_of(stream: &StreamName, me: ShardId, peers: &GroupPeers) -> Vec<
         peers.shards.iter().map(|p| p.shard).chain([me]),
     );
     let pos = order.iter().position(|&s| s == me).unwrap_or(0);
-    let mut chosen: Vec<ShardId> = order[..pos].to_vec();
-    chosen.extend(
-        order[pos + 1..]
-            .iter()
-            .chain(&order[..pos])
-            .take(want)
-            .copied(),
-    );
-    chosen.dedup();
-    let mut seen = std::collections::BTreeSet::new();
-    chosen
-        .into_iter()
-        .filter(|s| seen.insert(*s))
+    // Those ahead, then the next `want` after it; wrapping around would only reach shards
+    // ahead of it again (the order has no repeats).
+    order[..pos]
+        .iter()
+        .chain(order[pos + 1..].iter().take(want))
+        .copied()
         .filter_map(|s| peers.shards.iter().find(|p| p.shard == s).cloned())
         // A mirror takes at most this many endpoints.
         .take(crate::mirror::MAX_ENDPOINTS)
