@@ -30,6 +30,9 @@ const ADMIN_PORT: u16 = 4480;
 const SHARD_PORT: u16 = 4500;
 const STREAMS: &str = "synth/netns-a,synth/netns-b";
 
+#[path = "netns/lb.rs"]
+mod lb;
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The lab for one test, or `None` (after saying why) where this machine cannot host one.
@@ -129,7 +132,12 @@ fn start_hub(lab: &mut Lab, name: &str, config: &str) -> Proc {
 
 /// `shoal shard` with a fixed id in group 0.
 fn start_shard(lab: &mut Lab, host: &str, id: u32, config: &str) -> Proc {
-    let a = args(&[
+    start_shard_with(lab, host, id, config, &[])
+}
+
+/// [`start_shard`] with more arguments.
+fn start_shard_with(lab: &mut Lab, host: &str, id: u32, config: &str, extra: &[&str]) -> Proc {
+    let mut a = args(&[
         "shard",
         "--hub",
         &lab.addr("hub", CONTROL_PORT).to_string(),
@@ -142,6 +150,7 @@ fn start_shard(lab: &mut Lab, host: &str, id: u32, config: &str) -> Proc {
         "--config",
         config,
     ]);
+    a.extend(args(extra));
     lab.spawn(host, host, &a)
 }
 
@@ -309,158 +318,6 @@ fn live_stream(lab: &Lab, stream: &str) -> Option<Value> {
         .iter()
         .find(|s| s["stream"] == stream)
         .cloned()
-}
-
-/// The stateless balancer of `shoal lb nftables` in `balancer`, in front of hub and shards:
-/// loads the ruleset (again, when called again) and returns the virtual address.
-fn nftables_balancer(lab: &Lab, config: &str, vip: std::net::Ipv4Addr) -> SocketAddr {
-    nftables_balancer_for(lab, config, vip, &[1, 2])
-}
-
-/// [`nftables_balancer`] routing to the shards `shards` only (1 in shard-a, 2 in shard-b).
-fn nftables_balancer_for(
-    lab: &Lab,
-    config: &str,
-    vip: std::net::Ipv4Addr,
-    shards: &[u32],
-) -> SocketAddr {
-    let vip_addr = SocketAddr::from((vip, 443));
-    let listed: Vec<String> = shards
-        .iter()
-        .map(|&id| {
-            let host = if id == 1 { "shard-a" } else { "shard-b" };
-            format!("--shard={id}={}", lab.addr(host, SHARD_PORT))
-        })
-        .collect();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["lb", "nftables", "--config", config, "--vip"])
-        .arg(vip_addr.to_string())
-        .arg("--hub")
-        .arg(lab.addr("hub", HUB_PORT).to_string())
-        .args(&listed)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("shoal lb nftables");
-    assert!(out.status.success(), "shoal lb nftables: {out:?}");
-    let file = lab.dir().join("lb.nft");
-    std::fs::write(&file, &out.stdout).expect("ruleset file");
-    lab.exec("balancer", &["nft", "-f", &file.display().to_string()])
-        .expect("the ruleset loads");
-    vip_addr
-}
-
-#[test]
-fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let hosts = ["balancer", "hub", "shard-a", "shard-b", "clients"];
-    let Some(mut lab) = lab_of(5, &hosts) else {
-        return;
-    };
-    let vip = std::net::Ipv4Addr::new(10, 77, 5, 100);
-    lab.route_through("balancer", vip, &["hub", "shard-a", "shard-b"], "clients")
-        .expect("balancer routes");
-    let extra = format!(
-        "[lb]\n\
-         enabled = true\n\
-         profile = \"plaintext\"\n\
-         shards_via = \"{vip}:443\"\n"
-    );
-    let config = write_config(&lab, &extra);
-    let _hub = start_hub(&mut lab, "hub", &config);
-    let _a = start_shard(&mut lab, "shard-a", 1, &config);
-    let _b = start_shard(&mut lab, "shard-b", 2, &config);
-    wait_alive(&lab, Duration::from_secs(20), |ids| {
-        ids.contains(&1) && ids.contains(&2)
-    });
-    let vip_addr = nftables_balancer(&lab, &config, vip);
-    // Every client reaches the hub and its shard through the virtual address only.
-    let ca = lab.dir().join("data/ca.pem").display().to_string();
-    let a = args(&[
-        "loadgen",
-        "--hub",
-        &vip_addr.to_string(),
-        "--ca",
-        &ca,
-        "--clients",
-        "30",
-        "--rate",
-        "30",
-        "--hold",
-        "4",
-        "--streams",
-        STREAMS,
-        "--heartbeat-ms",
-        "150",
-        "--json",
-    ]);
-    let run = lab.spawn("clients", "loadgen", &a);
-    // Reloaded mid-stream: stateless rules, so every connection goes on.
-    std::thread::sleep(Duration::from_millis(2500));
-    nftables_balancer(&lab, &config, vip);
-    let status = lab.wait(run, Duration::from_secs(60));
-    eprintln!(
-        "balancer: {}",
-        lab.exec("balancer", &["nft", "list", "ruleset"])
-            .unwrap_or_default()
-    );
-    assert!(status.is_some(), "loadgen still runs");
-    let r = report(&mut lab, run, Duration::from_secs(1));
-    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
-    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
-    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
-    let zero = n(&r, "zero_rtt_accepted") / n(&r, "zero_rtt_attempted").max(1.0);
-    assert!(zero >= 0.99, "0-RTT through the balancer: {zero} ({r})");
-    let m = metrics(&lab).expect("metrics");
-    let misrouted = by_shard(&m, "shoal_shard_misrouted_total");
-    let allocations = by_shard(&m, "shoal_shard_allocations_total");
-    eprintln!("misrouted {misrouted:?}, allocations {allocations:?}");
-    assert_eq!(misrouted.len(), 2, "{m}");
-    assert!(misrouted.values().all(|v| *v == 0.0), "{misrouted:?}");
-    // Both shards were chosen for some clients, and took them.
-    assert!(allocations.values().all(|v| *v >= 1.0), "{allocations:?}");
-
-    // A client that moves to a new local port mid-stream keeps its session: the balancer
-    // routes by CID, not by address.
-    let sub = args(&[
-        "subscribe",
-        "--hub",
-        &vip_addr.to_string(),
-        "--ca",
-        &ca,
-        "--count",
-        "200",
-        "--seconds",
-        "20",
-        "--rebind-after",
-        "1",
-        "--quiet",
-        "synth/netns-rebind",
-    ]);
-    let moving = lab.spawn("clients", "rebinding", &sub);
-    let status = lab.wait(moving, Duration::from_secs(30));
-    let log = std::fs::read_to_string(lab.dir().join("rebinding.log")).unwrap_or_default();
-    eprintln!(
-        "rebinding subscriber: {status:?} {}",
-        log.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
-    );
-    assert!(status.is_some_and(|s| s.success()), "{log}");
-    assert!(log.contains("rebound the client's socket"), "{log}");
-    assert!(
-        log.contains("200 chunks, 0 missing, 0 duplicated, 0 integrity failures, 0 resumes"),
-        "{log}"
-    );
-
-    // A shard taken out of the ruleset: its clients fail over to the other one, no loss.
-    let run = lab.spawn("clients", "loadgen-removal", &a);
-    wait_sessions(&lab, 30.0);
-    nftables_balancer_for(&lab, &config, vip, &[1]);
-    let status = lab.wait(run, Duration::from_secs(60));
-    assert!(status.is_some(), "loadgen still runs");
-    let r = report(&mut lab, run, Duration::from_secs(1));
-    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
-    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
-    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
-    assert!(n(&r, "resumes") >= 1.0, "the clients of shard 2 moved: {r}");
 }
 
 #[test]

@@ -201,7 +201,11 @@ pub fn nginx(listeners: &[(SocketAddr, SocketAddr)]) -> Result<String, RulesErro
         let _ = writeln!(out, "    server {to};");
         let _ = writeln!(out, "  }}");
         let _ = writeln!(out, "  server {{");
-        let _ = writeln!(out, "    listen {listen} udp;");
+        // `reuseport`: one socket per worker, the kernel hashing each client's address and port
+        // to one of them, so a client's datagrams all take the same upstream socket (without
+        // it, workers share one socket and a client's datagrams can leave nginx from several
+        // source ports: the backend sees its connection migrate back and forth).
+        let _ = writeln!(out, "    listen {listen} udp reuseport;");
         let _ = writeln!(out, "    proxy_pass shoal_{i};");
         let _ = writeln!(out, "    proxy_timeout 60s;");
         let _ = writeln!(out, "  }}");
@@ -287,11 +291,12 @@ mod tests {
         ];
         let n = nginx(&l).unwrap();
         assert!(
-            n.contains("listen 10.9.0.1:443 udp;") && n.contains("server 10.9.0.2:4433;"),
+            n.contains("listen 10.9.0.1:443 udp reuseport;") && n.contains("server 10.9.0.2:4433;"),
             "{n}"
         );
         assert!(
-            n.contains("listen 10.9.0.1:4501 udp;") && n.contains("server 10.9.0.3:4500;"),
+            n.contains("listen 10.9.0.1:4501 udp reuseport;")
+                && n.contains("server 10.9.0.3:4500;"),
             "{n}"
         );
         assert!(n.contains("hash $remote_addr consistent;"), "{n}");

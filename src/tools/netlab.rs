@@ -189,6 +189,18 @@ impl Lab {
 
     /// Starts `shoal ARGS` in a host; stdout goes to `<name>.out`, stderr to `<name>.log`.
     pub fn spawn(&mut self, host: &str, name: &str, args: &[String]) -> Proc {
+        let program = self.program.clone();
+        self.spawn_program(host, name, &program, args)
+    }
+
+    /// [`Lab::spawn`] for another program (a balancer such as nginx, in the foreground).
+    pub fn spawn_program(
+        &mut self,
+        host: &str,
+        name: &str,
+        program: &Path,
+        args: &[String],
+    ) -> Proc {
         use std::os::unix::process::CommandExt;
         let file = |ext: &str| {
             std::fs::File::create(self.dir().join(format!("{name}.{ext}")))
@@ -196,7 +208,7 @@ impl Lab {
         };
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(host)])
-            .arg(&self.program)
+            .arg(program)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
