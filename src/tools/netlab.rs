@@ -274,6 +274,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Sends what `host` sends to the hosts `dests` through `router` (`on`), or straight
+    /// over the bridge again (`!on`): a control path with the balancer's host as a plain
+    /// router, the same hops as through the balancer without its rules.
+    pub fn route_via(
+        &self,
+        host: &str,
+        dests: &[&str],
+        router: &str,
+        on: bool,
+    ) -> Result<(), String> {
+        let via = self.ip(router).to_string();
+        for d in dests {
+            let to = format!("{}/32", self.ip(d));
+            if on {
+                self.exec(host, &["ip", "route", "replace", &to, "via", &via])?;
+            } else {
+                // Absent already is fine.
+                let _ = self.exec(host, &["ip", "route", "del", &to]);
+            }
+        }
+        Ok(())
+    }
+
     /// The process id (`ip netns exec` became shoal, so it is shoal's).
     pub fn pid(&self, p: Proc) -> u32 {
         self.procs[p.0].1.id()

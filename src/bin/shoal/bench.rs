@@ -107,7 +107,7 @@ async fn bench_lb(a: &BenchArgs) -> Result<()> {
     use shoal::tools::bench::lb::{run, LbBenchOptions};
     let o = LbBenchOptions {
         rounds: if a.quick { 1 } else { a.rounds },
-        clients: if a.quick { 4 } else { 20 },
+        clients: if a.quick { 4 } else { 30 },
         program: std::env::current_exe().context("finding the shoal executable")?,
     };
     eprintln!(
@@ -118,10 +118,11 @@ async fn bench_lb(a: &BenchArgs) -> Result<()> {
         .await
         .context("the lab thread")??;
     println!(
-        "lb  misrouted {}  0-RTT {:.3}  ttfb_ratio {:.3}  migrations kept {}/{}  goal {}  {}",
+        "lb  misrouted {}  0-RTT {:.3}  ttfb_ratio {:.3} (with the hop {:.3})  migrations kept {}/{}  goal {}  {}",
         r.misrouted,
         r.zero_rtt_acceptance,
         r.ttfb_ratio,
+        r.ttfb_ratio_extra_hop,
         r.migrations_kept,
         r.migrations_tried,
         r.goal,

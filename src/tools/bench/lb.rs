@@ -4,11 +4,16 @@
 //! Network namespaces (root): `balancer` owns the virtual address; `hub`, `shard-a`, `shard-b`
 //! run two clusters side by side — A behind the balancer (`lb.profile = "plaintext"`, grants
 //! naming the virtual address), B direct (no QUIC-LB, grants naming each shard) — and
-//! `clients` runs `shoal loadgen` against each, in alternating order per round. Figures per
+//! `shoal loadgen` runs three ways per round, all at once: through the
+//! balancer (A), direct to B with the balancer's host as a plain router on the way (the same
+//! hops, none of the balancer's rules), and direct to B straight over the bridge. Figures per
 //! round: `misrouted` (packets at A's shards carrying another server's CID), 0-RTT acceptance
-//! through the balancer, `ttfb_ratio` (median time to first byte via the balancer ÷ direct),
-//! and `migrations_kept` (a subscriber through the balancer that moves to a new local port
-//! mid-stream keeps its session: no resume, nothing missing).
+//! through the balancer, `ttfb_ratio` (median time to first byte via the balancer ÷ direct
+//! through the same router: what the balancer's rules and routable CIDs cost),
+//! `ttfb_ratio_extra_hop` (via the balancer ÷ direct with no router: that plus the forwarding
+//! hop itself, a software bridge crossing here), and `migrations_kept` (a subscriber through
+//! the balancer that moves to a new local port mid-stream keeps its session: no resume,
+//! nothing missing).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,7 +24,16 @@ use serde::Serialize;
 use super::BenchError;
 use crate::tools::netlab::{self, Lab};
 
-const HOSTS: [&str; 5] = ["balancer", "hub", "shard-a", "shard-b", "clients"];
+/// `clients` reaches the direct cluster straight over the bridge, `clients-routed` through
+/// the balancer's host as a plain router (both ways).
+const HOSTS: [&str; 6] = [
+    "balancer",
+    "hub",
+    "shard-a",
+    "shard-b",
+    "clients",
+    "clients-routed",
+];
 /// The lab's subnet (10.77.<n>.0/24), apart from the tests' ones.
 const SUBNET: u8 = 41;
 const VIP_PORT: u16 = 443;
@@ -40,8 +54,12 @@ pub struct LbRound {
     pub misrouted: f64,
     pub zero_rtt_acceptance: f64,
     pub ttfb_via_us: f64,
+    /// Direct, through the balancer's host as a plain router.
     pub ttfb_direct_us: f64,
+    /// Direct, straight over the bridge.
+    pub ttfb_straight_us: f64,
     pub ttfb_ratio: f64,
+    pub ttfb_ratio_extra_hop: f64,
     pub migration_kept: bool,
 }
 
@@ -54,6 +72,7 @@ pub struct LbReport {
     pub misrouted: f64,
     pub zero_rtt_acceptance: f64,
     pub ttfb_ratio: f64,
+    pub ttfb_ratio_extra_hop: f64,
     pub migrations_kept: usize,
     pub migrations_tried: usize,
     pub goal: &'static str,
@@ -162,38 +181,47 @@ fn balance(lab: &Lab, c: &Cluster, vip: Ipv4Addr, shard_port: u16) -> Result<(),
 }
 
 /// `shoal loadgen` from `clients` against `hub`; its JSON report.
-fn loadgen(
+/// `shoal loadgen` arms started together from their client hosts, each
+/// `(host, name, hub, ca)`; their JSON reports in the same order.
+fn loadgens(
     lab: &mut Lab,
-    name: &str,
-    hub: SocketAddr,
-    ca: &Path,
+    arms: &[(&str, String, SocketAddr, &Path)],
     clients: u32,
-) -> Result<serde_json::Value, BenchError> {
-    let a = [
-        "loadgen",
-        "--hub",
-        &hub.to_string(),
-        "--ca",
-        &ca.display().to_string(),
-        "--clients",
-        &clients.to_string(),
-        "--rate",
-        &(clients * 2).to_string(),
-        "--hold",
-        "2",
-        "--streams",
-        STREAMS,
-        "--heartbeat-ms",
-        "150",
-        "--json",
-    ];
-    let p = lab.spawn("clients", name, &strings(&a));
-    let status = lab.wait(p, Duration::from_secs(90));
-    let out = lab.stdout(p);
-    match (status, netlab::last_json(&out)) {
-        (Some(s), Some(j)) if s.success() => Ok(j),
-        (s, _) => Err(err(format!("{name}: loadgen ended {s:?}: {out}"))),
+) -> Result<Vec<serde_json::Value>, BenchError> {
+    let procs: Vec<_> = arms
+        .iter()
+        .map(|(host, name, hub, ca)| {
+            let a = [
+                "loadgen",
+                "--hub",
+                &hub.to_string(),
+                "--ca",
+                &ca.display().to_string(),
+                "--clients",
+                &clients.to_string(),
+                "--rate",
+                &(clients * 2).to_string(),
+                "--hold",
+                "2",
+                "--streams",
+                STREAMS,
+                "--heartbeat-ms",
+                "150",
+                "--json",
+            ];
+            lab.spawn(host, name, &strings(&a))
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for (p, (_, name, _, _)) in procs.into_iter().zip(arms) {
+        let status = lab.wait(p, Duration::from_secs(90));
+        let out = lab.stdout(p);
+        match (status, netlab::last_json(&out)) {
+            (Some(s), Some(j)) if s.success() => reports.push(j),
+            (s, _) => return Err(err(format!("{name}: loadgen ended {s:?}: {out}"))),
+        }
     }
+    Ok(reports)
 }
 
 fn field(j: &serde_json::Value, path: &[&str]) -> f64 {
@@ -210,8 +238,15 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
     }
     let mut lab = Lab::new(SUBNET, &HOSTS, &opts.program).map_err(err)?;
     let vip = Ipv4Addr::new(10, 77, SUBNET, 100);
-    lab.route_through("balancer", vip, &["hub", "shard-a", "shard-b"], "clients")
+    let backends = ["hub", "shard-a", "shard-b"];
+    lab.route_through("balancer", vip, &backends, "clients")
         .map_err(err)?;
+    lab.route_via("clients-routed", &backends, "balancer", true)
+        .map_err(err)?;
+    for host in backends {
+        lab.route_via(host, &["clients-routed"], "balancer", true)
+            .map_err(err)?;
+    }
     let via = start_cluster(
         &mut lab,
         "via",
@@ -238,44 +273,39 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
     let mut rounds = Vec::new();
     for r in 0..opts.rounds {
         let before = misrouted_now(&lab);
-        let (through, straight) = if r % 2 == 0 {
-            let t = loadgen(
-                &mut lab,
-                &format!("via-{r}"),
-                vip_addr,
-                &ca_via,
-                opts.clients,
-            )?;
+        // The three arms at once, so the machine's noise falls on all of them alike, started
+        // in an order that rotates per round (none always gets the head start).
+        let arms = [
+            ("clients", format!("via-{r}"), vip_addr, ca_via.as_path()),
             (
-                t,
-                loadgen(
-                    &mut lab,
-                    &format!("direct-{r}"),
-                    direct.hub,
-                    &ca_direct,
-                    opts.clients,
-                )?,
-            )
-        } else {
-            let s = loadgen(
-                &mut lab,
-                &format!("direct-{r}"),
+                "clients-routed",
+                format!("direct-{r}"),
                 direct.hub,
-                &ca_direct,
-                opts.clients,
-            )?;
+                ca_direct.as_path(),
+            ),
             (
-                loadgen(
-                    &mut lab,
-                    &format!("via-{r}"),
-                    vip_addr,
-                    &ca_via,
-                    opts.clients,
-                )?,
-                s,
-            )
-        };
-        for (name, j) in [("via", &through), ("direct", &straight)] {
+                "clients",
+                format!("straight-{r}"),
+                direct.hub,
+                ca_direct.as_path(),
+            ),
+        ];
+        let order: Vec<usize> = (0..3).map(|i| (i + r) % 3).collect();
+        let started: Vec<_> = order.iter().map(|&i| arms[i].clone()).collect();
+        let mut reports = vec![serde_json::Value::Null; 3];
+        for (j, &i) in loadgens(&mut lab, &started, opts.clients)?
+            .into_iter()
+            .zip(&order)
+        {
+            reports[i] = j;
+        }
+        let [through, routed, straight] = <[serde_json::Value; 3]>::try_from(reports)
+            .unwrap_or_else(|_| unreachable!("three arms"));
+        for (name, j) in [
+            ("via", &through),
+            ("direct", &routed),
+            ("straight", &straight),
+        ] {
             if field(j, &["failed"]) != 0.0 || field(j, &["chunks_missing"]) != 0.0 {
                 return Err(err(format!(
                     "round {r}: the {name} clients failed or lost chunks: {j}"
@@ -307,21 +337,21 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
             && log.contains("rebound the client's socket")
             && log.contains("150 chunks, 0 missing, 0 duplicated, 0 integrity failures, 0 resumes");
         let misrouted = misrouted_now(&lab) - before;
-        let (tv, td) = (
-            field(&through, &["ttfb", "p50_us"]),
-            field(&straight, &["ttfb", "p50_us"]),
-        );
+        let ttfb = |j: &serde_json::Value| field(j, &["ttfb", "p50_us"]);
+        let (tv, td, ts) = (ttfb(&through), ttfb(&routed), ttfb(&straight));
         let round = LbRound {
             misrouted,
             zero_rtt_acceptance: field(&through, &["zero_rtt_accepted"])
                 / field(&through, &["zero_rtt_attempted"]).max(1.0),
             ttfb_via_us: tv,
             ttfb_direct_us: td,
+            ttfb_straight_us: ts,
             ttfb_ratio: tv / td,
+            ttfb_ratio_extra_hop: tv / ts,
             migration_kept: kept,
         };
         progress(&format!(
-            "bench lb round {}/{}: misrouted {}, 0-RTT {:.3}, ttfb {:.0} µs via / {:.0} µs direct = {:.3}, migration kept {}",
+            "bench lb round {}/{}: misrouted {}, 0-RTT {:.3}, ttfb {:.0} µs via / {:.0} µs direct through the router = {:.3} ({:.0} µs straight: {:.3}), migration kept {}",
             r + 1,
             opts.rounds,
             round.misrouted,
@@ -329,6 +359,8 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
             tv,
             td,
             round.ttfb_ratio,
+            ts,
+            round.ttfb_ratio_extra_hop,
             kept
         ));
         rounds.push(round);
@@ -337,6 +369,7 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
     let misrouted = rounds.iter().map(|r| r.misrouted).sum::<f64>();
     let zero = med(|r| r.zero_rtt_acceptance);
     let ratio = med(|r| r.ttfb_ratio);
+    let extra_hop = med(|r| r.ttfb_ratio_extra_hop);
     let kept = rounds.iter().filter(|r| r.migration_kept).count();
     Ok(LbReport {
         scenario: "lb",
@@ -345,6 +378,7 @@ pub fn run(opts: &LbBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<LbRe
         misrouted,
         zero_rtt_acceptance: zero,
         ttfb_ratio: ratio,
+        ttfb_ratio_extra_hop: extra_hop,
         migrations_kept: kept,
         migrations_tried: rounds.len(),
         goal: "misrouted 0, zero_rtt_acceptance >= 0.99, ttfb_ratio <= 1.05",
