@@ -14,6 +14,8 @@
 //! | `DELETE /mirrors/{stream}` | 200 `{"stream","stopped":true}` after a graceful stop |
 //! | `POST /mirrors/{stream}/endpoints` `{"addr","rank"?}` | 201 `{"stream","addr","id"}` |
 //! | `DELETE /mirrors/{stream}/endpoints/{addr}` | 200 `{"stream","addr","id","removed":true}` |
+//! | `GET /lb` | `{"enabled","config_id","rotations"}`: the QUIC-LB configuration new CIDs carry |
+//! | `POST /lb/rotate` | 200 `{"from","to","shards"}`: the next config id (and its key) is current on the hub and every shard told; 409 `lb_disabled` when QUIC-LB is off |
 //! | `GET /live` | `[`[`LiveStream`]`]`: each live stream's primary, standbys with their lag, copies and promotions, from the shards' reports |
 //! | `GET /metrics` | Prometheus text ([`metrics`]) |
 //!
@@ -89,6 +91,8 @@ pub enum AdminError {
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error("QUIC-LB is off (lb.enabled = false): there is no configuration to rotate")]
+    LbDisabled,
 }
 
 impl AdminError {
@@ -104,7 +108,7 @@ impl AdminError {
             | AdminError::UnknownEndpoint { .. }
             | AdminError::NotFound { .. } => 404,
             AdminError::MethodNotAllowed { .. } => 405,
-            AdminError::MirrorExists(_) => 409,
+            AdminError::MirrorExists(_) | AdminError::LbDisabled => 409,
             AdminError::Start(_) => 500,
             AdminError::NoShard => 503,
             AdminError::Rejected(e) => match e {
@@ -135,6 +139,7 @@ impl AdminError {
             AdminError::Start(_) => "mirror_start_failed",
             AdminError::NotFound { .. } => "not_found",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
+            AdminError::LbDisabled => "lb_disabled",
             AdminError::Rejected(e) => match e {
                 MirrorError::NoEndpoints => "no_endpoints",
                 MirrorError::DuplicateEndpoint(_) => "duplicate_endpoint",
@@ -167,6 +172,8 @@ pub struct AdminState {
     pub hub: Option<Arc<HubCounters>>,
     /// The identity mirrors present to receivers.
     pub identity: MirrorIdentity,
+    /// The hub's links (QUIC-LB rotation), where this admin server fronts a hub.
+    pub links: Option<crate::hub::links::Links>,
 }
 
 impl AdminState {
@@ -183,6 +190,7 @@ impl AdminState {
                 launcher: cluster.launcher.clone(),
             },
             hub: Some(cluster.hub.shared_counters()),
+            links: Some(cluster.hub.links().clone()),
             identity: MirrorIdentity {
                 server_name: cluster.cluster.clone(),
                 ca: cluster.ca.clone(),
@@ -198,6 +206,7 @@ struct Inner {
     mirrors: MirrorManager,
     hub: Option<Arc<HubCounters>>,
     shards: ShardSources,
+    links: Option<crate::hub::links::Links>,
 }
 
 type Shared = State<Arc<Inner>>;
@@ -224,6 +233,7 @@ impl Admin {
             mirrors: MirrorManager::new(state.shards.clone(), state.identity),
             hub: state.hub,
             shards: state.shards,
+            links: state.links,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(inner.clone());
@@ -305,6 +315,8 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/live", get(live_streams))
+        .route("/lb", get(lb_state))
+        .route("/lb/rotate", axum::routing::post(lb_rotate))
         .route("/mirrors", get(list_mirrors).post(create_mirror))
         .route(
             "/mirrors/{*rest}",
@@ -380,6 +392,26 @@ async fn live_streams(State(s): Shared) -> impl IntoResponse {
         .cloned()
         .collect();
     Json(live_streams_of(&records))
+}
+
+async fn lb_state(State(s): Shared) -> Json<serde_json::Value> {
+    let links = s.links.as_ref();
+    Json(match links.and_then(|l| l.lb_state()) {
+        Some((config_id, rotations)) => {
+            json!({ "enabled": true, "config_id": config_id, "rotations": rotations })
+        }
+        None => json!({ "enabled": false }),
+    })
+}
+
+async fn lb_rotate(State(s): Shared) -> Result<Json<serde_json::Value>, AdminError> {
+    let (from, to, shards) = s
+        .links
+        .as_ref()
+        .and_then(|l| l.rotate_lb())
+        .ok_or(AdminError::LbDisabled)?;
+    info!(from, to, shards, "admin: QUIC-LB configuration rotated");
+    Ok(Json(json!({ "from": from, "to": to, "shards": shards })))
 }
 
 async fn metrics_text(State(s): Shared) -> impl IntoResponse {

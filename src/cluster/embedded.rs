@@ -32,7 +32,7 @@ pub(super) struct LauncherInner {
     pub(super) token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     pub(super) endpoint_config: quinn::EndpointConfig,
     /// Behind a QUIC-LB balancer: every shard's CIDs carry its server id.
-    pub(super) lb: Option<Arc<crate::lb::LbConfig>>,
+    pub(super) lb: Option<crate::lb::LbPlan>,
     pub(super) streams: StreamSettings,
     pub(super) shards: crate::cluster::config::ShardsConfig,
     pub(super) heartbeat: Duration,
@@ -91,11 +91,12 @@ impl EmbeddedLauncher {
         );
         let (hub_end, shard_end) = crate::link::channel::pair();
         let s = &f.shards;
-        let (endpoint_config, lb) = match &f.lb {
+        let (endpoint_config, lb) = match f.lb.as_ref().map(crate::lb::LbPlan::current) {
             Some(c) => {
                 let h = crate::lb::LbHandle::new(c.cid_len());
                 let sid = crate::lb::server_id_bytes(id.0, c.server_id_len());
-                h.set(c.clone(), sid).map_err(|e| LaunchError::Start {
+                // The hub's `lb` command on the link installs rotations later.
+                h.set(c, sid).map_err(|e| LaunchError::Start {
                     shard: id,
                     source: Box::new(ClusterError::Lb(e)),
                 })?;

@@ -193,15 +193,16 @@ impl Cluster {
         let endpoint_config = quinn::EndpointConfig::new(reset_key);
         // Behind a QUIC-LB balancer every endpoint issues CIDs that carry its server id.
         let lb = if cfg.lb.enabled {
-            Some(Arc::new(cfg.lb.config(Some(&schedule))?))
+            Some(cfg.lb.plan(Some(&schedule))?)
         } else {
             None
         };
         let hub_endpoint = match &lb {
-            Some(c) => {
+            Some(plan) => {
+                let c = plan.current();
                 let h = crate::lb::LbHandle::new(c.cid_len());
                 let sid = crate::lb::server_id_bytes(crate::lb::HUB_SERVER_ID, c.server_id_len());
-                h.set(c.clone(), sid)?;
+                plan.attach(h.clone(), sid)?;
                 crate::lb::with_cids(endpoint_config.clone(), &h)
             }
             None => endpoint_config.clone(),

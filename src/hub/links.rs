@@ -148,7 +148,7 @@ struct Inner {
     peers_dirty: Mutex<std::collections::BTreeSet<crate::ids::GroupId>>,
     peers_changed: tokio::sync::Notify,
     /// Behind a QUIC-LB balancer: the configuration every shard's CIDs use.
-    lb: Mutex<Option<Arc<crate::lb::LbConfig>>>,
+    lb: Mutex<Option<crate::lb::LbPlan>>,
 }
 
 impl Links {
@@ -180,9 +180,51 @@ impl Links {
         }
     }
 
-    /// The QUIC-LB configuration shards get on their links (`lb`).
-    pub fn set_lb(&self, config: Option<Arc<crate::lb::LbConfig>>) {
-        *lock(&self.inner.lb) = config;
+    /// The QUIC-LB configurations shards get on their links (`lb`): the plan's current one.
+    pub fn set_lb(&self, plan: Option<crate::lb::LbPlan>) {
+        *lock(&self.inner.lb) = plan;
+    }
+
+    /// Rotates the QUIC-LB configuration ([`crate::lb::LbPlan::rotate`]): the hub's endpoint
+    /// at once, every registered shard over its link. Returns the config ids before and after
+    /// and the shards told (a shard whose link is full is not; it gets the current one when
+    /// it registers again). `None`: QUIC-LB is off.
+    pub fn rotate_lb(&self) -> Option<(u8, u8, usize)> {
+        let plan = lock(&self.inner.lb).clone()?;
+        let (before, after) = plan.rotate();
+        let senders = lock(&self.inner.senders);
+        let mut told = 0;
+        for (shard, tx) in senders.iter() {
+            if tx.try_send(HubCmd::Lb(plan.params_for(shard.0))).is_ok() {
+                told += 1;
+            } else {
+                warn!(
+                    shard = shard.0,
+                    "no room for the rotated QUIC-LB configuration on its link"
+                );
+            }
+        }
+        info!(
+            from = before.config_id(),
+            to = after.config_id(),
+            shards = told,
+            "QUIC-LB configuration rotated"
+        );
+        Some((before.config_id(), after.config_id(), told))
+    }
+
+    /// The current config id and the rotations so far, where QUIC-LB is on.
+    pub fn lb_state(&self) -> Option<(u8, u64)> {
+        lock(&self.inner.lb)
+            .as_ref()
+            .map(|p| (p.current().config_id(), p.rotations()))
+    }
+
+    /// The current QUIC-LB configuration, where QUIC-LB is on.
+    pub fn lb_config(&self) -> Option<Arc<crate::lb::LbConfig>> {
+        lock(&self.inner.lb)
+            .as_ref()
+            .map(crate::lb::LbPlan::current)
     }
 
     /// Standby copies each live stream keeps (told to the shards with their peers).
@@ -241,14 +283,8 @@ impl Links {
                 );
             }
         }
-        if let Some(c) = lock(&self.inner.lb).as_ref() {
-            let params = crate::lb::LbParams {
-                config_id: c.config_id(),
-                server_id_len: c.server_id_len() as u8,
-                nonce_len: c.nonce_len() as u8,
-                key: c.key().map(|k| bytes::Bytes::copy_from_slice(&k)),
-                server_id: crate::lb::server_id_bytes(reg.shard.0, c.server_id_len()).into(),
-            };
+        if let Some(plan) = lock(&self.inner.lb).as_ref() {
+            let params = plan.params_for(reg.shard.0);
             if end.commands.try_send(HubCmd::Lb(params)).is_err() {
                 warn!(
                     shard = reg.shard.0,

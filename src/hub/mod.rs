@@ -80,7 +80,7 @@ pub struct HubParams {
     pub live_standbys: u32,
     /// Behind a QUIC-LB balancer: the configuration (grants carry routing CIDs for each shard)
     /// and the balancer's address grants name for the shards.
-    pub lb: Option<(Arc<crate::lb::LbConfig>, Option<SocketAddr>)>,
+    pub lb: Option<(crate::lb::LbPlan, Option<SocketAddr>)>,
     pub token_ttl: Duration,
     pub synthetic: SyntheticSpec,
     pub request_timeout: Duration,
@@ -96,7 +96,9 @@ struct HubState {
     arrivals: ArrivalsHandle,
     placer: Mutex<Box<dyn Placer>>,
     grant_shards: usize,
-    lb: Option<(Arc<crate::lb::LbConfig>, Option<SocketAddr>)>,
+    /// The balancer's address grants name for the shards (QUIC-LB on); the configuration
+    /// itself is the links' plan (it rotates).
+    shards_via: Option<SocketAddr>,
     token_ttl: Duration,
     synthetic: SyntheticSpec,
     request_timeout: Duration,
@@ -196,7 +198,7 @@ impl Hub {
         let silence = links.spawn_silence_timer();
         let rotation = links.spawn_key_rotation();
         links.set_live_standbys(p.live_standbys);
-        links.set_lb(p.lb.as_ref().map(|(c, _)| c.clone()));
+        links.set_lb(p.lb.as_ref().map(|(plan, _)| plan.clone()));
         let peers = links.spawn_peer_announcer();
         let state = Arc::new(HubState {
             tokens: p.tokens,
@@ -205,7 +207,7 @@ impl Hub {
             arrivals: ArrivalsHandle::default(),
             placer: Mutex::new(p.placer),
             grant_shards: p.grant_shards,
-            lb: p.lb,
+            shards_via: p.lb.and_then(|(_, via)| via),
             token_ttl: p.token_ttl,
             synthetic: p.synthetic,
             request_timeout: p.request_timeout,
@@ -724,9 +726,10 @@ fn grant(
     }
     debug!(token = ?claims.id, group = decision.group.0, client = %req.client_id, "granted");
     let ids = decision.shards.iter().map(|s| s.id).collect();
-    let via = state.lb.as_ref().and_then(|(_, via)| *via);
-    let route = |id: ShardId| match &state.lb {
-        Some((config, _)) => route_cids(config, id),
+    let lb = state.links.lb_config();
+    let via = lb.as_ref().and(state.shards_via);
+    let route = |id: ShardId| match &lb {
+        Some(config) => route_cids(config, id),
         None => Vec::new(),
     };
     Ok((grant::reply(&decision, &claims, token, via, route), ids))

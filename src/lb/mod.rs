@@ -6,9 +6,18 @@
 //! configuration (config id, key, server id) is installed later — by the hub over the link, for
 //! a shard in another process. Until then the endpoint issues *unroutable* CIDs (config id
 //! 0b111, the draft's rule for a server with no configuration), of the same length.
+//!
+//! **Rotation** goes through the config id ([`LbPlan`]): each of the seven ids has its own
+//! key from the cluster key schedule, and rotating makes the next id current on the hub and,
+//! over the link, on every shard. New CIDs carry the new id at once; an endpoint keeps
+//! recognising the CIDs of the configurations it had before (its connections keep theirs:
+//! quinn looks a known CID up before it asks the generator anything).
 
 pub mod cid;
+mod plan;
 pub mod rules;
+
+pub use plan::LbPlan;
 
 use std::sync::{Arc, RwLock};
 
@@ -79,13 +88,31 @@ impl LbParams {
 #[derive(Clone)]
 pub struct LbHandle {
     cid_len: usize,
-    current: Arc<RwLock<Option<Installed>>>,
+    configs: Arc<RwLock<Configs>>,
     /// Packets that reached this endpoint with another server's CID (misrouted or forged).
     foreign: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A configuration and this endpoint's server id in it.
 type Installed = (Arc<LbConfig>, Vec<u8>);
+
+/// The configuration new CIDs use, and the ones before it (one per config id, at most six):
+/// CIDs they issued still belong to this endpoint.
+#[derive(Default)]
+struct Configs {
+    current: Option<Installed>,
+    earlier: Vec<Installed>,
+}
+
+impl Configs {
+    /// The installed configuration that CIDs of `config_id` belong to.
+    fn of(&self, config_id: u8) -> Option<&Installed> {
+        self.current
+            .iter()
+            .chain(&self.earlier)
+            .find(|(c, _)| c.config_id() == config_id)
+    }
+}
 
 impl std::fmt::Debug for LbHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,7 +129,7 @@ impl LbHandle {
     pub fn new(cid_len: usize) -> Self {
         Self {
             cid_len: cid_len.clamp(5, cid::MAX_CID_LEN),
-            current: Arc::default(),
+            configs: Arc::default(),
             foreign: Arc::default(),
         }
     }
@@ -112,13 +139,20 @@ impl LbHandle {
     }
 
     pub fn configured(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.read().current.is_some()
     }
 
-    /// Installs `config` with this endpoint's `server_id`; new CIDs carry it from now on.
+    /// The config id new CIDs carry (`None` before any configuration).
+    pub fn config_id(&self) -> Option<u8> {
+        self.read().current.as_ref().map(|(c, _)| c.config_id())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Configs> {
+        self.configs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Installs `config` with this endpoint's `server_id`; new CIDs carry it from now on, and
+    /// the configuration it replaces (another config id) is still recognised.
     pub fn set(&self, config: Arc<LbConfig>, server_id: Vec<u8>) -> Result<(), LbError> {
         if config.cid_len() != self.cid_len {
             return Err(LbError::WrongLength {
@@ -132,14 +166,21 @@ impl LbHandle {
                 want: config.server_id_len(),
             });
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((config, server_id));
+        let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
+        let id = config.config_id();
+        configs.earlier.retain(|(c, _)| c.config_id() != id);
+        if let Some(before) = configs.current.take() {
+            if before.0.config_id() != id {
+                configs.earlier.push(before);
+            }
+        }
+        configs.current = Some((config, server_id));
         Ok(())
     }
 
     /// One CID: routable to this endpoint once configured, unroutable before.
     pub fn cid(&self) -> Vec<u8> {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        match &*current {
+        match &self.read().current {
             Some((config, sid)) => {
                 let nonce = random(config.nonce_len());
                 config
@@ -167,11 +208,15 @@ impl LbHandle {
     }
 
     /// Whether a client's first packet with destination CID `cid` was meant for this endpoint:
-    /// its server id is ours (true when nothing is configured yet, or the CID is not QUIC-LB
-    /// at all: a client that did not route, such as one talking to the hub directly).
+    /// its server id is ours in the configuration its config id names. True when that is no
+    /// configuration this endpoint knows (or none is installed yet): a client's first CID is
+    /// its own choice, random unless it routes (a client talking to the hub, or straight to a
+    /// shard), and the draft has balancers send those to a fallback, not drop them.
     pub fn routes_here(&self, cid: &[u8]) -> bool {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        match &*current {
+        let Some(id) = LbConfig::config_id_of(cid) else {
+            return true;
+        };
+        match self.read().of(id) {
             Some((config, sid)) => config.decode_server_id(cid).map_or(true, |s| &s == sid),
             None => true,
         }
@@ -182,11 +227,13 @@ impl LbHandle {
         if cid.len() != self.cid_len {
             return false;
         }
-        if LbConfig::config_id_of(cid) == Some(cid::UNROUTABLE) {
+        let Some(id) = LbConfig::config_id_of(cid) else {
+            return false;
+        };
+        if id == cid::UNROUTABLE {
             return true;
         }
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        match &*current {
+        match self.read().of(id) {
             Some((config, sid)) => config.decode_server_id(cid).is_ok_and(|s| &s == sid),
             None => false,
         }
@@ -261,6 +308,43 @@ mod tests {
         assert!(g.validate(&quinn::ConnectionId::new(&[0x20; 8])).is_err());
         assert!(h.set(c.clone(), vec![1, 2]).is_err());
         assert!(LbHandle::new(9).set(c, server_id_bytes(1, 4)).is_err());
+    }
+
+    #[test]
+    fn after_a_rotation_the_cids_of_the_configuration_before_are_still_ours() {
+        let c0 = Arc::new(LbConfig::new(0, 4, 8, Some([7; 16])).unwrap());
+        let c1 = Arc::new(LbConfig::new(1, 4, 8, Some([9; 16])).unwrap());
+        let h = LbHandle::new(13);
+        let g = Generator(h.clone());
+        let sid = server_id_bytes(42, 4);
+        h.set(c0.clone(), sid.clone()).unwrap();
+        let old = h.cid();
+        h.set(c1.clone(), sid.clone()).unwrap();
+        assert_eq!(h.config_id(), Some(1));
+        let new = h.cid();
+        assert_eq!((old[0] >> 5, new[0] >> 5), (0, 1));
+        for cid in [&old, &new] {
+            assert!(g.validate(&quinn::ConnectionId::new(cid)).is_ok());
+            assert!(h.routes_here(cid));
+        }
+        // Another server's CIDs are foreign in either configuration.
+        let other = server_id_bytes(43, 4);
+        for c in [&c0, &c1] {
+            let theirs = c.encode(&other, &[1; 8]).unwrap();
+            assert!(g.validate(&quinn::ConnectionId::new(&theirs)).is_err());
+            assert!(!h.routes_here(&theirs));
+        }
+        // A config id this endpoint never had: not its own CID (a short header is dropped),
+        // but a first packet with it is a client's own choice, served.
+        let mut unknown = new.clone();
+        unknown[0] = 3 << 5 | (unknown[0] & 0x1f);
+        assert!(g.validate(&quinn::ConnectionId::new(&unknown)).is_err());
+        assert!(h.routes_here(&unknown));
+        // Back to config 0: one entry per config id, the current one first.
+        h.set(c0, sid).unwrap();
+        assert_eq!(h.config_id(), Some(0));
+        assert_eq!(h.read().earlier.len(), 1);
+        assert!(g.validate(&quinn::ConnectionId::new(&new)).is_ok());
     }
 
     #[test]

@@ -151,3 +151,105 @@ async fn foreign_cids_and_truncated_headers_at_a_shard_are_dropped_and_counted()
     drop(sub);
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rotation_moves_new_cids_and_grants_to_the_next_config_id_and_keeps_every_connection() {
+    use shoal::admin::{Admin, AdminState};
+    let mut cfg = super::common::config();
+    cfg.lb.enabled = true;
+    cfg.lb.config_id = 6;
+    let tc = TestCluster::with(cfg.clone());
+    let schedule = KeySchedule::new(&ClusterSecret::from_bytes(SECRET));
+    let config_of = |id: u8| {
+        let mut s = cfg.lb.clone();
+        s.config_id = id;
+        s.config(Some(&schedule)).unwrap()
+    };
+    let m = super::common::material();
+    let state = AdminState::for_cluster(&tc.cluster, m.chain, m.key);
+    let (admin, addr) =
+        Admin::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), state).unwrap();
+    let call =
+        |method: &'static str, path: &'static str| super::admin::call(addr, method, path, None);
+    assert_eq!(
+        call("GET", "/lb").await.json().unwrap(),
+        serde_json::json!({ "enabled": true, "config_id": 6, "rotations": 0 })
+    );
+
+    // A subscriber attached under config 6.
+    let client = tc.client("lb-rotation");
+    let stream = StreamName::new("synth/lb-rotation").unwrap();
+    let mut before = client.subscribe(&stream).await.unwrap();
+    ten_chunks(&mut before).await;
+
+    let r = call("POST", "/lb/rotate").await;
+    assert!(r.is_success(), "{}", r.error_message());
+    let body = r.json().unwrap();
+    assert_eq!(
+        (&body["from"], &body["to"]),
+        (&6.into(), &0.into()),
+        "6 wraps to 0: {body}"
+    );
+    assert_eq!(body["shards"], tc.cluster.shards().len(), "{body}");
+    // Every shard issues CIDs of config 0 once its link delivered the command.
+    let new = config_of(0);
+    for shard in tc.cluster.shards() {
+        let mut moved = false;
+        for _ in 0..200 {
+            let cid = shard.sample_cid().unwrap();
+            if cid[0] >> 5 == 0 {
+                let sid = new.decode_server_id(&cid).unwrap();
+                assert_eq!(sid, server_id_bytes(shard.id().0, new.server_id_len()));
+                moved = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(moved, "shard {:?} still issues config 6 CIDs", shard.id());
+    }
+    // Grants carry routing CIDs of config 0, under its own key.
+    let reply = client.request(&stream, Role::Subscribe).await.unwrap();
+    for s in &reply.grant.shards {
+        for cid in &s.route_cids {
+            assert_eq!(
+                new.decode_server_id(cid).unwrap(),
+                server_id_bytes(s.id.0, new.server_id_len())
+            );
+            assert!(config_of(6).decode_server_id(cid).is_err(), "not config 6");
+        }
+    }
+    // The connection from before goes on; a new one attaches with the new CIDs, 0-RTT too.
+    ten_chunks(&mut before).await;
+    let mut after = client.subscribe(&stream).await.unwrap();
+    ten_chunks(&mut after).await;
+    assert!(after.stats().zero_rtt_accepted >= 1, "{:?}", after.stats());
+    assert_eq!(before.stats().resumes, 0, "{:?}", before.stats());
+    for shard in tc.cluster.shards() {
+        assert_eq!(shard.load().misrouted, 0, "shard {:?}", shard.id());
+    }
+    assert_eq!(call("GET", "/lb").await.json().unwrap()["rotations"], 1);
+
+    // Without QUIC-LB there is nothing to rotate: a clear 409.
+    drop((before, after));
+    admin.stop(Duration::from_secs(1)).await;
+    tc.shutdown().await;
+    let tc = TestCluster::with(super::common::config());
+    let m = super::common::material();
+    let (admin, addr) = Admin::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        AdminState::for_cluster(&tc.cluster, m.chain, m.key),
+    )
+    .unwrap();
+    let r = super::admin::call(addr, "POST", "/lb/rotate", None).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json().unwrap()["code"], "lb_disabled");
+    assert_eq!(
+        super::admin::call(addr, "GET", "/lb", None)
+            .await
+            .json()
+            .unwrap(),
+        serde_json::json!({ "enabled": false })
+    );
+    admin.stop(Duration::from_secs(1)).await;
+    tc.shutdown().await;
+}

@@ -159,6 +159,15 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     // Both shards were chosen for some clients, and took them.
     assert!(allocations.values().all(|v| *v >= 1.0), "{allocations:?}");
 
+    // The QUIC-LB configuration rotated (`shoal lb rotate`): the ruleset reads server ids
+    // whatever the config id, so it needs no reload; what follows runs on config 1.
+    let program = env!("CARGO_BIN_EXE_shoal");
+    let admin = lab.addr("hub", super::ADMIN_PORT).to_string();
+    let rotated = lab
+        .exec("hub", &[program, "lb", "rotate", "--admin", &admin])
+        .expect("shoal lb rotate");
+    assert!(rotated.contains("config id 0 -> 1"), "{rotated}");
+
     // A client that moves to a new local port mid-stream keeps its session: the balancer
     // routes by CID, not by address.
     let (ok, log) = rebinding_subscriber(&mut lab, vip_addr, 200, "1");
@@ -180,6 +189,9 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
     assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
     assert!(n(&r, "resumes") >= 1.0, "the clients of shard 2 moved: {r}");
+    let m = metrics(&lab).expect("metrics");
+    let misrouted = by_shard(&m, "shoal_shard_misrouted_total");
+    assert!(misrouted.values().all(|v| *v == 0.0), "{misrouted:?}");
 }
 
 /// The nginx of Debian's packages (`nginx-light` and `libnginx-mod-stream`), or `None` after

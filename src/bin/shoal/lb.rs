@@ -41,6 +41,13 @@ enum LbCmd {
         #[arg(long = "listen", value_name = "LISTEN=BACKEND", value_parser = parse_pair, required = true)]
         listeners: Vec<(SocketAddr, SocketAddr)>,
     },
+    /// Rotate the running cluster's QUIC-LB configuration to the next config id (and its
+    /// key): new CIDs and grants use it at once, existing connections keep theirs.
+    Rotate {
+        /// Address of the admin API of `shoal up`.
+        #[arg(long, default_value = "127.0.0.1:4480")]
+        admin: SocketAddr,
+    },
 }
 
 fn parse_shard(s: &str) -> Result<(u32, SocketAddr), String> {
@@ -67,7 +74,7 @@ fn parse_pair(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
     Ok((p(l)?, p(b)?))
 }
 
-pub fn run(a: LbArgs) -> Result<()> {
+pub async fn run(a: LbArgs) -> Result<()> {
     match a.cmd {
         LbCmd::Nftables {
             config,
@@ -94,6 +101,25 @@ pub fn run(a: LbArgs) -> Result<()> {
             print!("{}", rules::nftables(&lb, &b)?);
         }
         LbCmd::Nginx { listeners } => print!("{}", rules::nginx(&listeners)?),
+        LbCmd::Rotate { admin } => {
+            let r = shoal::admin::client::request(
+                admin,
+                "POST",
+                "/lb/rotate",
+                None,
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
+            let json = r.json().unwrap_or_default();
+            if !r.is_success() {
+                let code = json.get("code").and_then(|c| c.as_str()).unwrap_or("error");
+                bail!("{} (HTTP {}, {code})", r.error_message(), r.status);
+            }
+            println!(
+                "QUIC-LB config id {} -> {} ({} shards told)",
+                json["from"], json["to"], json["shards"]
+            );
+        }
     }
     Ok(())
 }

@@ -130,7 +130,7 @@ fn main() -> Result<()> {
             Cmd::Mirror(a) => mirror::mirror(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Loadgen(a) => loadgen::run(a).await,
-            Cmd::Lb(a) => lb::run(a),
+            Cmd::Lb(a) => lb::run(a).await,
             Cmd::BenchServe { spec } => Ok(shoal::tools::bench::serve_child(&spec).await?),
         }
     })

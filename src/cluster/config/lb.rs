@@ -74,4 +74,17 @@ impl LbSettings {
         };
         crate::lb::LbConfig::new(self.config_id, s, n, key)
     }
+
+    /// Every configuration of this section, one per config id (their keys from `keys` when
+    /// the profile encrypts), starting at `config_id`: what the hub rotates through.
+    pub fn plan(
+        &self,
+        keys: Option<&crate::security::keys::KeySchedule>,
+    ) -> Result<crate::lb::LbPlan, crate::lb::LbError> {
+        crate::lb::LbPlan::new(self.config_id, |id| {
+            let mut s = self.clone();
+            s.config_id = id;
+            s.config(keys)
+        })
+    }
 }
