@@ -397,6 +397,12 @@ pub const SHARD: &[Metric<ShardRecord>] = &[
         |s| s.load.misrouted as f64,
     ),
     (
+        "shoal_shard_malformed_total",
+        "counter",
+        "Datagrams that reached the shard with a QUIC header that does not parse (dropped unread).",
+        |s| s.load.malformed as f64,
+    ),
+    (
         "shoal_shard_rejections_total",
         "counter",
         "Connections the shard refused or closed with an error code.",

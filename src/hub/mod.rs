@@ -178,7 +178,9 @@ pub struct Hub {
 
 impl Hub {
     pub fn start(p: HubParams) -> std::io::Result<Hub> {
-        let (endpoint, addr) = p.configs.bind(p.bind, p.socket_buffer, p.endpoint_config)?;
+        let (endpoint, addr) = p
+            .configs
+            .bind(p.bind, p.socket_buffer, p.endpoint_config, None)?;
         let (profile_tx, profile_rx) = std::sync::mpsc::sync_channel(PROFILE_QUEUE);
         let counters = Arc::new(HubCounters::default());
         let directory = Arc::new(Mutex::new(Directory::new(p.shard_silence)));

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ClientId, GroupId, ShardId, StreamName, TokenId};
 
 /// The version of the hub↔shard contract. A shard registers with it; the hub refuses another.
-pub const LINK_VERSION: u16 = 2;
+pub const LINK_VERSION: u16 = 3;
 
 /// Shard → hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +271,10 @@ pub struct ShardLoad {
     /// foreign CID). 0 when the balancer routes right.
     #[serde(default)]
     pub misrouted: u64,
+    /// Datagrams whose QUIC header does not parse (a long header cut short, a CID over 20
+    /// octets, a short header shorter than a CID), dropped unread.
+    #[serde(default)]
+    pub malformed: u64,
 }
 
 /// One ended session, as a shard reports it: the hub's profiler records it and its load model

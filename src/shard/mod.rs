@@ -59,6 +59,8 @@ pub struct ShardCounters {
     pub cpu_ns: Arc<AtomicU64>,
     /// Sum of the expected bitrates (token `expect_kbps`) of the sessions open now.
     pub committed_kbps: AtomicU64,
+    /// Datagrams whose header does not parse (see [`crate::net::Screen`]), dropped by quinn.
+    pub malformed: Arc<AtomicU64>,
     rejections: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -157,7 +159,15 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Binds the shard's socket and starts serving.
     pub fn start(p: ShardParams) -> std::io::Result<Shard> {
-        let (endpoint, addr) = p.configs.bind(p.bind, p.socket_buffer, p.endpoint_config)?;
+        let counters = Arc::new(ShardCounters::default());
+        let screen = crate::net::Screen {
+            // quinn's own generator issues 8-octet CIDs.
+            cid_len: p.lb.as_ref().map_or(8, crate::lb::LbHandle::cid_len),
+            malformed: counters.malformed.clone(),
+        };
+        let (endpoint, addr) =
+            p.configs
+                .bind(p.bind, p.socket_buffer, p.endpoint_config, Some(screen))?;
         let registry = Arc::new(StreamRegistry::new(p.streams));
         let (replication, mut tasks) = match p.replica {
             Some(r) => {
@@ -174,7 +184,7 @@ impl Shard {
             registry,
             replication,
             lb: p.lb,
-            counters: Arc::new(ShardCounters::default()),
+            counters,
             heartbeat: p.heartbeat_interval,
             attach_timeout: p.attach_timeout,
             max_sessions: p.max_sessions,
@@ -307,6 +317,7 @@ impl Shard {
                 .lb
                 .as_ref()
                 .map_or(0, crate::lb::LbHandle::foreign),
+            malformed: l(&c.malformed),
         }
     }
 

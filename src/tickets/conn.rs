@@ -180,18 +180,19 @@ impl ConnConfigs {
         self.quinn(crypto)
     }
 
-    /// Binds a server endpoint at `addr` (see [`crate::net::server_endpoint`]) whose default
-    /// configuration is [`ConnConfigs::endpoint_default`].
+    /// Binds a server endpoint at `addr` (see [`crate::net::screened_server_endpoint`])
+    /// whose default configuration is [`ConnConfigs::endpoint_default`].
     pub fn bind(
         &self,
         addr: std::net::SocketAddr,
         buffer: usize,
         endpoint_config: quinn::EndpointConfig,
+        screen: Option<crate::net::Screen>,
     ) -> std::io::Result<(quinn::Endpoint, std::net::SocketAddr)> {
         let default = self
             .endpoint_default()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        crate::net::server_endpoint(addr, buffer, endpoint_config, default)
+        crate::net::screened_server_endpoint(addr, buffer, endpoint_config, default, screen)
     }
 
     /// A configuration for one connection, and the record of what its handshake stores.

@@ -108,7 +108,8 @@ async fn a_shard_process_gets_its_quic_lb_configuration_over_the_link() {
 }
 
 #[tokio::test]
-async fn foreign_cids_and_truncated_headers_at_a_shard_are_dropped_and_counted() {
+async fn foreign_cids_and_truncated_headers_at_a_shard_are_dropped_and_counted_and_stale_own_cids_reset(
+) {
     let mut cfg = super::common::config();
     cfg.lb.enabled = true;
     let tc = TestCluster::with(cfg.clone());
@@ -117,7 +118,20 @@ async fn foreign_cids_and_truncated_headers_at_a_shard_are_dropped_and_counted()
         .config(Some(&KeySchedule::new(&ClusterSecret::from_bytes(SECRET))))
         .unwrap();
     let shard = tc.cluster.shards()[0].clone();
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A tokio socket: the shard runs on this test's (one-thread) runtime.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let answer = |within: Duration| {
+        let udp = &udp;
+        async move {
+            let mut reply = vec![0u8; 1500];
+            let (n, _) = tokio::time::timeout(within, udp.recv_from(&mut reply))
+                .await
+                .ok()?
+                .ok()?;
+            reply.truncate(n);
+            Some(reply)
+        }
+    };
     // A short header with another server's CID (misrouted or forged): dropped, counted.
     let foreign = lb
         .encode(&server_id_bytes(999, lb.server_id_len()), &[7; 8])
@@ -131,18 +145,42 @@ async fn foreign_cids_and_truncated_headers_at_a_shard_are_dropped_and_counted()
     let mut unknown_config = vec![0x40, 0x60 | (lb.cid_len() as u8 - 1)];
     unknown_config.extend_from_slice(&[0x11; 50]);
     for datagram in [&short[..], &truncated, &unknown_config, &[0u8; 3]] {
-        udp.send_to(datagram, shard.addr()).unwrap();
+        udp.send_to(datagram, shard.addr()).await.unwrap();
+        // Dropped: nothing comes back (a stateless reset is for this shard's own CIDs only).
+        let got = answer(Duration::from_millis(300)).await;
+        assert!(got.is_none(), "{datagram:?} got an answer: {got:?}");
     }
     let mut counted = false;
     for _ in 0..200 {
-        // The foreign CID and the unknown config id.
-        if shard.load().misrouted >= 2 {
+        // The foreign CID and the unknown config id; the cut header and the 3 octets.
+        let load = shard.load();
+        if load.misrouted >= 2 && load.malformed >= 2 {
             counted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(counted, "both were counted: {:?}", shard.load());
+    assert!(counted, "all four were counted: {:?}", shard.load());
+    // A short header with a CID this shard issues but no connection of its has: RFC 9000
+    // §10.3 calls for a stateless reset, smaller than the packet, ending in the CID's token.
+    let own = shard.sample_cid().unwrap();
+    let mut stale = vec![0x40];
+    stale.extend_from_slice(&own);
+    stale.extend_from_slice(&[0x5a; 60]);
+    udp.send_to(&stale, shard.addr()).await.unwrap();
+    let reply = answer(Duration::from_secs(2))
+        .await
+        .expect("a stateless reset");
+    let n = reply.len();
+    let key = KeySchedule::new(&ClusterSecret::from_bytes(SECRET)).stateless_reset_key();
+    let token = ring::hmac::sign(&key, &own);
+    assert!(n < stale.len() && n >= 21, "{n} octets");
+    assert_eq!(reply[0] & 0xc0, 0x40, "it looks like a short header");
+    assert_eq!(
+        &reply[n - 16..n],
+        &token.as_ref()[..16],
+        "the CID's reset token"
+    );
     // The shard goes on serving.
     let client = tc.client("lb-after-garbage");
     let stream = StreamName::new("synth/lb-after-garbage").unwrap();
