@@ -3,6 +3,7 @@
 //! Loaded and checked before any socket is bound. Unknown fields are errors. Durations are
 //! written like `"500ms"`, `"10s"`, `"1h"`. `shoal up --print-config` prints the defaults.
 
+mod bounds;
 mod lb;
 pub use lb::{LbProfile, LbSettings};
 
@@ -599,7 +600,7 @@ impl Config {
             }
             _ => {}
         }
-        Ok(())
+        bounds::check(self)
     }
 
     pub fn synthetic(&self) -> SyntheticSpec {

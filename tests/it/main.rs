@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod bench;
 mod cli;
+mod cli_input;
 mod common;
 mod core_path;
 mod lb;

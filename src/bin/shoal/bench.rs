@@ -52,42 +52,42 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Rounds per scenario (the figures are medians).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::args::count(1, 1000))]
     rounds: usize,
     /// Smoke-test sizes: every path runs once, figures mean little.
     #[arg(long)]
     quick: bool,
     /// Round-trip time of the delay relay (ttfb), in milliseconds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::args::count64(0, 10_000))]
     rtt_ms: u64,
     /// Subscribers (fanout).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::count(1, 1_000_000))]
     subscribers: usize,
     /// grant, attach, ttfb: the shards are `shoal shard` processes, their control link to the
     /// hub through a delay relay (`--link-delay-ms`); CPU counts the hub and its shards.
     #[arg(long)]
     remote_shards: bool,
     /// One-way delay of the hub↔shard link with --remote-shards, in milliseconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::args::millis)]
     link_delay_ms: f64,
     /// Idle attached clients (memory).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::args::count(1, 1_000_000))]
     idle_clients: usize,
     /// Chunks per second of the mirrored stream (failover).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = crate::args::count32(1, 100_000))]
     rate_hz: u32,
     /// Traffic trace (placement).
     #[arg(long, value_enum, default_value = "all")]
     trace: TraceArg,
     /// Seconds of traffic simulated per trace (placement).
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = crate::args::count(1, 10_000_000))]
     steps: usize,
     /// Seed of the traces and session lengths (placement).
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Use this shard start-up cost instead of measuring one (placement), e.g. for shards that
     /// are processes on other hosts or containers.
-    #[arg(long, conflicts_with = "startup_sweep")]
+    #[arg(long, conflicts_with = "startup_sweep", value_parser = crate::args::millis)]
     startup_ms: Option<f64>,
     /// Run at the measured start-up, then at 1000 ms and 5000 ms (container-like), in one table
     /// (placement).
@@ -99,7 +99,7 @@ pub struct BenchArgs {
     standby: StandbyArg,
     /// The buffer policy's spare shards (placement). Default: the spare whose shard-seconds are
     /// closest to predictive's on the same run.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count32(0, 100_000))]
     buffer_shards: Option<u32>,
 }
 

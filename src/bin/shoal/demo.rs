@@ -10,12 +10,12 @@ use shoal::tools::demo::{self, DemoOptions};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = crate::args::count(1, 1_000_000))]
     clients: usize,
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::args::secs)]
     seconds: f64,
     /// Distinct synthetic streams.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::count(1, 100_000))]
     streams: usize,
     /// Do not kill a shard halfway.
     #[arg(long)]

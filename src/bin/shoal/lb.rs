@@ -91,9 +91,10 @@ pub async fn run(a: LbArgs) -> Result<()> {
                 }
             };
             if cfg.lb.profile == shoal::cluster::config::LbProfile::Encrypted {
-                bail!(
-                    "lb.profile is \"encrypted\": a kernel ruleset cannot decrypt server ids; set lb.profile = \"plaintext\" or \"nlb\""
-                );
+                return Err(crate::args::InputError(
+                    "lb.profile is \"encrypted\": a kernel ruleset cannot decrypt server ids; set lb.profile = \"plaintext\" or \"nlb\"".into(),
+                )
+                .into());
             }
             // No key is needed for the plaintext profiles.
             let lb = cfg.lb.config(None).context("the [lb] section")?;

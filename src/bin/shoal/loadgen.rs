@@ -14,13 +14,13 @@ pub struct LoadgenArgs {
     #[command(flatten)]
     conn: ConnectArgs,
     /// Clients in all (each a cold client with its own socket).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::count(1, 1_000_000))]
     clients: usize,
     /// New clients per second.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 50.0, value_parser = crate::args::per_sec)]
     rate: f64,
     /// Seconds each client stays subscribed.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::args::secs_or_zero)]
     hold: f64,
     /// Stream mix: NAME[:WEIGHT],... (weight 1 when left out).
     #[arg(long, default_value = "synth/load-a:3,synth/load-b:1")]
@@ -32,15 +32,15 @@ pub struct LoadgenArgs {
     #[arg(long)]
     device_class: Option<String>,
     /// Profile hint: expected bitrate in kbit/s.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count32(0, 100_000_000))]
     bitrate_kbps: Option<u32>,
     /// Time limit of each grant and attach, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::args::secs)]
     timeout: f64,
     /// Each client's heartbeat interval in milliseconds (a shard silent for four intervals
     /// is dead and the client resumes on the next one); the client library's default when
     /// left out.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count64(10, 3_600_000))]
     heartbeat_ms: Option<u64>,
     /// Print the summary as one JSON object as the last line.
     #[arg(long)]
@@ -55,7 +55,8 @@ pub async fn run(a: LoadgenArgs) -> Result<()> {
     if !((0.0..=3600.0).contains(&a.hold) && a.timeout > 0.0 && a.timeout <= 600.0) {
         bail!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
     }
-    let mix = loadgen::parse_mix(&a.streams).map_err(|e| anyhow::anyhow!("--streams: {e}"))?;
+    let mix = loadgen::parse_mix(&a.streams)
+        .map_err(|e| crate::args::InputError(format!("--streams: {e}")))?;
     let ca = shoal::security::tls::read_certs(&a.conn.ca)
         .context("reading the CA (start `shoal up` first, or pass --ca)")?;
     let opts = LoadgenOptions {

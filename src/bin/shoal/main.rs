@@ -3,6 +3,7 @@
 //! this file parses the command line, sets up logging and the runtime, and holds what several
 //! commands share (the hub connection arguments, the shutdown signal).
 
+mod args;
 mod bench;
 mod certs;
 mod demo;
@@ -110,10 +111,50 @@ fn raise_fd_limit() {
     }
 }
 
-fn main() -> Result<()> {
+/// The exit status of a failed command: 2 where the input was wrong (a flag's value, the
+/// configuration), 1 for everything else (a peer, the network, the machine).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let input = e
+        .chain()
+        .any(|c| c.is::<shoal::cluster::config::ConfigError>() || c.is::<args::InputError>());
+    if input {
+        2
+    } else {
+        1
+    }
+}
+
+/// `e` and its causes on one line, each said once: an error whose message already quotes its
+/// cause (`cannot read config x: No such file`) does not repeat it.
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     raise_fd_limit();
     init_logs(cli.log_json);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", render(&e));
+            std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

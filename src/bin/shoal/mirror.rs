@@ -42,7 +42,7 @@ pub struct ReceiveArgs {
     #[arg(long)]
     print_seqs: bool,
     /// Stop after this many seconds (0: until Ctrl-C).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::secs_or_zero)]
     seconds: f64,
     /// Print the per-stream counters as one JSON object on stdout at the end.
     #[arg(long)]

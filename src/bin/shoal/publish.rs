@@ -15,13 +15,13 @@ pub struct PublishArgs {
     #[command(flatten)]
     conn: ConnectArgs,
     /// Chunks per second.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::count32(1, 100_000))]
     rate: u32,
     /// Number of chunks to send (0: until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     count: u64,
     /// Payload bytes per chunk.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::count(1, 1 << 20))]
     size: usize,
     stream: String,
 }

@@ -36,7 +36,7 @@ pub struct ShardArgs {
     #[arg(long, default_value_t = 0)]
     group: u32,
     /// Shard id (unique in the cluster); a random one above the pool's ranges by default.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count32(0, u64::from(shoal::lb::HUB_SERVER_ID) - 1))]
     id: Option<u32>,
     /// TOML config (the hub's format: `cluster`, `tls`, `shards`, `streams`, `transport` apply).
     #[arg(long, short)]

@@ -19,14 +19,14 @@ pub struct SubscribeArgs {
     #[arg(long, default_value_t = 0)]
     count: u64,
     /// Stop after this many seconds (0: no limit).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::secs_or_zero)]
     seconds: f64,
     /// Only print a summary at the end.
     #[arg(long, short)]
     quiet: bool,
     /// After this many seconds, move the client's socket to a new local port (QUIC connection
     /// migration: the session should go on, with no resume).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::args::secs_or_zero)]
     rebind_after: Option<f64>,
     stream: String,
 }

@@ -30,10 +30,10 @@ pub struct UpArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Override shards.count.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count32(0, 100_000))]
     shards: Option<u32>,
     /// Override shards.groups.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count32(1, 100_000))]
     groups: Option<u32>,
     /// Override hub.control_listen: where shards in other processes register
     /// (`shoal shard --hub ADDR`).
