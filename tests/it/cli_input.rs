@@ -144,7 +144,8 @@ fn config_values_out_of_range_name_their_key_and_exit_2() {
         let p = path.display().to_string();
         refused(&["up", "--config", &p, "--print-config"], key);
     }
-    // A file that is not there is the user's input too.
+    // A stream name that cannot be one, and a file that is not there: the user's input too.
+    refused(&["subscribe", "bad name!"], "name");
     refused(
         &[
             "up",

@@ -114,9 +114,11 @@ fn raise_fd_limit() {
 /// The exit status of a failed command: 2 where the input was wrong (a flag's value, the
 /// configuration), 1 for everything else (a peer, the network, the machine).
 fn exit_code(e: &anyhow::Error) -> u8 {
-    let input = e
-        .chain()
-        .any(|c| c.is::<shoal::cluster::config::ConfigError>() || c.is::<args::InputError>());
+    let input = e.chain().any(|c| {
+        c.is::<shoal::cluster::config::ConfigError>()
+            || c.is::<args::InputError>()
+            || c.is::<shoal::ids::InvalidName>()
+    });
     if input {
         2
     } else {
