@@ -33,6 +33,9 @@ pub mod mirror;
 pub mod admin;
 #[cfg(feature = "server")]
 pub mod cluster;
+#[cfg(all(feature = "server", feature = "client"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]

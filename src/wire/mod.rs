@@ -17,7 +17,7 @@ mod codes;
 pub mod datagram;
 mod frame;
 mod messages;
-mod strict;
+pub(crate) mod strict;
 
 pub use codes::ErrorCode;
 pub use frame::{

@@ -7,6 +7,7 @@ mod cli;
 mod cli_input;
 mod common;
 mod core_path;
+mod fuzz_corpus;
 mod lb;
 mod live_failover;
 mod mirror;
