@@ -37,6 +37,8 @@ pub mod cluster;
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "server")]
+pub mod guard;
+#[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]
 pub mod lb;

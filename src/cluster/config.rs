@@ -304,6 +304,9 @@ pub struct TransportSettings {
     /// A side that sent nothing for this long sends a heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// What every endpoint (hub and shards) lets into its handshakes: Retry past a backlog,
+    /// per-source limits (see [`crate::guard`]).
+    pub handshakes: crate::guard::GuardSettings,
 }
 
 /// The admin HTTP API (mirrors, metrics) of `shoal up`.
@@ -439,6 +442,7 @@ impl Default for TransportSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_millis(500),
+            handshakes: Default::default(),
         }
     }
 }

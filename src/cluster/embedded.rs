@@ -29,6 +29,8 @@ pub struct EmbeddedLauncher {
 pub(super) struct LauncherInner {
     pub(super) crypto: Arc<rustls::ServerConfig>,
     pub(super) transport: Arc<quinn::TransportConfig>,
+    /// Every shard endpoint's handshake limits.
+    pub(super) handshakes: crate::guard::GuardSettings,
     pub(super) token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     pub(super) endpoint_config: quinn::EndpointConfig,
     /// Behind a QUIC-LB balancer: every shard's CIDs carry its server id.
@@ -88,7 +90,8 @@ impl EmbeddedLauncher {
             f.transport.clone(),
             f.token_key.clone(),
             store,
-        );
+        )
+        .with_guard(f.handshakes);
         let (hub_end, shard_end) = crate::link::channel::pair();
         let s = &f.shards;
         let (endpoint_config, lb) = match f.lb.as_ref().map(crate::lb::LbPlan::current) {

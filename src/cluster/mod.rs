@@ -227,7 +227,8 @@ impl Cluster {
                 transport.clone(),
                 token_key.clone(),
                 hub_store,
-            ),
+            )
+            .with_guard(cfg.transport.handshakes),
             endpoint_config: hub_endpoint,
             tokens,
             shard_silence: SHARD_SILENCE,
@@ -255,6 +256,7 @@ impl Cluster {
             inner: Arc::new(LauncherInner {
                 crypto: crypto(s.tickets_per_handshake)?,
                 transport,
+                handshakes: cfg.transport.handshakes,
                 token_key,
                 endpoint_config,
                 lb: lb.clone(),

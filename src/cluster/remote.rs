@@ -98,7 +98,8 @@ impl ShardProcess {
             transport_config(cfg.transport.idle_timeout),
             token_key,
             Arc::new(SessionStore::new(st.session_store_entries, st.session_ttl)),
-        );
+        )
+        .with_guard(cfg.transport.handshakes);
         let (local, shard_end) = crate::link::channel::pair();
         let lb = cfg
             .lb

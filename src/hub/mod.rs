@@ -474,6 +474,9 @@ fn flush(profiler: &Mutex<profiler::Profiler>) -> bool {
 
 async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some((incoming, permit)) = crate::guard::screen(state.configs.guard(), incoming) else {
+            continue;
+        };
         let state = state.clone();
         let span = info_span!("conn", remote = %incoming.remote_address());
         tokio::spawn(
@@ -512,6 +515,8 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                 // `TIMEOUT` (later, an idle client connection is kept for its next request
                 // until the transport idle timeout).
                 let first = tokio::time::timeout(state.request_timeout, conn.accept_bi()).await;
+                // The guard counts a connection until it asked something (see `guard`).
+                drop(permit);
                 let first = match first {
                     Err(_) => {
                         state.counters.idle_closed.fetch_add(1, Ordering::Relaxed);

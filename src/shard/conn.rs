@@ -86,9 +86,11 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Serves one connection; `permit` (the handshake guard's) is held until its attach arrived.
 pub(super) async fn serve(
     state: Arc<ShardState>,
     incoming: quinn::Incoming,
+    permit: crate::guard::Permit,
 ) -> Result<(), quinn::ConnectionError> {
     let (config, conn_store) = match state.configs.for_connection() {
         Ok(c) => c,
@@ -111,6 +113,7 @@ pub(super) async fn serve(
         Ok::<_, quinn::ConnectionError>((send, reader, frame))
     })
     .await;
+    drop(permit);
     let (send, reader, frame) = match first {
         Err(_) => {
             refuse(&state, &conn, ErrorCode::Timeout, &mut hs).await;
@@ -118,6 +121,10 @@ pub(super) async fn serve(
         }
         Ok(r) => r?,
     };
+    // A whole first frame: this client's tickets may be stored (see `ConnStore::commit`).
+    if matches!(frame, Ok(Some(_))) {
+        conn_store.commit();
+    }
     let attach: Attach = match frame {
         Ok(Some(Frame::Control(Message::Attach(a)))) => a,
         Ok(_) => {

@@ -418,6 +418,9 @@ async fn tick_loop(state: Arc<ShardState>, period: Duration) {
 
 async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some((incoming, permit)) = crate::guard::screen(state.configs.guard(), incoming) else {
+            continue;
+        };
         // Behind a QUIC-LB balancer a first packet carries a routing CID of this shard; one
         // of another shard's was misrouted (counted; served all the same).
         if let Some(lb) = &state.lb {
@@ -430,7 +433,7 @@ async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
         let cpu = state.counters.cpu_ns.clone();
         tokio::spawn(cpu::Metered::new(
             async move {
-                if let Err(e) = conn::serve(state, incoming).await {
+                if let Err(e) = conn::serve(state, incoming, permit).await {
                     debug!(error = %e, "connection ended");
                 }
             }

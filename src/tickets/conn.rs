@@ -2,11 +2,14 @@
 //!
 //! rustls calls `StoresServerSessions::put` inside the handshake, with no connection in sight.
 //! So every connection gets its own server configuration (quinn `Incoming::accept_with`) whose
-//! store is a [`ConnStore`]: it puts into the endpoint's [`SessionStore`] and records the entry
-//! for this connection. Until the connection names its client (the hub: the stream request;
-//! a shard: the admitted token), entries wait in the record; [`ConnStore::bind`] then hands
-//! them to a sink that knows the client, and [`ConnStore::flush`] hands over later ones (the
-//! driver flushes when the handshake completes, which is when rustls issues its tickets).
+//! store is a [`ConnStore`]: it records the entry for this connection. Until the connection
+//! names its client (the hub: the stream request; a shard: the admitted token), entries wait
+//! in the record, and reach the endpoint's [`SessionStore`] only once the connection sent a
+//! whole first frame ([`ConnStore::commit`]; a bind commits too): a connection that never asks
+//! for anything (a handshake flood, a stream stalled after two bytes) stores nothing.
+//! [`ConnStore::bind`] hands them to a sink that knows the client; later ones go to the store
+//! at once and [`ConnStore::flush`] hands them over (the driver flushes when the handshake completes,
+//! which is when rustls issues its tickets).
 
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +38,8 @@ enum Record {
 pub struct ConnStore {
     store: Arc<SessionStore>,
     record: Mutex<Record>,
+    /// The connection sent a whole first frame: its entries go to the store.
+    committed: std::sync::atomic::AtomicBool,
     /// The handshake resumed a stored session (`take` found it).
     resumed: std::sync::atomic::AtomicBool,
 }
@@ -50,6 +55,7 @@ impl ConnStore {
         Self {
             store,
             record: Mutex::new(Record::Pending(Vec::new())),
+            committed: std::sync::atomic::AtomicBool::new(false),
             resumed: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -72,10 +78,35 @@ impl ConnStore {
             held: Vec::new(),
         };
         drop(r);
+        if !self
+            .committed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            for e in &pending {
+                self.store.put(e.key.to_vec(), e.value.to_vec());
+            }
+        }
         if !pending.is_empty() {
             sink(pending);
         }
         true
+    }
+
+    /// The connection sent a whole first frame: what its handshake recorded goes to the
+    /// endpoint's store now, and later entries at once (still waiting for a bind's sink).
+    pub fn commit(&self) {
+        let r = self.record();
+        if self
+            .committed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        if let Record::Pending(pending) = &*r {
+            for e in pending {
+                self.store.put(e.key.to_vec(), e.value.to_vec());
+            }
+        }
     }
 
     /// Hands the entries put since the last flush to the bound sink (nothing before a bind).
@@ -114,15 +145,25 @@ impl StoresServerSessions for ConnStore {
             key: bytes::Bytes::copy_from_slice(&key),
             value: bytes::Bytes::copy_from_slice(&value),
         };
-        let stored = self.store.put(key, value);
         match &mut *self.record() {
-            Record::Pending(p) | Record::Bound { held: p, .. } => {
+            // Stored when the connection binds (the ticket still goes out: a client whose
+            // connection never binds falls back to a full handshake next time).
+            Record::Pending(p) => {
                 if p.len() < MAX_PENDING {
                     p.push(entry);
                 }
+                if self.committed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return self.store.put(key, value);
+                }
+                true
+            }
+            Record::Bound { held, .. } => {
+                if held.len() < MAX_PENDING {
+                    held.push(entry);
+                }
+                self.store.put(key, value)
             }
         }
-        stored
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -150,6 +191,7 @@ pub struct ConnConfigs {
     transport: Arc<quinn::TransportConfig>,
     token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     store: Arc<SessionStore>,
+    guard: crate::guard::Guard,
 }
 
 impl ConnConfigs {
@@ -166,7 +208,19 @@ impl ConnConfigs {
             transport,
             token_key,
             store,
+            guard: crate::guard::Guard::new(Default::default()),
         }
+    }
+
+    /// These configurations with the handshake limits `settings` (see [`crate::guard`]).
+    pub fn with_guard(mut self, settings: crate::guard::GuardSettings) -> Self {
+        self.guard = crate::guard::Guard::new(settings);
+        self
+    }
+
+    /// The endpoint's handshake guard.
+    pub fn guard(&self) -> &crate::guard::Guard {
+        &self.guard
     }
 
     pub fn store(&self) -> &Arc<SessionStore> {
@@ -228,12 +282,29 @@ mod tests {
         let conn = ConnStore::new(store.clone());
         assert!(conn.put(b"k1".to_vec(), b"v1".to_vec()));
         assert_eq!(conn.pending(), 1);
-        assert_eq!(store.len(), 1, "the endpoint's store holds it at once");
+        assert_eq!(
+            store.len(),
+            0,
+            "nothing is stored for a connection that asked nothing"
+        );
+        let refused = ConnStore::new(store.clone());
+        refused.put(b"r1".to_vec(), b"v".to_vec());
+        refused.commit();
+        assert_eq!(store.len(), 1, "a whole first frame commits, bound or not");
+        refused.put(b"r2".to_vec(), b"v".to_vec());
+        assert_eq!(store.len(), 2, "and what comes after it");
+        store.take(b"r1");
+        store.take(b"r2");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         assert!(conn.bind(Arc::new(move |e: Vec<StoreEntry>| {
             s.lock().unwrap().extend(e);
         })));
+        assert_eq!(
+            store.len(),
+            1,
+            "stored once the connection named its client"
+        );
         assert!(!conn.bind(Arc::new(|_| {})), "one client per connection");
         conn.put(b"k2".to_vec(), b"v2".to_vec());
         conn.put(b"k3".to_vec(), b"v3".to_vec());
@@ -241,6 +312,11 @@ mod tests {
             seen.lock().unwrap().len(),
             1,
             "later entries wait for a flush"
+        );
+        assert_eq!(
+            store.len(),
+            3,
+            "a bound connection's entries are stored at once"
         );
         conn.flush();
         conn.flush();

@@ -27,6 +27,9 @@ enum BenchScenario {
     /// Shard pool policies (static, reactive, buffer, predictive) on a traffic trace, virtual
     /// time.
     Placement,
+    /// An attacker process (handshake flood, idle connections, stalled streams, garbage
+    /// datagrams) against a hub with shard processes, while legitimate clients run.
+    Flood,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,6 +104,34 @@ pub struct BenchArgs {
     /// closest to predictive's on the same run.
     #[arg(long, value_parser = crate::args::count32(0, 100_000))]
     buffer_shards: Option<u32>,
+}
+
+async fn bench_flood(a: &BenchArgs) -> Result<()> {
+    let mut o = shoal::tools::bench::BenchOptions::new(
+        std::env::current_exe().context("finding the shoal executable")?,
+    );
+    o.rounds = if a.quick { 1 } else { a.rounds };
+    o.quick = a.quick;
+    eprintln!(
+        "bench: flood ({} rounds{})",
+        o.rounds,
+        if o.quick { ", quick" } else { "" }
+    );
+    let r = shoal::tools::bench::flood::run(&o, &mut |line: &str| eprintln!("{line}")).await?;
+    println!(
+        "flood  attack {:.0} handshakes/s  legit ttfb p99 ratio {:.2}  failures {}  RSS end/start hub {:.2} shards {:.2}  goal {}  {}",
+        r.attack_handshakes_per_s,
+        r.legit_ttfb_p99_ratio,
+        r.legit_failures,
+        r.hub_rss_mib,
+        r.shard_rss_mib,
+        r.goal,
+        if r.goal_met { "met" } else { "NOT met" }
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
 }
 
 async fn bench_lb(a: &BenchArgs) -> Result<()> {
@@ -211,6 +242,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if a.scenario == BenchScenario::Lb {
         return bench_lb(&a).await;
     }
+    if a.scenario == BenchScenario::Flood {
+        return bench_flood(&a).await;
+    }
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut opts = BenchOptions::new(exe);
     opts.rounds = a.rounds;
@@ -241,7 +275,8 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         BenchScenario::Failover
         | BenchScenario::Placement
         | BenchScenario::LiveFailover
-        | BenchScenario::Lb => unreachable!("handled above"),
+        | BenchScenario::Lb
+        | BenchScenario::Flood => unreachable!("handled above"),
     };
     let mut figures = Vec::new();
     for s in list {

@@ -65,6 +65,9 @@ enum Cmd {
     /// (internal) Serve one measured server for `shoal bench` until stdin closes.
     #[command(hide = true)]
     BenchServe { spec: String },
+    /// (internal) The attacker of `shoal bench flood`.
+    #[command(hide = true)]
+    BenchAttack { spec: String },
 }
 
 #[derive(Args)]
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Loadgen(a) => loadgen::run(a).await,
             Cmd::Lb(a) => lb::run(a).await,
             Cmd::BenchServe { spec } => Ok(shoal::tools::bench::serve_child(&spec).await?),
+            Cmd::BenchAttack { spec } => Ok(shoal::tools::bench::flood::attack_child(&spec).await?),
         }
     })
 }

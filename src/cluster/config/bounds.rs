@@ -58,6 +58,9 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
             return bad(key, "must be more than 0");
         }
     }
+    if let Err(rule) = c.transport.handshakes.check() {
+        return bad("transport.handshakes", rule);
+    }
     let sh = &c.shards;
     if sh.max_sessions == 0 || sh.max_sessions > 10_000_000 {
         return bad("shards.max_sessions", "must be in 1..=10000000");

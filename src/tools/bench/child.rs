@@ -115,6 +115,11 @@ impl ChildServer {
         cpu_time(self.pid)
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Resident set size of the child, in bytes.
     pub fn rss(&self) -> Result<u64, BenchError> {
         rss_bytes(self.pid)
@@ -175,7 +180,7 @@ pub fn tree_cpu_time(pid: u32) -> Result<Duration, BenchError> {
 }
 
 /// The children of `pid` (`/proc/PID/task/*/children`).
-fn children(pid: u32) -> Vec<u32> {
+pub(super) fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };

@@ -11,6 +11,7 @@
 mod baseline;
 mod child;
 pub mod failover;
+pub mod flood;
 pub mod lb;
 pub mod live_failover;
 mod load;

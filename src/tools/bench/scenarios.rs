@@ -35,7 +35,7 @@ fn shoal_spec(prefill_tickets: usize, rate_hz: u32, chunk_bytes: u32) -> ServerS
 
 /// The default cluster; with `--remote-shards`, its shards as processes whose control link
 /// goes through a delay relay in this process (kept alive by the returned value).
-async fn default_shoal(
+pub(super) async fn default_shoal(
     opts: &BenchOptions,
 ) -> Result<(ServerSpec, Option<DelayRelay>), BenchError> {
     let d = Config::default().streams;
