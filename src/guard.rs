@@ -47,8 +47,8 @@ impl Default for GuardSettings {
             retry_above: 256,
             per_socket: 64,
             per_ip: 512,
-            per_ip_rate: 2000.0,
-            per_ip_burst: 4000.0,
+            per_ip_rate: 100.0,
+            per_ip_burst: 200.0,
         }
     }
 }

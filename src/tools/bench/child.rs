@@ -38,6 +38,10 @@ pub enum ServerSpec {
         /// goes through a relay the parent runs; embedded shards when absent.
         #[serde(default)]
         remote: Option<RemoteShards>,
+        /// The default handshake limits ([`crate::guard`]); without, limits no single-IP
+        /// load generator reaches (the other scenarios measure throughput, not defences).
+        #[serde(default)]
+        production_limits: bool,
     },
     /// The raw-quinn baseline server (see [`baseline`]).
     Quinn(baseline::BaselineSpec),
@@ -226,6 +230,7 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             rate_hz,
             chunk_bytes,
             remote: remote_shards,
+            production_limits,
         } => {
             let child = |e: &dyn std::fmt::Display| BenchError::Child(e.to_string());
             let mut cfg = Config::default();
@@ -233,6 +238,15 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             cfg.streams.synthetic_rate_hz = rate_hz;
             cfg.streams.synthetic_chunk_bytes = chunk_bytes;
             cfg.streams.session_store_entries = store_entries;
+            if !production_limits {
+                cfg.transport.handshakes = crate::guard::GuardSettings {
+                    retry_above: 1 << 20,
+                    per_socket: 1 << 20,
+                    per_ip: 1 << 20,
+                    per_ip_rate: 1e7,
+                    per_ip_burst: 1e7,
+                };
+            }
             let mut remote = None;
             if let Some(r) = remote_shards {
                 // Shard processes read the certificates from files, and dial the hub's

@@ -257,11 +257,18 @@ pub async fn run(
     };
     let mut rounds = Vec::new();
     for r in 0..opts.rounds.max(1) {
-        let (spec, _link) = super::scenarios::default_shoal(&BenchOptions {
+        let (mut spec, _link) = super::scenarios::default_shoal(&BenchOptions {
             remote_link_delay: Some(Duration::ZERO),
             ..opts.clone()
         })
         .await?;
+        // What a user gets: the default handshake limits.
+        if let super::ServerSpec::Shoal {
+            production_limits, ..
+        } = &mut spec
+        {
+            *production_limits = true;
+        }
         let child = ChildServer::spawn(&opts.exe, &spec).await?;
         // Warm-up, then the load alone.
         legit(&child, clients / 2).await?;

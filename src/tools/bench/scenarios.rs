@@ -30,6 +30,7 @@ fn shoal_spec(prefill_tickets: usize, rate_hz: u32, chunk_bytes: u32) -> ServerS
         rate_hz,
         chunk_bytes,
         remote: None,
+        production_limits: false,
     }
 }
 
