@@ -72,6 +72,28 @@ fn every_bench_scenario_runs_once_in_quick_mode() {
 }
 
 #[test]
+fn the_flood_scenario_attacks_from_another_process_and_reports_every_figure() {
+    let (figures, stderr) = bench_json(&["bench", "flood", "--quick", "--json"]);
+    assert_eq!(figures.len(), 1, "{stderr}");
+    let f = &figures[0];
+    assert_eq!(f["scenario"], "flood", "{f}");
+    let attack = &f["per_round"][0]["attack"];
+    assert!(attack["handshakes_attempted"].as_u64().unwrap() > 0, "{f}");
+    assert!(attack["garbage_sent"].as_u64().unwrap() > 0, "{f}");
+    assert!(attack["idle_opened"].as_u64().unwrap() > 0, "{f}");
+    for figure in [
+        "attack_handshakes_per_s",
+        "legit_ttfb_p99_ratio",
+        "hub_rss_mib",
+        "shard_rss_mib",
+    ] {
+        assert!(f[figure].as_f64().is_some_and(|v| v > 0.0), "{figure}: {f}");
+    }
+    // The legitimate clients were all served, under attack too.
+    assert_eq!(f["legit_failures"], 0, "{f}");
+}
+
+#[test]
 fn the_remote_shard_scenarios_run_with_shard_processes_behind_the_link_relay() {
     for scenario in ["attach", "ttfb"] {
         let (figures, stderr) = bench_json(&[
