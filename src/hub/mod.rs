@@ -262,6 +262,11 @@ impl Hub {
         self.state.arrivals.clone()
     }
 
+    /// The hub endpoint's handshake guard (its counters: Retries sent, connections refused).
+    pub fn guard(&self) -> &crate::guard::Guard {
+        self.state.configs.guard()
+    }
+
     /// The hub's links to its shards (shards join by handing the hub their link).
     pub fn links(&self) -> &Links {
         &self.state.links

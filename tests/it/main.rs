@@ -8,6 +8,7 @@ mod cli_input;
 mod common;
 mod core_path;
 mod fuzz_corpus;
+mod guard;
 mod lb;
 mod live_failover;
 mod mirror;
