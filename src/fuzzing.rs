@@ -62,13 +62,17 @@ pub fn frames(data: &[u8]) {
     }
 }
 
-/// A decoded message encodes to a frame that decodes to the same message.
+/// A decoded message encodes to a body that decodes to the same message (the body alone: a
+/// re-encoding may spell absent fields out and pass the frame's size limit).
 fn round_trip(m: &Message) {
     let bytes = crate::wire::encode_control(m);
-    match ready(FrameReader::new(&bytes[..]).next()) {
-        Ok(Some(Frame::Control(again))) => assert_eq!(&again, m),
-        other => panic!("{} did not decode again: {other:?}", m.kind()),
-    }
+    let again = crate::wire::strict::from_slice::<Message>(&bytes[6..]);
+    assert_eq!(
+        again.as_ref().ok(),
+        Some(m),
+        "{} did not decode again",
+        m.kind()
+    );
 }
 
 /// One control message body (no frame header).

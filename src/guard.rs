@@ -7,8 +7,9 @@
 //! - **Per source address** (IP and port: one client socket): at most `per_socket` handshakes
 //!   in flight (a client opens one connection per session, a few at once; a flood from one
 //!   socket is refused).
-//! - **Per source IP**: at most `per_ip` handshakes in flight, and new connections through a
-//!   token bucket (`per_ip_rate` a second, `per_ip_burst` at once).
+//! - **Per source IP** (an IPv6 source by its /64, what one host is usually given): at most
+//!   `per_ip` handshakes in flight, and new connections through a token bucket (`per_ip_rate`
+//!   a second, `per_ip_burst` at once).
 //!
 //! Refused connections get CONNECTION_REFUSED (one small packet, no state). Tracked sources
 //! are bounded ([`MAX_SOURCES`]); past that, new sources are only validated and counted.
@@ -56,12 +57,14 @@ impl Default for GuardSettings {
 impl GuardSettings {
     /// The settings' own rules (`key` names them in errors).
     pub fn check(&self) -> Result<(), &'static str> {
-        let rate_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1e7;
+        let ok = |r: f64, lo: f64| r.is_finite() && (lo..=1e7).contains(&r);
         if self.per_socket == 0 || self.per_ip == 0 || self.retry_above == 0 {
             return Err("handshake limits must be at least 1");
         }
-        if !rate_ok(self.per_ip_rate) || !rate_ok(self.per_ip_burst) {
-            return Err("per_ip_rate and per_ip_burst must be in (0, 10000000]");
+        if !ok(self.per_ip_rate, 0.001) || !ok(self.per_ip_burst, 1.0) {
+            return Err(
+                "per_ip_rate must be in [0.001, 10000000] and per_ip_burst in [1, 10000000]",
+            );
         }
         Ok(())
     }
@@ -103,6 +106,20 @@ struct State {
     in_flight: usize,
     ips: HashMap<IpAddr, Source>,
     sockets: HashMap<SocketAddr, usize>,
+    /// When the full source map was last pruned (at most once a second).
+    pruned: Option<Instant>,
+}
+
+/// The key of a source IP: an IPv6 address by its /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
 }
 
 #[derive(Debug)]
@@ -117,6 +134,8 @@ struct Source {
 pub struct Permit {
     guard: Guard,
     from: SocketAddr,
+    /// Counted against its source IP (not when the source map was full).
+    tracked: bool,
 }
 
 impl Drop for Permit {
@@ -129,8 +148,10 @@ impl Drop for Permit {
                 s.sockets.remove(&self.from);
             }
         }
-        if let Some(src) = s.ips.get_mut(&self.from.ip()) {
-            src.in_flight = src.in_flight.saturating_sub(1);
+        if self.tracked {
+            if let Some(src) = s.ips.get_mut(&source_key(self.from.ip())) {
+                src.in_flight = src.in_flight.saturating_sub(1);
+            }
         }
     }
 }
@@ -169,12 +190,18 @@ impl Guard {
             c.refused.fetch_add(1, Ordering::Relaxed);
             return Verdict::Refuse;
         }
-        if s.ips.len() >= MAX_SOURCES && !s.ips.contains_key(&from.ip()) {
+        let key = source_key(from.ip());
+        if s.ips.len() >= MAX_SOURCES
+            && !s.ips.contains_key(&key)
+            && s.pruned
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+        {
             prune(&mut s.ips, set, now);
+            s.pruned = Some(now);
         }
-        let tracked = s.ips.len() < MAX_SOURCES || s.ips.contains_key(&from.ip());
+        let tracked = s.ips.len() < MAX_SOURCES || s.ips.contains_key(&key);
         if tracked {
-            let src = s.ips.entry(from.ip()).or_insert(Source {
+            let src = s.ips.entry(key).or_insert(Source {
                 in_flight: 0,
                 tokens: set.per_ip_burst,
                 at: now,
@@ -198,6 +225,7 @@ impl Guard {
         Verdict::Accept(Permit {
             guard: self.clone(),
             from,
+            tracked,
         })
     }
 }
@@ -225,7 +253,8 @@ pub fn screen(guard: &Guard, incoming: quinn::Incoming) -> Option<(quinn::Incomi
 
 /// Drops the sources with nothing in flight whose bucket has refilled.
 fn prune(ips: &mut HashMap<IpAddr, Source>, set: &GuardSettings, now: Instant) {
-    let refill = Duration::from_secs_f64(set.per_ip_burst / set.per_ip_rate);
+    let refill =
+        Duration::try_from_secs_f64(set.per_ip_burst / set.per_ip_rate).unwrap_or(Duration::MAX);
     ips.retain(|_, s| s.in_flight > 0 || now.saturating_duration_since(s.at) < refill);
 }
 
@@ -280,6 +309,28 @@ mod tests {
             g.admit(addr(3, 7), false, later),
             Verdict::Accept(_)
         ));
+    }
+
+    #[test]
+    fn an_ipv6_host_is_its_64_and_a_mapped_ipv4_address_its_ipv4() {
+        let set = GuardSettings {
+            per_ip_burst: 1.0,
+            ..GuardSettings::default()
+        };
+        let g = Guard::new(set);
+        let t = crate::clock::now();
+        let v6 = |last: u16| SocketAddr::from(([0x2001, 0xdb8, 1, 2, 0, 0, 0, last], 443));
+        assert!(matches!(g.admit(v6(1), false, t), Verdict::Accept(_)));
+        assert!(
+            matches!(g.admit(v6(2), false, t), Verdict::Refuse),
+            "same /64"
+        );
+        let other = SocketAddr::from(([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1], 443));
+        assert!(matches!(g.admit(other, false, t), Verdict::Accept(_)));
+        let v4: SocketAddr = "10.0.0.9:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.0.0.9]:2".parse().unwrap();
+        assert!(matches!(g.admit(v4, false, t), Verdict::Accept(_)));
+        assert!(matches!(g.admit(mapped, false, t), Verdict::Refuse));
     }
 
     #[test]

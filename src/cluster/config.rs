@@ -485,6 +485,8 @@ impl Config {
 
     /// Checks ranges that types cannot express. The first broken rule is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // First: the rules below compute with these values (a duration times 4).
+        bounds::check(self)?;
         let bad = |key, rule| {
             Err(ConfigError::Invalid {
                 path: None,
@@ -604,7 +606,7 @@ impl Config {
             }
             _ => {}
         }
-        bounds::check(self)
+        Ok(())
     }
 
     pub fn synthetic(&self) -> SyntheticSpec {

@@ -12,6 +12,7 @@
 //! are best effort ([`Links::forward`]: a full link drops and counts them — the client then
 //! resumes with 1-RTT).
 
+mod lb;
 mod peers;
 
 use std::collections::HashMap;
@@ -180,53 +181,6 @@ impl Links {
         }
     }
 
-    /// The QUIC-LB configurations shards get on their links (`lb`): the plan's current one.
-    pub fn set_lb(&self, plan: Option<crate::lb::LbPlan>) {
-        *lock(&self.inner.lb) = plan;
-    }
-
-    /// Rotates the QUIC-LB configuration ([`crate::lb::LbPlan::rotate`]): the hub's endpoint
-    /// at once, every registered shard over its link. Returns the config ids before and after
-    /// and the shards told (a shard whose link is full is not; it gets the current one when
-    /// it registers again). `None`: QUIC-LB is off.
-    pub fn rotate_lb(&self) -> Option<(u8, u8, usize)> {
-        let plan = lock(&self.inner.lb).clone()?;
-        let (before, after) = plan.rotate();
-        let senders = lock(&self.inner.senders);
-        let mut told = 0;
-        for (shard, tx) in senders.iter() {
-            if tx.try_send(HubCmd::Lb(plan.params_for(shard.0))).is_ok() {
-                told += 1;
-            } else {
-                warn!(
-                    shard = shard.0,
-                    "no room for the rotated QUIC-LB configuration on its link"
-                );
-            }
-        }
-        info!(
-            from = before.config_id(),
-            to = after.config_id(),
-            shards = told,
-            "QUIC-LB configuration rotated"
-        );
-        Some((before.config_id(), after.config_id(), told))
-    }
-
-    /// The current config id and the rotations so far, where QUIC-LB is on.
-    pub fn lb_state(&self) -> Option<(u8, u64)> {
-        lock(&self.inner.lb)
-            .as_ref()
-            .map(|p| (p.current().config_id(), p.rotations()))
-    }
-
-    /// The current QUIC-LB configuration, where QUIC-LB is on.
-    pub fn lb_config(&self) -> Option<Arc<crate::lb::LbConfig>> {
-        lock(&self.inner.lb)
-            .as_ref()
-            .map(crate::lb::LbPlan::current)
-    }
-
     /// Standby copies each live stream keeps (told to the shards with their peers).
     pub fn set_live_standbys(&self, n: u32) {
         self.inner.live_standbys.store(n, Ordering::Relaxed);
@@ -283,7 +237,10 @@ impl Links {
                 );
             }
         }
-        if let Some(plan) = lock(&self.inner.lb).as_ref() {
+        // Held until the shard is among the senders: a rotation either sees it there or
+        // happens before its configuration is taken.
+        let lb = lock(&self.inner.lb);
+        if let Some(plan) = lb.as_ref() {
             let params = plan.params_for(reg.shard.0);
             if end.commands.try_send(HubCmd::Lb(params)).is_err() {
                 warn!(
@@ -293,6 +250,7 @@ impl Links {
             }
         }
         lock(&self.inner.senders).insert(reg.shard, end.commands.clone());
+        drop(lb);
         self.peers_changed(reg.group);
         c.registered.fetch_add(1, Ordering::Relaxed);
         info!(shard = reg.shard.0, group = reg.group.0, addr = %reg.addr, capacity = reg.capacity, "shard registered");

@@ -77,11 +77,12 @@ impl ConnStore {
             sink: sink.clone(),
             held: Vec::new(),
         };
-        drop(r);
-        if !self
+        // Under the record's lock, like `commit`: one of them stores what was pending.
+        let store_pending = !self
             .committed
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        drop(r);
+        if store_pending {
             for e in &pending {
                 self.store.put(e.key.to_vec(), e.value.to_vec());
             }

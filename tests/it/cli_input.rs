@@ -82,6 +82,17 @@ fn numeric_and_duration_flags_refuse_what_they_cannot_hold() {
             &["--hub", "127.0.0.1:1", "--listen", "127.0.0.1:0"],
         ),
     ];
+    // Ranges a command checks after parsing: the same exit 2.
+    for (args, names) in [
+        (&["bench", "grant", "--rounds=500"][..], "--rounds"),
+        (&["bench", "ttfb", "--rtt-ms=0"], "--rtt-ms"),
+        (&["bench", "placement", "--steps=10"], "--steps"),
+        (&["loadgen", "--hold=4000"], "--hold"),
+        (&["demo", "--seconds=4000"], "--seconds"),
+        (&["publish", "synth/x"], "synthetic"),
+    ] {
+        refused(args, names);
+    }
     for (cmd, flag, v, rest) in count_flags {
         let given = format!("{flag}={v}");
         let mut a: Vec<&str> = cmd.to_vec();
@@ -95,6 +106,21 @@ fn numeric_and_duration_flags_refuse_what_they_cannot_hold() {
 fn config_values_out_of_range_name_their_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
+        (
+            "transport",
+            "heartbeat_interval = \"5000000000000000000s\"",
+            "transport.heartbeat_interval",
+        ),
+        (
+            "transport.handshakes",
+            "per_ip_rate = 1e-13",
+            "transport.handshakes",
+        ),
+        (
+            "transport.handshakes",
+            "per_ip_burst = 0.5",
+            "transport.handshakes",
+        ),
         ("transport", "idle_timeout = \"1e20s\"", "idle_timeout"),
         (
             "transport",

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,8 +123,8 @@ async fn bench_flood(a: &BenchArgs) -> Result<()> {
         r.attack_handshakes_per_s,
         r.legit_ttfb_p99_ratio,
         r.legit_failures,
-        r.hub_rss_mib,
-        r.shard_rss_mib,
+        r.hub_rss_mib.ratio,
+        r.shard_rss_mib.ratio,
         r.goal,
         if r.goal_met { "met" } else { "NOT met" }
     );
@@ -187,7 +187,7 @@ async fn bench_live_failover(a: &BenchArgs) -> Result<()> {
         o.duration = Duration::from_millis(1500);
     }
     if a.rate_hz == 0 || a.rate_hz > 100_000 {
-        bail!("--rate-hz must be in 1..=100000");
+        refuse!("--rate-hz must be in 1..=100000");
     }
     eprintln!(
         "bench: live-failover ({} rounds, {} subscribers, {} chunks/s, shard processes on loopback, standby sessions {:?})",
@@ -218,17 +218,17 @@ const SWEEP_STARTUPS_MS: [f64; 2] = [1000.0, 5000.0];
 pub async fn run(a: BenchArgs) -> Result<()> {
     use shoal::tools::bench::{self, BenchOptions, Figure, Scenario};
     if a.rounds == 0 || a.rounds > 100 {
-        bail!("--rounds must be in 1..=100");
+        refuse!("--rounds must be in 1..=100");
     }
     if a.rtt_ms == 0 || a.rtt_ms > 2000 {
-        bail!("--rtt-ms must be in 1..=2000");
+        refuse!("--rtt-ms must be in 1..=2000");
     }
     if a.subscribers == 0
         || a.subscribers > 10_000
         || a.idle_clients == 0
         || a.idle_clients > 100_000
     {
-        bail!("--subscribers must be in 1..=10000 and --idle-clients in 1..=100000");
+        refuse!("--subscribers must be in 1..=10000 and --idle-clients in 1..=100000");
     }
     if a.scenario == BenchScenario::Failover {
         return bench_failover(&a).await;
@@ -254,13 +254,13 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     opts.idle_clients = a.idle_clients;
     if a.remote_shards {
         if !(0.0..=1000.0).contains(&a.link_delay_ms) {
-            bail!("--link-delay-ms must be in 0..=1000");
+            refuse!("--link-delay-ms must be in 0..=1000");
         }
         if !matches!(
             a.scenario,
             BenchScenario::Grant | BenchScenario::Attach | BenchScenario::Ttfb
         ) {
-            bail!("--remote-shards applies to grant, attach and ttfb");
+            refuse!("--remote-shards applies to grant, attach and ttfb");
         }
         opts.remote_link_delay = Some(Duration::from_secs_f64(a.link_delay_ms / 1e3));
     }
@@ -306,10 +306,10 @@ pub async fn run(a: BenchArgs) -> Result<()> {
 async fn bench_placement(a: &BenchArgs) -> Result<()> {
     use shoal::tools::bench::placement::{self, PlacementFigure, SimOptions, StartupSource, Trace};
     if a.steps < 60 || a.steps > 1_000_000 {
-        bail!("--steps must be in 60..=1000000");
+        refuse!("--steps must be in 60..=1000000");
     }
     if a.buffer_shards.is_some_and(|n| n > 256) {
-        bail!("--buffer-shards must be in 0..=256");
+        refuse!("--buffer-shards must be in 0..=256");
     }
     let traces = match a.trace {
         TraceArg::Ramp => vec![Trace::Ramp],
@@ -324,7 +324,7 @@ async fn bench_placement(a: &BenchArgs) -> Result<()> {
             eprintln!("bench: placement: shard start-up given: {ms} ms (not measured)");
             startups.push((given(ms), StartupSource::Given));
         }
-        Some(_) => bail!("--startup-ms must be in 0..=600000"),
+        Some(_) => refuse!("--startup-ms must be in 0..=600000"),
         None => {
             let exe = std::env::current_exe().context("finding the shoal executable")?;
             let rounds = if a.quick { 1 } else { 3 };
@@ -445,7 +445,7 @@ async fn bench_placement(a: &BenchArgs) -> Result<()> {
 
 async fn bench_failover(a: &BenchArgs) -> Result<()> {
     if a.rate_hz == 0 || a.rate_hz > 100_000 {
-        bail!("--rate-hz must be in 1..=100000");
+        refuse!("--rate-hz must be in 1..=100000");
     }
     let rounds = if a.quick { 1 } else { a.rounds.max(1) };
     eprintln!(

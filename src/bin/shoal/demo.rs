@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use shoal::tools::demo::{self, DemoOptions};
@@ -52,12 +52,12 @@ enum PolicyArg {
 pub async fn run(a: DemoArgs) -> Result<()> {
     if let Some(shape) = a.traffic {
         if !(a.seconds > 0.0 && a.seconds <= 3600.0) {
-            bail!("--seconds must be in (0, 3600]");
+            refuse!("--seconds must be in (0, 3600]");
         }
         return run_traffic(&a, shape).await;
     }
     if a.clients == 0 || !(a.seconds > 0.0 && a.seconds <= 3600.0) {
-        bail!("--clients must be at least 1 and --seconds in (0, 3600]");
+        refuse!("--clients must be at least 1 and --seconds in (0, 3600]");
     }
     let opts = DemoOptions {
         clients: a.clients,

@@ -53,7 +53,7 @@ pub struct LoadgenArgs {
 pub async fn run(a: LoadgenArgs) -> Result<()> {
     use shoal::tools::loadgen::{self, LoadgenOptions};
     if !((0.0..=3600.0).contains(&a.hold) && a.timeout > 0.0 && a.timeout <= 600.0) {
-        bail!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
+        refuse!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
     }
     let mix = loadgen::parse_mix(&a.streams)
         .map_err(|e| crate::args::InputError(format!("--streams: {e}")))?;

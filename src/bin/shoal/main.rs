@@ -3,6 +3,13 @@
 //! this file parses the command line, sets up logging and the runtime, and holds what several
 //! commands share (the hub connection arguments, the shutdown signal).
 
+/// Like `bail!`, for input the user must fix (a flag, a value): exit 2 (see `exit_code`).
+macro_rules! refuse {
+    ($($t:tt)*) => {
+        return Err(crate::args::InputError(format!($($t)*)).into())
+    };
+}
+
 mod args;
 mod bench;
 mod certs;
@@ -129,13 +136,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// `e` and its causes on one line, each said once: an error whose message already quotes its
-/// cause (`cannot read config x: No such file`) does not repeat it.
+/// `e` and its causes on one line, each said once: an error whose message already ends with
+/// its cause (`cannot read config x: No such file`) does not repeat it.
 fn render(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if out.contains(&text) {
+        if out.ends_with(&text) {
             continue;
         }
         if !out.is_empty() {

@@ -58,7 +58,7 @@ fn cert_context(what: &str, path: &Path) -> String {
 
 pub async fn receive(a: ReceiveArgs) -> Result<()> {
     if !(0.0..=86_400.0).contains(&a.seconds) {
-        bail!("--seconds must be in [0, 86400]");
+        refuse!("--seconds must be in [0, 86400]");
     }
     let chain = shoal::security::tls::read_certs(&a.cert)
         .with_context(|| cert_context("receiver certificate", &a.cert))?;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
 
@@ -29,10 +29,10 @@ pub struct PublishArgs {
 pub async fn run(a: PublishArgs) -> Result<()> {
     let stream = StreamName::new(a.stream.clone())?;
     if stream.is_synthetic() {
-        bail!("{stream} is synthetic (synth/…); publish to another name, e.g. live/demo");
+        refuse!("{stream} is synthetic (synth/…); publish to another name, e.g. live/demo");
     }
     if a.rate == 0 || a.size > shoal::wire::MAX_CHUNK_PAYLOAD {
-        bail!("--rate must be at least 1 and --size at most 1 MiB");
+        refuse!("--rate must be at least 1 and --size at most 1 MiB");
     }
     let client = client(&a.conn)?;
     let mut publisher = client

@@ -79,7 +79,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     if let Some(admin) = &a.admin {
         cfg.admin.listen = shoal::cluster::config::parse_admin_listen(admin)
-            .map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+            .map_err(|e| crate::args::InputError(format!("--admin: {e}")))?;
     }
     cfg.validate()
         .context("the config with the command-line overrides")?;

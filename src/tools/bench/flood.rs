@@ -199,6 +199,14 @@ pub struct FloodRound {
     pub shard_rss_mib: [f64; 2],
 }
 
+/// Resident memory before the attack and at its end (medians over the rounds), and end ÷ start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rss {
+    pub start: f64,
+    pub end: f64,
+    pub ratio: f64,
+}
+
 /// Medians over the rounds (sums for failures), and the goal.
 #[derive(Debug, Clone, Serialize)]
 pub struct FloodReport {
@@ -207,8 +215,10 @@ pub struct FloodReport {
     pub attack_handshakes_per_s: f64,
     pub legit_ttfb_p99_ratio: f64,
     pub legit_failures: u64,
-    pub hub_rss_mib: f64,
-    pub shard_rss_mib: f64,
+    /// The hub process's RSS, MiB (the ratio: end ÷ start).
+    pub hub_rss_mib: Rss,
+    /// The shard processes' RSS together, MiB.
+    pub shard_rss_mib: Rss,
     pub goal: &'static str,
     pub goal_met: bool,
     pub per_round: Vec<FloodRound>,
@@ -245,6 +255,71 @@ async fn legit(child: &ChildServer, clients: usize) -> Result<(f64, u64), BenchE
     Ok((r.ttfb.p99_us as f64, r.failed))
 }
 
+/// One round against `child`: the load alone, then under attack.
+async fn one_round(
+    child: &ChildServer,
+    exe: &std::path::Path,
+    clients: usize,
+    seconds: f64,
+    tasks: usize,
+) -> Result<FloodRound, BenchError> {
+    // Warm-up, then the load alone.
+    legit(child, clients / 2).await?;
+    let (without, failed_alone) = legit(child, clients).await?;
+    let (hub0, shard0) = (child.rss()?, shards_rss(child));
+    let attack_spec = AttackSpec {
+        targets: child.ready.addrs.clone(),
+        ca_pem: child.ready.ca_pem.clone(),
+        cluster: child.ready.cluster.clone(),
+        bind_ip: IpAddr::from([127, 0, 0, 2]),
+        seconds,
+        handshake_tasks: tasks,
+        idle: tasks * 2,
+        stalled: tasks,
+        garbage_per_s: 5_000,
+    };
+    let attacker = tokio::process::Command::new("nice")
+        .args(["-n", "19"])
+        .arg(exe)
+        .arg("bench-attack")
+        .arg(serde_json::to_string(&attack_spec).map_err(err)?)
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| err(format!("the attacker: {e}")))?;
+    // Let the attack reach its pace, then the same load under it.
+    tokio::time::sleep(Duration::from_secs_f64(seconds / 4.0)).await;
+    let (during, failed_during) = legit(child, clients).await?;
+    let (hub1, shard1) = (child.rss()?, shards_rss(child));
+    let out = tokio::time::timeout(
+        Duration::from_secs_f64(seconds + 30.0),
+        attacker.wait_with_output(),
+    )
+    .await
+    .map_err(|_| err("the attacker did not finish"))?
+    .map_err(err)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let attack: AttackReport = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| err(format!("the attacker printed no report: {text}")))?;
+    Ok(FloodRound {
+        attack_handshakes_per_s: attack.handshakes_attempted as f64 / attack.seconds,
+        attack,
+        legit_ttfb_p99_us_without: without,
+        legit_ttfb_p99_us_during: during,
+        legit_ttfb_p99_ratio: during / without.max(1.0),
+        legit_failures: failed_alone + failed_during,
+        hub_rss_ratio: hub1 as f64 / hub0.max(1) as f64,
+        shard_rss_ratio: shard1 as f64 / shard0.max(1) as f64,
+        hub_rss_mib: [mib(hub0), mib(hub1)],
+        shard_rss_mib: [mib(shard0), mib(shard1)],
+    })
+}
+
 /// Runs the rounds; `progress` gets a line per phase.
 pub async fn run(
     opts: &BenchOptions,
@@ -270,62 +345,10 @@ pub async fn run(
             *production_limits = true;
         }
         let child = ChildServer::spawn(&opts.exe, &spec).await?;
-        // Warm-up, then the load alone.
-        legit(&child, clients / 2).await?;
-        let (without, failed_alone) = legit(&child, clients).await?;
-        let (hub0, shard0) = (child.rss()?, shards_rss(&child));
-        let attack_spec = AttackSpec {
-            targets: child.ready.addrs.clone(),
-            ca_pem: child.ready.ca_pem.clone(),
-            cluster: child.ready.cluster.clone(),
-            bind_ip: IpAddr::from([127, 0, 0, 2]),
-            seconds,
-            handshake_tasks: tasks,
-            idle: tasks * 2,
-            stalled: tasks,
-            garbage_per_s: 5_000,
-        };
-        let attacker = tokio::process::Command::new("nice")
-            .args(["-n", "19"])
-            .arg(&opts.exe)
-            .arg("bench-attack")
-            .arg(serde_json::to_string(&attack_spec).map_err(err)?)
-            .env("RUST_LOG", "off")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| err(format!("the attacker: {e}")))?;
-        // Let the attack reach its pace, then the same load under it.
-        tokio::time::sleep(Duration::from_secs_f64(seconds / 4.0)).await;
-        let (during, failed_during) = legit(&child, clients).await?;
-        let (hub1, shard1) = (child.rss()?, shards_rss(&child));
-        let out = tokio::time::timeout(
-            Duration::from_secs_f64(seconds + 30.0),
-            attacker.wait_with_output(),
-        )
-        .await
-        .map_err(|_| err("the attacker did not finish"))?
-        .map_err(err)?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let attack: AttackReport = text
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .ok_or_else(|| err(format!("the attacker printed no report: {text}")))?;
+        let round = one_round(&child, &opts.exe, clients, seconds, tasks).await;
+        // Stopped on every path: its shard processes go with it.
         child.stop().await;
-        let round = FloodRound {
-            attack_handshakes_per_s: attack.handshakes_attempted as f64 / attack.seconds,
-            attack,
-            legit_ttfb_p99_us_without: without,
-            legit_ttfb_p99_us_during: during,
-            legit_ttfb_p99_ratio: during / without.max(1.0),
-            legit_failures: failed_alone + failed_during,
-            hub_rss_ratio: hub1 as f64 / hub0.max(1) as f64,
-            shard_rss_ratio: shard1 as f64 / shard0.max(1) as f64,
-            hub_rss_mib: [mib(hub0), mib(hub1)],
-            shard_rss_mib: [mib(shard0), mib(shard1)],
-        };
+        let round = round?;
         progress(&format!(
             "bench flood round {}/{}: attack {:.0} handshakes/s ({} completed, {} refused), legit ttfb p99 {:.0} µs alone / {:.0} µs under attack = {:.2}, failures {}, RSS hub {:.1}→{:.1} MiB, shards {:.1}→{:.1} MiB",
             r + 1,
@@ -333,8 +356,8 @@ pub async fn run(
             round.attack_handshakes_per_s,
             round.attack.handshakes_completed,
             round.attack.handshakes_refused,
-            without,
-            during,
+            round.legit_ttfb_p99_us_without,
+            round.legit_ttfb_p99_us_during,
             round.legit_ttfb_p99_ratio,
             round.legit_failures,
             round.hub_rss_mib[0],
@@ -354,8 +377,16 @@ pub async fn run(
         attack_handshakes_per_s: med(|r| r.attack_handshakes_per_s),
         legit_ttfb_p99_ratio: ratio,
         legit_failures: failures,
-        hub_rss_mib: hub,
-        shard_rss_mib: shard,
+        hub_rss_mib: Rss {
+            start: med(|r| r.hub_rss_mib[0]),
+            end: med(|r| r.hub_rss_mib[1]),
+            ratio: hub,
+        },
+        shard_rss_mib: Rss {
+            start: med(|r| r.shard_rss_mib[0]),
+            end: med(|r| r.shard_rss_mib[1]),
+            ratio: shard,
+        },
         goal: "legit_failures 0, legit_ttfb_p99_ratio <= 2, hub and shard RSS end/start <= 1.5",
         goal_met: failures == 0 && ratio <= 2.0 && hub <= 1.5 && shard <= 1.5,
         per_round: rounds,
