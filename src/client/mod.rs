@@ -508,17 +508,20 @@ impl Inner {
     ) -> Result<GrantReply, ClientError> {
         let timeout = self.opts.request_timeout;
         let work = async {
-            let hc = self.hub_connection().await?;
-            match self.request_on(&hc.conn, stream, role).await {
-                // A request sent in 0-RTT is lost when the hub refuses early data (its stream
-                // fails); send it again, now over the completed handshake.
-                Err(ClientError::Protocol(_) | ClientError::Write(_))
-                    if hc.early && hc.conn.close_reason().is_none() =>
-                {
-                    self.request_on(&hc.conn, stream, role).await
+            // A hub whose handshake guard refuses the connection (CONNECTION_REFUSED, its
+            // per-address limits) is asked again after a short backoff, a few times, within
+            // the request timeout.
+            let mut backoff = Duration::from_millis(50);
+            for _ in 0..HUB_REFUSED_RETRIES {
+                match self.request_once(stream, role).await {
+                    Err(ClientError::Connection(e)) if guard_refused(&e) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                    r => return r,
                 }
-                r => r,
             }
+            self.request_once(stream, role).await
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -526,6 +529,24 @@ impl Inner {
                 addr: self.hub,
                 after: timeout,
             })?
+    }
+
+    async fn request_once(
+        &self,
+        stream: &StreamName,
+        role: Role,
+    ) -> Result<GrantReply, ClientError> {
+        let hc = self.hub_connection().await?;
+        match self.request_on(&hc.conn, stream, role).await {
+            // A request sent in 0-RTT is lost when the hub refuses early data (its stream
+            // fails); send it again, now over the completed handshake.
+            Err(ClientError::Protocol(_) | ClientError::Write(_))
+                if hc.early && hc.conn.close_reason().is_none() =>
+            {
+                self.request_on(&hc.conn, stream, role).await
+            }
+            r => r,
+        }
     }
 
     async fn request_on(
@@ -593,6 +614,15 @@ pub(crate) fn closed_or(conn: &quinn::Connection, e: ClientError) -> ClientError
 pub(crate) async fn ended_or(conn: &quinn::Connection, e: ClientError) -> ClientError {
     let _ = tokio::time::timeout(Duration::from_millis(250), conn.closed()).await;
     closed_or(conn, e)
+}
+
+/// Times a request is sent again after the hub's guard refused its connection.
+const HUB_REFUSED_RETRIES: usize = 4;
+
+/// Whether a connection was refused by the peer's handshake guard (PROTOCOL §1).
+fn guard_refused(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
 }
 
 pub(crate) fn refused_or_lost(err: quinn::ConnectionError) -> ClientError {

@@ -80,3 +80,32 @@ async fn a_socket_past_its_handshakes_in_flight_is_refused() {
     third.close(0u32.into(), b"");
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_refused_by_the_hubs_rate_limit_asks_again_after_a_backoff() {
+    let mut cfg = super::common::config();
+    // One new connection at once from an IP, the next one 200 ms later.
+    cfg.transport.handshakes.per_ip_burst = 1.0;
+    cfg.transport.handshakes.per_ip_rate = 5.0;
+    let tc = TestCluster::with(cfg);
+    let raw = RawClient::new();
+    let first = raw.connect(tc.cluster.hub.addr()).await;
+    let client = tc.client("guard-backoff");
+    let stream = StreamName::new("synth/guard-backoff").unwrap();
+    let reply = client.request(&stream, Role::Subscribe).await;
+    assert!(
+        reply.is_ok(),
+        "granted after the hub refused once: {reply:?}"
+    );
+    let refused = tc
+        .cluster
+        .hub
+        .guard()
+        .counters()
+        .refused
+        .load(Ordering::Relaxed);
+    assert!(refused >= 1, "the hub refused nothing");
+    first.close(0u32.into(), b"");
+    client.close().await;
+    tc.shutdown().await;
+}
