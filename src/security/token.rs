@@ -260,41 +260,22 @@ impl TokenKeys {
     /// Seals `claims` under their group's key of the epoch in force at `now_ms` (the hub's
     /// keys only).
     pub fn seal(&self, claims: &Claims, now_ms: u64) -> Result<Vec<u8>, TokenError> {
-        let Source::Schedule(schedule) = &self.source else {
-            return Err(TokenError::CannotSeal);
-        };
-        let epoch = self.epoch_at(now_ms);
-        let nonce: [u8; 12] = self.random_bytes()?;
         let client = claims.client.as_str().as_bytes();
-        let mut out = Vec::with_capacity(HEADER_LEN + FIXED_CLAIMS + client.len() + TAG_LEN);
-        out.push(TOKEN_VERSION);
-        out.extend_from_slice(&epoch.to_be_bytes());
-        out.extend_from_slice(&claims.group.0.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&claims.id.0);
-        out.extend_from_slice(&claims.issued_at_ms.to_be_bytes());
-        out.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
-        out.extend_from_slice(&claims.secret);
-        out.push(claims.priority as u8);
-        out.extend_from_slice(&claims.expect_kbps.to_be_bytes());
-        out.push(client.len() as u8);
-        out.extend_from_slice(client);
-        let (header, body) = out.split_at_mut(HEADER_LEN);
-        let key = aead_key(&schedule.token_key(claims.group.0, epoch));
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&header[..]),
-                body,
-            )
-            .map_err(|_| TokenError::Invalid)?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        let mut plain = Vec::with_capacity(FIXED_CLAIMS + client.len());
+        plain.extend_from_slice(&claims.id.0);
+        plain.extend_from_slice(&claims.issued_at_ms.to_be_bytes());
+        plain.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
+        plain.extend_from_slice(&claims.secret);
+        plain.push(claims.priority as u8);
+        plain.extend_from_slice(&claims.expect_kbps.to_be_bytes());
+        plain.push(client.len() as u8);
+        plain.extend_from_slice(client);
+        self.seal_raw(self.epoch_at(now_ms), claims.group.0, &plain)
     }
 
     /// Seals `plaintext` as the claims of a token of `group` and `epoch`, its layout
-    /// unchecked (the hub's keys only): how the fuzz targets reach the parsing behind the tag.
-    #[doc(hidden)]
+    /// unchecked (the hub's keys only): what [`TokenKeys::seal`] seals its claims with, and
+    /// how the fuzz targets reach the parsing behind the tag.
     pub fn seal_raw(
         &self,
         epoch: u32,

@@ -41,6 +41,13 @@ fn loadgen_args(lab: &Lab, hub: SocketAddr) -> Vec<String> {
     ])
 }
 
+/// The 30 clients of [`loadgen_args`] all served, nothing missing or twice.
+fn all_served(r: &serde_json::Value) {
+    assert_eq!((n(r, "succeeded"), n(r, "failed")), (30.0, 0.0), "{r}");
+    assert_eq!(n(r, "chunks_missing"), 0.0, "{r}");
+    assert_eq!(n(r, "chunks_duplicated"), 0.0, "{r}");
+}
+
 /// A subscriber through `hub` that moves to a new local port after `after_s` seconds, for
 /// `count` chunks; its exit status and the last lines of its log.
 fn rebinding_subscriber(
@@ -145,9 +152,7 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     );
     assert!(status.is_some(), "loadgen still runs");
     let r = report(&mut lab, run, Duration::from_secs(1));
-    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
-    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
-    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    all_served(&r);
     let zero = n(&r, "zero_rtt_accepted") / n(&r, "zero_rtt_attempted").max(1.0);
     assert!(zero >= 0.99, "0-RTT through the balancer: {zero} ({r})");
     let m = metrics(&lab).expect("metrics");
@@ -185,9 +190,7 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     let status = lab.wait(run, Duration::from_secs(60));
     assert!(status.is_some(), "loadgen still runs");
     let r = report(&mut lab, run, Duration::from_secs(1));
-    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
-    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
-    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    all_served(&r);
     assert!(n(&r, "resumes") >= 1.0, "the clients of shard 2 moved: {r}");
     let m = metrics(&lab).expect("metrics");
     let misrouted = by_shard(&m, "shoal_shard_misrouted_total");
@@ -326,9 +329,7 @@ fn through_nginx_the_same_flows_work_and_a_rebinding_client_is_a_migration() {
         "loadgen still runs"
     );
     let r = report(&mut lab, run, Duration::from_secs(1));
-    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
-    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
-    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    all_served(&r);
     let zero = n(&r, "zero_rtt_accepted") / n(&r, "zero_rtt_attempted").max(1.0);
     assert!(zero >= 0.99, "0-RTT through nginx: {zero} ({r})");
     let m = metrics(&lab).expect("metrics");
@@ -373,8 +374,6 @@ fn through_nginx_the_same_flows_work_and_a_rebinding_client_is_a_migration() {
         "loadgen still runs"
     );
     let r = report(&mut lab, run, Duration::from_secs(1));
-    assert_eq!((n(&r, "succeeded"), n(&r, "failed")), (30.0, 0.0), "{r}");
-    assert_eq!(n(&r, "chunks_missing"), 0.0, "{r}");
-    assert_eq!(n(&r, "chunks_duplicated"), 0.0, "{r}");
+    all_served(&r);
     assert!(n(&r, "resumes") >= 1.0, "the clients of shard 2 moved: {r}");
 }
