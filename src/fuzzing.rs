@@ -247,14 +247,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("token", keys.seal(&claims, 1_000_000).expect("sealed")));
     // Group 0, then the claims' layout in the clear (what `token` seals behind the tag).
     let mut plain = vec![0u8];
-    plain.extend_from_slice(&claims.id.0);
-    plain.extend_from_slice(&claims.issued_at_ms.to_be_bytes());
-    plain.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
-    plain.extend_from_slice(&claims.secret);
-    plain.push(claims.priority as u8);
-    plain.extend_from_slice(&claims.expect_kbps.to_be_bytes());
-    plain.push(4);
-    plain.extend_from_slice(b"fuzz");
+    plain.extend_from_slice(&claims.plaintext());
     out.push(("token", plain));
     out.push(("mirror_datagram", datagram::encode_probe(9).to_vec()));
     let fb = datagram::Feedback {

@@ -148,6 +148,24 @@ pub struct TokenKeys {
     rng: SystemRandom,
 }
 
+impl Claims {
+    /// The claims as a token carries them behind its tag (all but the group, which is in the
+    /// header).
+    pub(crate) fn plaintext(&self) -> Vec<u8> {
+        let client = self.client.as_str().as_bytes();
+        let mut plain = Vec::with_capacity(FIXED_CLAIMS + client.len());
+        plain.extend_from_slice(&self.id.0);
+        plain.extend_from_slice(&self.issued_at_ms.to_be_bytes());
+        plain.extend_from_slice(&self.expires_at_ms.to_be_bytes());
+        plain.extend_from_slice(&self.secret);
+        plain.push(self.priority as u8);
+        plain.extend_from_slice(&self.expect_kbps.to_be_bytes());
+        plain.push(client.len() as u8);
+        plain.extend_from_slice(client);
+        plain
+    }
+}
+
 impl TokenKeys {
     /// The hub's keys: every group's, derived from the schedule. `epoch_secs`: the rotation
     /// interval in seconds (at least 1).
@@ -260,17 +278,7 @@ impl TokenKeys {
     /// Seals `claims` under their group's key of the epoch in force at `now_ms` (the hub's
     /// keys only).
     pub fn seal(&self, claims: &Claims, now_ms: u64) -> Result<Vec<u8>, TokenError> {
-        let client = claims.client.as_str().as_bytes();
-        let mut plain = Vec::with_capacity(FIXED_CLAIMS + client.len());
-        plain.extend_from_slice(&claims.id.0);
-        plain.extend_from_slice(&claims.issued_at_ms.to_be_bytes());
-        plain.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
-        plain.extend_from_slice(&claims.secret);
-        plain.push(claims.priority as u8);
-        plain.extend_from_slice(&claims.expect_kbps.to_be_bytes());
-        plain.push(client.len() as u8);
-        plain.extend_from_slice(client);
-        self.seal_raw(self.epoch_at(now_ms), claims.group.0, &plain)
+        self.seal_raw(self.epoch_at(now_ms), claims.group.0, &claims.plaintext())
     }
 
     /// Seals `plaintext` as the claims of a token of `group` and `epoch`, its layout
