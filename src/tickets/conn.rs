@@ -83,9 +83,7 @@ impl ConnStore {
             .swap(true, std::sync::atomic::Ordering::Relaxed);
         drop(r);
         if store_pending {
-            for e in &pending {
-                self.store.put(e.key.to_vec(), e.value.to_vec());
-            }
+            self.store_all(&pending);
         }
         if !pending.is_empty() {
             sink(pending);
@@ -104,9 +102,14 @@ impl ConnStore {
             return;
         }
         if let Record::Pending(pending) = &*r {
-            for e in pending {
-                self.store.put(e.key.to_vec(), e.value.to_vec());
-            }
+            self.store_all(pending);
+        }
+    }
+
+    /// Puts `entries` in the endpoint's store.
+    fn store_all(&self, entries: &[StoreEntry]) {
+        for e in entries {
+            self.store.put(e.key.to_vec(), e.value.to_vec());
         }
     }
 

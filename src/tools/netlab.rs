@@ -260,10 +260,8 @@ impl Lab {
         ] {
             self.exec(balancer, &["sysctl", "-qw", key])?;
         }
-        let to = format!("{}/32", self.ip(clients));
-        let via = self.ip(balancer).to_string();
         for host in backends {
-            self.exec(host, &["ip", "route", "add", &to, "via", &via])?;
+            self.route_via(host, &[clients], balancer, true)?;
             for key in [
                 "net.ipv4.conf.all.accept_redirects=0",
                 "net.ipv4.conf.eth0.accept_redirects=0",
