@@ -18,6 +18,7 @@
 
 pub mod clock;
 pub mod ids;
+pub mod metrics_hist;
 pub mod security;
 #[cfg(feature = "server")]
 mod sync;
@@ -59,5 +60,8 @@ pub mod tools;
 pub const ALPN: &[u8] = b"shoal/1";
 /// The cluster name used when none is configured; it is the TLS server name of hub and shards.
 pub const DEFAULT_CLUSTER: &str = "shoal.local";
+/// The git revision the crate was built from (`git rev-parse --short=12 HEAD` at build time;
+/// `unknown` when built outside a git checkout). `shoal_build_info` carries it.
+pub const GIT_REVISION: &str = env!("SHOAL_GIT_REVISION");
 
 pub use clock::unix_us;

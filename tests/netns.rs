@@ -27,6 +27,8 @@ use serde_json::Value;
 const HUB_PORT: u16 = 4433;
 const CONTROL_PORT: u16 = 4434;
 const ADMIN_PORT: u16 = 4480;
+/// The hub's admin API listens on its host's address, not loopback: it needs a token.
+const ADMIN_TOKEN: &str = "netns-lab-admin-token-0123456789";
 const SHARD_PORT: u16 = 4500;
 const STREAMS: &str = "synth/netns-a,synth/netns-b";
 
@@ -74,6 +76,8 @@ fn write_config(lab: &Lab, extra: &str) -> String {
         .output()
         .expect("shoal certs");
     assert!(out.status.success(), "shoal certs: {out:?}");
+    let token = admin_token_file(lab);
+    std::fs::write(&token, ADMIN_TOKEN).expect("admin token");
     let text = format!(
         "data_dir = {data:?}\n\
          [transport]\n\
@@ -81,12 +85,18 @@ fn write_config(lab: &Lab, extra: &str) -> String {
          idle_timeout = \"3s\"\n\
          [admin]\n\
          listen = \"{}\"\n\
+         token_file = {token:?}\n\
          {extra}",
         lab.addr("hub", ADMIN_PORT)
     );
     let path = lab.dir().join("shoal.toml");
     std::fs::write(&path, text).expect("config");
     path.display().to_string()
+}
+
+/// The file holding [`ADMIN_TOKEN`] (`--admin-token-file` of the commands that change things).
+fn admin_token_file(lab: &Lab) -> std::path::PathBuf {
+    lab.dir().join("admin.token")
 }
 
 fn metrics(lab: &Lab) -> Result<String, String> {
@@ -275,7 +285,7 @@ fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
         "publish", "--hub", &hub, "--ca", &ca, "--rate", "100", "--count", "1300", STREAM,
     ]);
     let publisher = lab.spawn("clients", "publisher", &publish);
-    // The primary (the shard the publisher attached to), from the hub's `GET /live`.
+    // The primary (the shard the publisher attached to), from the hub's `GET /streams/live`.
     let live = |lab: &Lab| {
         live_stream(lab, STREAM).filter(|s| {
             !s["primary"].is_null() && s["copies"].as_array().is_some_and(|c| !c.is_empty())
@@ -308,10 +318,10 @@ fn a_live_stream_survives_its_primary_shard_process_across_hosts() {
     lab.kill(publisher);
 }
 
-/// The hub's `GET /live` entry of `stream`.
+/// The hub's `GET /streams/live` entry of `stream`.
 fn live_stream(lab: &Lab, stream: &str) -> Option<Value> {
     let body = lab
-        .http_get("hub", lab.addr("hub", ADMIN_PORT), "/live")
+        .http_get("hub", lab.addr("hub", ADMIN_PORT), "/streams/live")
         .ok()?;
     let all: Value = serde_json::from_str(&body).ok()?;
     all.as_array()?

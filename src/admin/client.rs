@@ -1,7 +1,9 @@
-//! A tiny HTTP/1.1 client for the admin API, used by `shoal mirror …` (and handy in tests).
+//! A tiny HTTP/1.1 client for the admin API, used by `shoal mirror …` and `shoal lb rotate`
+//! (and handy in tests).
 //!
-//! One request per connection: the request goes out with `Content-Length` and
-//! `Connection: close`, the whole response is read until the server closes (at most
+//! One request per connection: the request goes out with `Content-Length`, `Connection: close`
+//! and, given a token, `Authorization: Bearer <token>` (a [`BearerToken`] holds only visible
+//! ASCII, so it cannot break the header), the whole response is read until the server closes (at most
 //! [`MAX_RESPONSE`] bytes), then the status line is parsed and the body taken as it is (or
 //! de-chunked for `Transfer-Encoding: chunked`). The whole exchange is bounded by one timeout.
 
@@ -9,6 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::auth::BearerToken;
 
 /// Largest response read.
 pub const MAX_RESPONSE: u64 = 16 << 20;
@@ -28,6 +32,17 @@ impl HttpResponse {
     /// The body as JSON, when it is JSON.
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
+    }
+
+    /// Whether the server wanted a bearer token it did not get (or not this one).
+    pub fn is_unauthorized(&self) -> bool {
+        self.status == 401
+    }
+
+    /// The `code` of an error body.
+    pub fn code(&self) -> Option<String> {
+        self.json()
+            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_string))
     }
 
     /// The `error` message of an error body, else the body as text.
@@ -66,7 +81,19 @@ pub async fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, AdminClientError> {
-    match tokio::time::timeout(timeout, exchange(addr, method, path, body)).await {
+    request_with_token(addr, method, path, body, None, timeout).await
+}
+
+/// [`request`], presenting `token` (when given) as `Authorization: Bearer <token>`.
+pub async fn request_with_token(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&BearerToken>,
+    timeout: Duration,
+) -> Result<HttpResponse, AdminClientError> {
+    match tokio::time::timeout(timeout, exchange(addr, method, path, body, token)).await {
         Ok(r) => r,
         Err(_) => Err(AdminClientError::Timeout { addr, timeout }),
     }
@@ -77,6 +104,7 @@ async fn exchange(
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    token: Option<&BearerToken>,
 ) -> Result<HttpResponse, AdminClientError> {
     let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -89,6 +117,9 @@ async fn exchange(
     );
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {}\r\n", t.as_str()));
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
@@ -207,6 +238,8 @@ mod tests {
             body: br#"{"error":"exists","code":"mirror_exists"}"#.to_vec(),
         };
         assert_eq!(r.error_message(), "exists");
+        assert_eq!(r.code().as_deref(), Some("mirror_exists"));
+        assert!(!r.is_unauthorized());
         assert_eq!(encode_segment("[::1]:7000"), "%5B::1%5D:7000");
     }
 }

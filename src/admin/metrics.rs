@@ -1,24 +1,58 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
 //!
-//! One `# HELP` and `# TYPE` line per family, then its samples. Label values are escaped as
-//! the format requires (`\\`, `\"`, `\n`); values are written as Prometheus floats (`NaN`,
-//! `+Inf`, `-Inf`). The families:
+//! One `# HELP` and `# TYPE` line per family, then its samples; a family without samples is
+//! left out. Label values are escaped as the format requires (`\\`, `\"`, `\n`); values are
+//! written as Prometheus floats (`NaN`, `+Inf`, `-Inf`). A histogram is written as
+//! `<name>_bucket{…,le="…"}` (cumulative, `+Inf` last), `<name>_sum` and `<name>_count`, with
+//! the buckets of [`crate::metrics_hist::BOUNDS_US`] (0.0005 s … 10 s).
 //!
-//! - per mirror (label `stream`): [`MIRROR`] (switches, replayed, dropped, conflated and gap
-//!   chunk counters, buffered chunks);
-//! - per mirror endpoint (labels `stream`, `endpoint`, `addr`): [`ENDPOINT`] (srtt, loss,
-//!   bandwidth, rate, chunks sent, …) and `shoal_mirror_endpoint_state` (one sample per state
-//!   with label `state`, 1 for the current one);
-//! - [`HUB`] counters and, per shard (labels `shard`, `group`), [`SHARD`] (sessions, …).
+//! What is read, in order: the mirrors' snapshots, the hub's counters, the shard directory
+//! (every shard the hub knows, embedded or in another process: each one's figures come from
+//! its last `load` report over the link, so both kinds have the same families), then this
+//! process (`/proc/self`). The families:
+//!
+//! | family | type | labels | what |
+//! |---|---|---|---|
+//! | `shoal_build_info` | gauge | `version`, `revision` | 1; crate version and git revision |
+//! | `process_cpu_seconds_total` | counter | | user + system CPU (Linux) |
+//! | `process_resident_memory_bytes`, `process_virtual_memory_bytes` | gauge | | memory (Linux) |
+//! | `process_open_fds`, `process_max_fds` | gauge | | descriptors, soft limit (Linux) |
+//! | `process_start_time_seconds` | gauge | | since the Unix epoch (Linux) |
+//! | [`MIRROR`] `shoal_mirror_*` | counter, gauge | `stream` | switches, pushed, replayed, dropped, conflated, gap chunks, blocked pushes, buffered chunks, endpoints |
+//! | `shoal_mirror_failover_detection_seconds` | histogram | `stream` | the failed active endpoint's last sign of life → failure acted on |
+//! | `shoal_mirror_failover_switch_seconds` | histogram | `stream` | failure acted on → the next active acknowledged its first chunk |
+//! | [`ENDPOINT`] `shoal_mirror_endpoint_*` | gauge, counter | `stream`, `endpoint`, `addr` | srtt, loss, bandwidth, rate, rank, pending, chunks and bytes sent, degradations, connects |
+//! | `shoal_mirror_endpoint_state` | gauge | … `state` | 1 for the current state |
+//! | [`HUB`] `shoal_hub_*_total` | counter | | connections, grants, rejects, idle closes, 0-RTT requests, session reports, link events |
+//! | `shoal_hub_rejections_total` | counter | `code` | rejects and error closes by wire code (snake_case name, `0x…` for a code this build does not know) |
+//! | `shoal_hub_grant_seconds` | histogram | | request read → grant written |
+//! | [`SHARD`] `shoal_shard_*` | gauge, counter | `shard`, `group` | sessions, capacity, streams, committed bytes/s, buffer bytes, alive, allocations, chunks and bytes sent, CPU, 0-RTT attempted / accepted / admitted, ticket misses, promotions, misrouted, malformed, reports dropped |
+//! | `shoal_shard_rejections_total` | counter | `shard`, `group`, `code` | connections refused or closed with an error code |
+//! | `shoal_shard_attach_seconds` | histogram | `shard`, `group` | connection accepted → attach admitted |
+//! | `shoal_shard_first_chunk_seconds` | histogram | `shard`, `group` | attach admitted → first chunk written |
+//! | `shoal_live_replication_lag_{seqs,seconds}` | gauge | `stream`, `primary`, `standby` | a live stream's standby behind its primary |
+//!
+//! Series with a `code` label appear once that code was counted; every other per-shard and
+//! per-mirror family has a series for each shard and mirror, histograms included (all zeros
+//! until an observation).
 
+mod families;
+mod process;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::hub::directory::{ShardRecord, ShardState};
+use crate::hub::directory::ShardRecord;
 use crate::hub::HubCounters;
 use crate::ids::StreamName;
+use crate::metrics_hist::{le_labels, CodeCount, HistogramSnapshot};
 use crate::mirror::machine::EndpointSnapshot;
 use crate::mirror::{EndpointState, MirrorSnapshot};
+use crate::wire::ErrorCode;
+pub use families::{Metric, ENDPOINT, HUB, MIRROR, SHARD};
+pub use process::{build_info, ProcessStats};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -53,22 +87,61 @@ impl Exposition {
         if samples.peek().is_none() {
             return;
         }
+        self.head(name, kind, help);
+        for (labels, value) in samples {
+            self.sample(name, &labels, None, value);
+        }
+    }
+
+    /// Writes one histogram family: per series its cumulative buckets, sum (seconds) and
+    /// count. A series whose snapshot has other buckets than this build's is left out.
+    pub fn histogram<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Labels, &'a HistogramSnapshot)>,
+    ) {
+        let series: Vec<_> = series
+            .into_iter()
+            .filter_map(|(l, h)| Some((l, h.cumulative()?, h.sum_seconds())))
+            .collect();
+        if series.is_empty() {
+            return;
+        }
+        self.head(name, "histogram", help);
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        let le = le_labels();
+        for (labels, cumulative, seconds) in series {
+            for (bound, n) in le.iter().zip(cumulative) {
+                self.sample(&bucket, &labels, Some(bound), n as f64);
+            }
+            self.sample(&sum, &labels, None, seconds);
+            let total = cumulative.last().copied().unwrap_or(0);
+            self.sample(&count, &labels, None, total as f64);
+        }
+    }
+
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            self.out.push_str(name);
-            if !labels.is_empty() {
-                self.out.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(',');
-                    }
-                    let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-                }
-                self.out.push('}');
-            }
-            let _ = writeln!(self.out, " {}", number(value));
+    }
+
+    fn sample(&mut self, name: &str, labels: &Labels, le: Option<&str>, value: f64) {
+        self.out.push_str(name);
+        let le = le.map(|v| ("le", v));
+        let all = labels.iter().map(|(k, v)| (*k, v.as_str())).chain(le);
+        for (i, (k, v)) in all.enumerate() {
+            self.out.push(if i == 0 { '{' } else { ',' });
+            let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
         }
+        if !labels.is_empty() || le.is_some() {
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
     }
 
     pub fn finish(self) -> String {
@@ -106,327 +179,88 @@ fn number(v: f64) -> String {
     }
 }
 
-/// A family computed from one value per item: name, type, help, value.
-pub type Metric<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
-
-pub const MIRROR: &[Metric<MirrorSnapshot>] = &[
-    (
-        "shoal_mirror_pushed_chunks_total",
-        "counter",
-        "Chunks the source pushed into the mirror.",
-        |m| m.counters.pushed as f64,
-    ),
-    (
-        "shoal_mirror_switches_total",
-        "counter",
-        "Changes of the active endpoint.",
-        |m| m.counters.switches as f64,
-    ),
-    (
-        "shoal_mirror_replayed_chunks_total",
-        "counter",
-        "Chunks sent again after a failover.",
-        |m| m.counters.replayed as f64,
-    ),
-    (
-        "shoal_mirror_dropped_chunks_total",
-        "counter",
-        "Chunks dropped by the overflow policy.",
-        |m| m.counters.dropped as f64,
-    ),
-    (
-        "shoal_mirror_conflated_chunks_total",
-        "counter",
-        "Chunks skipped because a newer one had the same key.",
-        |m| m.counters.conflated as f64,
-    ),
-    (
-        "shoal_mirror_gap_chunks_total",
-        "counter",
-        "Chunks reported to receivers as a gap.",
-        |m| m.counters.gap_chunks as f64,
-    ),
-    (
-        "shoal_mirror_blocked_total",
-        "counter",
-        "Pushes that waited for room (overflow policy block).",
-        |m| m.counters.blocked as f64,
-    ),
-    (
-        "shoal_mirror_buffered_chunks",
-        "gauge",
-        "Chunks kept for replay.",
-        |m| m.buffered as f64,
-    ),
-    (
-        "shoal_mirror_endpoints",
-        "gauge",
-        "Endpoints in the mirror's list.",
-        |m| m.endpoints.len() as f64,
-    ),
-];
-
-pub const ENDPOINT: &[Metric<EndpointSnapshot>] = &[
-    (
-        "shoal_mirror_endpoint_srtt_seconds",
-        "gauge",
-        "Smoothed round-trip time of the endpoint's path.",
-        |e| e.health.srtt_ms / 1e3,
-    ),
-    (
-        "shoal_mirror_endpoint_loss_ratio",
-        "gauge",
-        "Lost over sent QUIC packets in the last window.",
-        |e| e.health.loss,
-    ),
-    (
-        "shoal_mirror_endpoint_bandwidth_bytes_per_second",
-        "gauge",
-        "Delivered bandwidth measured on the endpoint's path.",
-        |e| e.health.bandwidth_bps,
-    ),
-    (
-        "shoal_mirror_endpoint_rate_bytes_per_second",
-        "gauge",
-        "Adaptive send rate towards the endpoint.",
-        |e| e.rate_bps,
-    ),
-    (
-        "shoal_mirror_endpoint_rank",
-        "gauge",
-        "Rank of the endpoint (0 is best).",
-        |e| e.rank as f64,
-    ),
-    (
-        "shoal_mirror_endpoint_pending_chunks",
-        "gauge",
-        "Chunks waiting to be sent to the endpoint.",
-        |e| e.pending as f64,
-    ),
-    (
-        "shoal_mirror_endpoint_chunks_sent_total",
-        "counter",
-        "Chunks sent to the endpoint.",
-        |e| e.counters.chunks_sent as f64,
-    ),
-    (
-        "shoal_mirror_endpoint_bytes_sent_total",
-        "counter",
-        "Payload bytes sent to the endpoint.",
-        |e| e.counters.bytes_sent as f64,
-    ),
-    (
-        "shoal_mirror_endpoint_degradations_total",
-        "counter",
-        "Times the endpoint failed the health rule.",
-        |e| e.counters.degradations as f64,
-    ),
-    (
-        "shoal_mirror_endpoint_connects_total",
-        "counter",
-        "Connections made to the endpoint.",
-        |e| e.counters.connects as f64,
-    ),
-];
-
-pub const HUB: &[Metric<HubCounters>] = &[
-    (
-        "shoal_hub_connections_total",
-        "counter",
-        "Connections the hub accepted.",
-        |h| load(&h.connections),
-    ),
-    (
-        "shoal_hub_grants_total",
-        "counter",
-        "Grants the hub issued.",
-        |h| load(&h.grants),
-    ),
-    (
-        "shoal_hub_rejects_total",
-        "counter",
-        "Requests the hub rejected.",
-        |h| load(&h.rejects),
-    ),
-    (
-        "shoal_hub_idle_closed_total",
-        "counter",
-        "Hub connections closed with TIMEOUT because they opened no stream in time.",
-        |h| load(&h.idle_closed),
-    ),
-    (
-        "shoal_hub_zero_rtt_requests_total",
-        "counter",
-        "Requests that arrived in 0-RTT data.",
-        |h| load(&h.zero_rtt_requests),
-    ),
-    (
-        "shoal_hub_sessions_reported_total",
-        "counter",
-        "Ended sessions the shards reported to the hub's profiler.",
-        |h| load(&h.sessions_reported),
-    ),
-    (
-        "shoal_hub_sessions_dropped_total",
-        "counter",
-        "Session reports dropped because the profiler was behind or closed.",
-        |h| load(&h.sessions_dropped),
-    ),
-    (
-        "shoal_hub_model_expectations_total",
-        "counter",
-        "Requests whose expected bitrate came from the learned request model.",
-        |h| load(&h.model_expectations),
-    ),
-    (
-        "shoal_hub_grants_forgotten_total",
-        "counter",
-        "Ended subscriptions learned against the profile at session end because their grant's features were no longer remembered.",
-        |h| load(&h.grants_forgotten),
-    ),
-    (
-        "shoal_hub_shards_registered_total",
-        "counter",
-        "Shards that registered over a link (contract version accepted).",
-        |h| load(&h.link.registered),
-    ),
-    (
-        "shoal_hub_shard_registrations_refused_total",
-        "counter",
-        "Links refused at registration (another contract version, a duplicate id, no registration first).",
-        |h| load(&h.link.refused),
-    ),
-    (
-        "shoal_hub_shards_lost_total",
-        "counter",
-        "Shard links that closed without the shard reporting drained (crash, kill).",
-        |h| load(&h.link.lost),
-    ),
-    (
-        "shoal_hub_shards_drained_total",
-        "counter",
-        "Shards that reported drained and left the directory.",
-        |h| load(&h.link.drained),
-    ),
-    (
-        "shoal_hub_shards_silent_total",
-        "counter",
-        "Times a shard was taken out of placement for silence.",
-        |h| load(&h.link.silent),
-    ),
-    (
-        "shoal_hub_prepares_confirmed_total",
-        "counter",
-        "Granted shards that confirmed their preparation (stream warm, the client's session entries held) within 250 ms.",
-        |h| load(&h.link.entries_held),
-    ),
-    (
-        "shoal_hub_prepares_missed_total",
-        "counter",
-        "Granted shards that did not confirm their preparation within 250 ms (see shoal_shard_ticket_misses_total for the clients that then resumed without 0-RTT).",
-        |h| load(&h.link.entries_missed),
-    ),
-    (
-        "shoal_hub_entries_forwarded_total",
-        "counter",
-        "Copies of session entries sent to a client's shards after its grant.",
-        |h| load(&h.link.entries_forwarded),
-    ),
-    (
-        "shoal_hub_entry_forwards_dropped_total",
-        "counter",
-        "Copies of session entries dropped because a shard's link was full.",
-        |h| load(&h.link.forwards_dropped),
-    ),
-];
-
-/// Per shard in the hub's directory, from the shard's last load report.
-pub const SHARD: &[Metric<ShardRecord>] = &[
-    (
-        "shoal_shard_sessions",
-        "gauge",
-        "Sessions open on the shard.",
-        |s| s.load.sessions as f64,
-    ),
-    (
-        "shoal_shard_buffer_bytes",
-        "gauge",
-        "Payload bytes the shard's streams hold.",
-        |s| s.load.buffer_bytes as f64,
-    ),
-    (
-        "shoal_shard_alive",
-        "gauge",
-        "1 while the hub places on the shard, 0 while it drains or is silent (a shard leaves the directory, and this list, once drained or gone).",
-        |s| f64::from(u8::from(s.state == ShardState::Ready)),
-    ),
-    (
-        "shoal_shard_allocations_total",
-        "counter",
-        "Sessions the shard ever admitted.",
-        |s| s.load.allocations as f64,
-    ),
-    (
-        "shoal_shard_chunks_sent_total",
-        "counter",
-        "Chunks the shard sent to subscribers.",
-        |s| s.load.chunks_sent as f64,
-    ),
-    (
-        "shoal_shard_reports_dropped_total",
-        "counter",
-        "Reports the shard dropped because its link to the hub was full.",
-        |s| s.load.reports_dropped as f64,
-    ),
-    (
-        "shoal_shard_ticket_misses_total",
-        "counter",
-        "Session tickets clients offered that the shard's store did not hold (resumed without 0-RTT).",
-        |s| s.load.ticket_misses as f64,
-    ),
-    (
-        "shoal_shard_promotions_total",
-        "counter",
-        "Standby copies of live streams promoted to primary at the shard (their publisher moved there).",
-        |s| s.load.promotions as f64,
-    ),
-    (
-        "shoal_shard_misrouted_total",
-        "counter",
-        "Packets that reached the shard with another server's QUIC-LB connection ID (misrouted by the balancer, or forged).",
-        |s| s.load.misrouted as f64,
-    ),
-    (
-        "shoal_shard_malformed_total",
-        "counter",
-        "Datagrams that reached the shard with a QUIC header that does not parse (dropped unread).",
-        |s| s.load.malformed as f64,
-    ),
-    (
-        "shoal_shard_rejections_total",
-        "counter",
-        "Connections the shard refused or closed with an error code.",
-        |s| s.load.rejections as f64,
-    ),
-];
-
-fn load(a: &AtomicU64) -> f64 {
-    a.load(Ordering::Relaxed) as f64
+/// The `code` label of a wire error code: its name in snake_case (`token_invalid`), or
+/// `0x…` for a value this build does not know (a newer shard's).
+pub fn code_label(code: u32) -> String {
+    let Some(c) = ErrorCode::from_u32(code) else {
+        return format!("0x{code:02x}");
+    };
+    let mut out = String::new();
+    for (i, ch) in format!("{c:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
 }
 
-/// The whole exposition of one admin server.
+/// Counts by `code` label (a list from a peer may name a code twice: summed).
+fn by_code(counts: &[CodeCount]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for c in counts {
+        let n: &mut u64 = out.entry(code_label(c.code)).or_default();
+        *n = n.saturating_add(c.count);
+    }
+    out
+}
+
+fn shard_labels(s: &ShardRecord) -> Labels {
+    vec![
+        ("shard", s.id.0.to_string()),
+        ("group", s.group.0.to_string()),
+    ]
+}
+
+/// The whole exposition of one admin server, this process's figures included.
 pub fn render(
     mirrors: &[(StreamName, MirrorSnapshot)],
     hub: Option<&HubCounters>,
     shards: &[ShardRecord],
 ) -> String {
+    render_with(mirrors, hub, shards, process::read().as_ref())
+}
+
+/// [`render`] with the process's figures given (none: the `process_*` families left out).
+pub fn render_with(
+    mirrors: &[(StreamName, MirrorSnapshot)],
+    hub: Option<&HubCounters>,
+    shards: &[ShardRecord],
+    proc_stats: Option<&ProcessStats>,
+) -> String {
     let mut x = Exposition::default();
-    for (name, kind, help, f) in MIRROR {
-        let samples = mirrors
-            .iter()
-            .map(|(s, m)| (vec![("stream", s.to_string())], f(m)));
-        x.family(name, kind, help, samples);
+    build_info(&mut x);
+    if let Some(p) = proc_stats {
+        process::families(&mut x, p);
     }
+    mirror_families(&mut x, mirrors);
+    if let Some(h) = hub {
+        hub_families(&mut x, h);
+    }
+    shard_families(&mut x, shards);
+    x.finish()
+}
+
+fn mirror_families(x: &mut Exposition, mirrors: &[(StreamName, MirrorSnapshot)]) {
+    let stream = |s: &StreamName| vec![("stream", s.to_string())];
+    for (name, kind, help, f) in MIRROR {
+        x.family(
+            name,
+            kind,
+            help,
+            mirrors.iter().map(|(s, m)| (stream(s), f(m))),
+        );
+    }
+    x.histogram(
+        "shoal_mirror_failover_detection_seconds",
+        "Failover mode: the failed active endpoint's last sign of life to its failure being acted on (degraded, or its connection closed).",
+        mirrors.iter().map(|(s, m)| (stream(s), &m.failover.detection)),
+    );
+    x.histogram(
+        "shoal_mirror_failover_switch_seconds",
+        "Failover mode: the active endpoint's failure acted on to the next active endpoint acknowledging the first chunk it was sent.",
+        mirrors.iter().map(|(s, m)| (stream(s), &m.failover.switch)),
+    );
     for (name, kind, help, f) in ENDPOINT {
         let samples = mirrors
             .iter()
@@ -449,21 +283,62 @@ pub fn render(
         "1 for the endpoint's current state, 0 for the others.",
         states,
     );
-    if let Some(h) = hub {
-        for (name, kind, help, f) in HUB {
-            x.family(name, kind, help, [(Labels::new(), f(h))]);
-        }
+}
+
+fn hub_families(x: &mut Exposition, h: &HubCounters) {
+    for (name, kind, help, f) in HUB {
+        x.family(name, kind, help, [(Labels::new(), f(h))]);
     }
+    let codes = by_code(&h.rejections.snapshot());
+    x.family(
+        "shoal_hub_rejections_total",
+        "counter",
+        "Requests the hub answered with a reject, and hub connections it closed with an error code, by code.",
+        codes
+            .into_iter()
+            .map(|(code, n)| (vec![("code", code)], n as f64)),
+    );
+    let grants = h.grant_seconds.snapshot();
+    x.histogram(
+        "shoal_hub_grant_seconds",
+        "A stream request read to its grant written (placement, preparing the shards, sealing the token).",
+        [(Labels::new(), &grants)],
+    );
+}
+
+/// Per shard in the hub's directory, from its last load report.
+fn shard_families(x: &mut Exposition, shards: &[ShardRecord]) {
     for (name, kind, help, f) in SHARD {
-        let samples = shards.iter().map(|s| {
-            let l = vec![
-                ("shard", s.id.0.to_string()),
-                ("group", s.group.0.to_string()),
-            ];
-            (l, f(s))
-        });
-        x.family(name, kind, help, samples);
+        x.family(
+            name,
+            kind,
+            help,
+            shards.iter().map(|s| (shard_labels(s), f(s))),
+        );
     }
+    let rejections = shards.iter().flat_map(|s| {
+        by_code(&s.load.rejected).into_iter().map(move |(code, n)| {
+            let mut l = shard_labels(s);
+            l.push(("code", code));
+            (l, n as f64)
+        })
+    });
+    x.family(
+        "shoal_shard_rejections_total",
+        "counter",
+        "Connections the shard refused or closed with an error code, by code.",
+        rejections,
+    );
+    x.histogram(
+        "shoal_shard_attach_seconds",
+        "A connection accepted by the shard to its attach admitted (handshake, token and proof checks, quota).",
+        shards.iter().map(|s| (shard_labels(s), &s.load.attach_seconds)),
+    );
+    x.histogram(
+        "shoal_shard_first_chunk_seconds",
+        "An attach admitted to the first chunk written to the subscriber (time to first byte at the shard).",
+        shards.iter().map(|s| (shard_labels(s), &s.load.first_chunk_seconds)),
+    );
     // Live streams: each primary's view of its standbys.
     type LagFn = fn(&crate::link::StandbyLag) -> f64;
     let lags: [(&str, &str, LagFn); 2] = [
@@ -473,9 +348,9 @@ pub fn render(
             |l| l.lag_seqs as f64,
         ),
         (
-            "shoal_live_replication_lag_ms",
+            "shoal_live_replication_lag_seconds",
             "Age of the oldest chunk a live stream's standby has not acknowledged.",
-            |l| l.lag_ms as f64,
+            |l| l.lag_ms as f64 / 1e3,
         ),
     ];
     for (name, help, f) in lags {
@@ -496,7 +371,6 @@ pub fn render(
         });
         x.family(name, "gauge", help, samples);
     }
-    x.finish()
 }
 
 fn ep_labels(stream: &StreamName, ep: &EndpointSnapshot) -> Labels {
@@ -505,33 +379,4 @@ fn ep_labels(stream: &StreamName, ep: &EndpointSnapshot) -> Labels {
         ("endpoint", ep.id.to_string()),
         ("addr", ep.addr.to_string()),
     ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
-        assert_eq!(escape_label("x\ny"), "x\\ny");
-    }
-
-    #[test]
-    fn families_have_help_type_and_samples() {
-        let mut x = Exposition::default();
-        x.family(
-            "m_total",
-            "counter",
-            "Help.",
-            vec![(vec![("k", "v\"".to_string())], 3.0)],
-        );
-        x.family("empty", "gauge", "Skipped.", Vec::new());
-        x.family("g", "gauge", "G.", vec![(Labels::new(), f64::NAN)]);
-        let text = x.finish();
-        assert_eq!(
-            text,
-            "# HELP m_total Help.\n# TYPE m_total counter\nm_total{k=\"v\\\"\"} 3\n# HELP g G.\n# TYPE g gauge\ng NaN\n"
-        );
-    }
 }

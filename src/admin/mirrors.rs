@@ -58,12 +58,32 @@ const SOURCE_CHECK: Duration = Duration::from_millis(250);
 
 pub use crate::mirror::MirrorIdentity;
 
+/// An endpoint a mirror sends to now: its id (as in the endpoint list) and its address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveEndpoint {
+    pub id: crate::mirror::EndpointId,
+    pub addr: SocketAddr,
+}
+
+fn active_of(s: &MirrorSnapshot) -> Vec<ActiveEndpoint> {
+    s.endpoints
+        .iter()
+        .filter(|ep| s.active.contains(&ep.id))
+        .map(|ep| ActiveEndpoint {
+            id: ep.id,
+            addr: ep.addr,
+        })
+        .collect()
+}
+
 /// A mirror as `GET /mirrors/{stream}` and `POST /mirrors` show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MirrorView {
     pub stream: StreamName,
     /// The shard the mirror reads the stream from now.
     pub source_shard: ShardId,
+    /// The endpoints sent the stream now, by id and address (as in `GET /mirrors`).
+    pub active: Vec<ActiveEndpoint>,
     #[serde(flatten)]
     pub snapshot: MirrorSnapshot,
 }
@@ -73,8 +93,8 @@ pub struct MirrorView {
 pub struct MirrorSummary {
     pub stream: StreamName,
     pub mode: Mode,
-    /// Addresses of the endpoints sent the stream now.
-    pub active: Vec<SocketAddr>,
+    /// The endpoints sent the stream now, by id and address.
+    pub active: Vec<ActiveEndpoint>,
     /// Endpoints in the list.
     pub endpoints: usize,
     pub head_seq: Option<Seq>,
@@ -142,10 +162,12 @@ impl MirrorManager {
             )
             .instrument(span),
         );
+        let snapshot = sender.snapshot();
         let view = MirrorView {
             stream: stream.clone(),
             source_shard: *lock(&source),
-            snapshot: sender.snapshot(),
+            active: active_of(&snapshot),
+            snapshot,
         };
         map.insert(
             stream.clone(),
@@ -164,12 +186,7 @@ impl MirrorManager {
             .iter()
             .map(|(stream, e)| {
                 let s = e.sender.snapshot();
-                let active = s
-                    .endpoints
-                    .iter()
-                    .filter(|ep| s.active.contains(&ep.id))
-                    .map(|ep| ep.addr)
-                    .collect();
+                let active = active_of(&s);
                 MirrorSummary {
                     stream: stream.clone(),
                     mode: s.mode,
@@ -188,10 +205,12 @@ impl MirrorManager {
             .get(stream)
             .ok_or_else(|| AdminError::UnknownStream(stream.clone()))?;
         let source_shard = *lock(&e.source);
+        let snapshot = e.sender.snapshot();
         Ok(MirrorView {
             stream: stream.clone(),
             source_shard,
-            snapshot: e.sender.snapshot(),
+            active: active_of(&snapshot),
+            snapshot,
         })
     }
 

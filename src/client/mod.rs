@@ -59,6 +59,10 @@ pub enum ClientError {
     Timeout { addr: SocketAddr, after: Duration },
     #[error("gave up after {attempts} attach attempts; last error: {last}")]
     Exhausted { attempts: u32, last: String },
+    /// The shards sent go-away and the hub gave no new grant: the cluster is shutting down
+    /// (or draining every shard of the group at once).
+    #[error("the cluster is shutting down: the shards sent go-away and the hub {hub} gave no new grant ({last})")]
+    ClusterDraining { hub: SocketAddr, last: String },
     #[error("the publisher stopped")]
     PublisherStopped,
     /// The publisher sent a chunk at [`Seq::LAST`]; no chunk may follow it.

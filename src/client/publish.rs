@@ -217,7 +217,9 @@ async fn drive(
         // Re-attach (to the next shard, or through a new grant) and replay what the new shard
         // may lack.
         let mut err = failure;
+        let mut went_away = false;
         a = loop {
+            went_away |= err.code() == Some(ErrorCode::GoingAway);
             let (rank, backoff, regrant) =
                 match failover.on_failure(&err, grant.shards.len(), progressed) {
                     Next::GiveUp => return Err(err),
@@ -241,6 +243,13 @@ async fn drive(
                         grant = r.grant;
                         failover.regranted();
                         rank = failover.rank();
+                    }
+                    Err(e) if went_away => {
+                        let last = e.to_string();
+                        return Err(ClientError::ClusterDraining {
+                            hub: inner.hub,
+                            last,
+                        });
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "publisher re-grant failed");

@@ -290,6 +290,7 @@ pub(crate) async fn run_subscription(
     // The hot standby's newest sequence (its own duplicates are counted).
     let mut side_high = seq.last();
     let mode = inner.opts.standby;
+    let mut went_away = false;
     loop {
         let rank = failover.rank() % grant.shards.len();
         let shard = grant.shards[rank].clone();
@@ -360,6 +361,9 @@ pub(crate) async fn run_subscription(
             End::Failed(e) => e,
         };
         let progressed = stats.chunks.load(Ordering::Relaxed) > before;
+        // Sent away since the last progress (a drain), whatever the later attempts met.
+        went_away =
+            !progressed && went_away || err.code() == Some(crate::wire::ErrorCode::GoingAway);
         tracing::debug!(shard = shard.id.0, error = %err, "shard session ended");
         let (backoff, regrant) = match failover.on_failure(&err, grant.shards.len(), progressed) {
             Next::GiveUp => {
@@ -386,6 +390,18 @@ pub(crate) async fn run_subscription(
                     // A warm session belongs to the old grant's order.
                     standby = None;
                     failover.regranted();
+                }
+                // Sent away by the shards, refused by the hub: the cluster is going down;
+                // say so now rather than retrying into silence.
+                Err(e) if went_away => {
+                    let last = e.to_string();
+                    let _ = tx
+                        .send(Err(ClientError::ClusterDraining {
+                            hub: inner.hub,
+                            last,
+                        }))
+                        .await;
+                    return;
                 }
                 Err(e) => tracing::debug!(error = %e, "re-grant failed"),
             }

@@ -3,9 +3,15 @@
 //! Loaded and checked before any socket is bound. Unknown fields are errors. Durations are
 //! written like `"500ms"`, `"10s"`, `"1h"`. `shoal up --print-config` prints the defaults.
 
+mod admin;
 mod bounds;
+pub mod env;
+pub mod example;
 mod lb;
+mod log;
+pub use admin::{parse_admin_listen, AdminConfig};
 pub use lb::{LbProfile, LbSettings};
+pub use log::LogConfig;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,6 +43,9 @@ pub enum ConfigError {
         key: &'static str,
         rule: &'static str,
     },
+    /// A `SHOAL_*` environment variable the config cannot take (see [`env`]).
+    #[error("config: {0}")]
+    Env(#[from] env::EnvError),
     /// `profiles.limits` is out of range (the profiler says how).
     #[error("config{}: profiles.limits: {source}", in_file(path))]
     ProfileLimits {
@@ -86,6 +95,7 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     pub pool: PoolSettings,
     pub lb: LbSettings,
+    pub log: LogConfig,
 }
 
 /// The shard pool of `shoal up` (see `pool`): off by default, the cluster keeps
@@ -309,50 +319,6 @@ pub struct TransportSettings {
     pub handshakes: crate::guard::GuardSettings,
 }
 
-/// The admin HTTP API (mirrors, metrics) of `shoal up`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// TCP address of the admin API; `"off"` disables it. Default `127.0.0.1:4480` (loopback:
-    /// the API has no authentication, keep it off public interfaces).
-    #[serde(with = "admin_listen")]
-    pub listen: Option<SocketAddr>,
-    /// PEM client certificate chain mirrors present to receivers (it must chain to the CA the
-    /// receivers trust). Default: the cluster certificate.
-    pub mirror_cert: Option<PathBuf>,
-    /// PEM private key of `mirror_cert`. Default: the cluster key.
-    pub mirror_key: Option<PathBuf>,
-}
-
-/// Parses an admin listen address: `IP:PORT`, or `off` for none.
-pub fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, String> {
-    match text.trim() {
-        "off" | "none" => Ok(None),
-        t => t
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("invalid admin address {t:?}: expected IP:PORT or \"off\"")),
-    }
-}
-
-mod admin_listen {
-    use std::net::SocketAddr;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(a) => s.collect_str(a),
-            None => s.serialize_str("off"),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_admin_listen(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -377,6 +343,7 @@ impl Default for Config {
             profiles: ProfilesConfig::default(),
             pool: PoolSettings::default(),
             lb: LbSettings::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -447,16 +414,6 @@ impl Default for TransportSettings {
     }
 }
 
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4480)),
-            mirror_cert: None,
-            mirror_key: None,
-        }
-    }
-}
-
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
@@ -466,12 +423,9 @@ impl Default for ShutdownConfig {
 }
 
 impl Config {
+    /// The file at `path`, then the `SHOAL_*` environment variables over it ([`env`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::from_env_and_file(Some(path))
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
@@ -510,8 +464,8 @@ impl Config {
         if let Err(source) = self.profiles.limits.validate() {
             return Err(ConfigError::ProfileLimits { path: None, source });
         }
-        if rustls::pki_types::ServerName::try_from(self.cluster.clone()).is_err() {
-            return bad("cluster", "must be a valid DNS name");
+        if crate::security::certs::check_cluster_name(&self.cluster).is_err() {
+            return bad("cluster", "must be a DNS name (not an IP address)");
         }
         let sh = &self.shards;
         // No shard of its own is fine for a hub whose shards register over the control link.
@@ -606,6 +560,7 @@ impl Config {
             }
             _ => {}
         }
+        self.admin.check()?;
         Ok(())
     }
 

@@ -26,9 +26,10 @@ use crate::hub::{Hub, HubParams};
 use crate::ids::{GroupId, ShardId};
 use crate::link::net::{ControlServer, CTL_ALPN};
 use crate::pool::launcher::{LaunchError, Launcher};
+use crate::security::certslot::{check_covers, CertSlot};
 use crate::security::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
-use crate::security::tls::mtls_server_crypto;
-use crate::security::tls::{read_certs, read_key, server_crypto, transport_config, TlsError};
+use crate::security::tls::{mtls_server_crypto_in, server_crypto_in};
+use crate::security::tls::{read_certs, read_key, transport_config, TlsError};
 use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
 use crate::shard::Shard;
@@ -54,6 +55,13 @@ pub enum ClusterError {
     Invalid(String),
     #[error("QUIC-LB: {0}")]
     Lb(#[from] crate::lb::LbError),
+    /// A file a config key names (or defaults to) cannot be used.
+    #[error("{key}: {source}")]
+    File {
+        key: String,
+        #[source]
+        source: TlsError,
+    },
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -114,9 +122,30 @@ impl Material {
     }
 
     /// Reads the configured material. What is not configured comes from the data directory,
-    /// where dev material is created if missing; the returned notes say what was created.
-    pub fn load_or_create(cfg: &Config) -> Result<(Self, Vec<String>), ClusterError> {
-        let mut notes = Vec::new();
+    /// where dev material is created if missing. Everything configured is read first, so a
+    /// bad path fails before anything is written; [`DevFiles`] says what was created (to
+    /// log, and to remove when the start-up fails after all).
+    pub fn load_or_create(cfg: &Config) -> Result<(Self, DevFiles), ClusterError> {
+        let file = |key: &str, configured: bool, path: &std::path::Path| {
+            let key = if configured {
+                key.to_string()
+            } else {
+                format!("{key} (unset, so {})", path.display())
+            };
+            move |source| ClusterError::File { key, source }
+        };
+        let mut dev = DevFiles::default();
+        // Configured files first: nothing is created when one of them is wrong.
+        let read_configured = |key: &str, path: &Option<std::path::PathBuf>| match path {
+            Some(p) => read_certs(p).map(Some).map_err(file(key, true, p)),
+            None => Ok(None),
+        };
+        let configured_certs = read_configured("tls.cert", &cfg.tls.cert)?;
+        let configured_ca = read_configured("tls.ca", &cfg.tls.ca)?;
+        let configured_key = match &cfg.tls.key {
+            Some(p) => Some(read_key(p).map_err(file("tls.key", true, p))?),
+            None => None,
+        };
         let secret = if let Some(path) = &cfg.keys.secret_file {
             ClusterSecret::load(path)?
         } else if let Ok(hex) = std::env::var(SECRET_ENV) {
@@ -125,7 +154,8 @@ impl Material {
             let path = cfg.secret_path();
             if !path.exists() {
                 ClusterSecret::random()?.save(&path)?;
-                notes.push(format!(
+                dev.created.push(path.clone());
+                dev.notes.push(format!(
                     "created a dev cluster secret at {} (set keys.secret_file or {SECRET_ENV} in production)",
                     path.display()
                 ));
@@ -133,23 +163,72 @@ impl Material {
             ClusterSecret::load(&path)?
         };
         let cert = cfg.cert_path();
-        if cfg.tls.cert.is_none() && !cert.exists() {
-            let certs = crate::security::certs::generate(&cfg.cluster)?;
-            crate::security::certs::write(&cfg.data_dir, &certs)?;
-            notes.push(format!(
+        if configured_certs.is_none() && !cert.exists() {
+            let made = crate::security::certs::generate(&cfg.cluster)
+                .and_then(|certs| crate::security::certs::write(&cfg.data_dir, &certs));
+            match made {
+                Ok(paths) => dev.created.extend(paths),
+                Err(e) => {
+                    dev.remove();
+                    return Err(e.into());
+                }
+            }
+            dev.notes.push(format!(
                 "created dev certificates for {} in {} (clients trust {})",
                 cfg.cluster,
                 cfg.data_dir.display(),
                 cfg.ca_path().display()
             ));
         }
-        let m = Self {
-            secret,
-            chain: read_certs(&cert)?,
-            key: read_key(&cfg.key_path())?,
-            ca: read_certs(&cfg.ca_path())?,
+        let (key, ca) = (cfg.key_path(), cfg.ca_path());
+        let defaulted = || -> Result<Self, ClusterError> {
+            Ok(Self {
+                secret,
+                chain: match configured_certs {
+                    Some(c) => c,
+                    None => read_certs(&cert).map_err(file("tls.cert", false, &cert))?,
+                },
+                key: match configured_key {
+                    Some(k) => k,
+                    None => read_key(&key).map_err(file("tls.key", false, &key))?,
+                },
+                ca: match configured_ca {
+                    Some(c) => c,
+                    None => read_certs(&ca).map_err(file("tls.ca", false, &ca))?,
+                },
+            })
         };
-        Ok((m, notes))
+        match defaulted() {
+            Ok(m) => Ok((m, dev)),
+            Err(e) => {
+                dev.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether clients trusting this CA accept the certificate for `cluster` (the start-up
+    /// refuses a certificate every client would reject).
+    pub fn check_covers(&self, cluster: &str) -> Result<(), TlsError> {
+        check_covers(&self.chain, &self.ca, cluster)
+    }
+}
+
+/// What [`Material::load_or_create`] created in the data directory.
+#[derive(Debug, Default)]
+pub struct DevFiles {
+    /// What to tell the operator.
+    pub notes: Vec<String>,
+    /// The files written.
+    pub created: Vec<std::path::PathBuf>,
+}
+
+impl DevFiles {
+    /// Removes what was created (a start-up that failed leaves nothing behind).
+    pub fn remove(&self) {
+        for p in &self.created {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -165,6 +244,8 @@ pub struct Cluster {
     pub ca: Vec<CertificateDer<'static>>,
     pub cluster: String,
     grace: Duration,
+    /// The certificate every server configuration of the cluster presents.
+    certs: Arc<CertSlot>,
 }
 
 impl Cluster {
@@ -189,7 +270,8 @@ impl Cluster {
         let reset_key = Arc::new(schedule.stateless_reset_key());
         let token_key: Arc<dyn quinn::crypto::HandshakeTokenKey> =
             Arc::new(schedule.new_token_key());
-        let crypto = |tickets: usize| endpoint_crypto(&m.chain, &m.key, tickets, st.session_ttl);
+        let certs = CertSlot::new(m.chain.clone(), &m.key)?;
+        let crypto = |tickets: usize| endpoint_crypto(&certs, tickets, st.session_ttl);
         let endpoint_config = quinn::EndpointConfig::new(reset_key);
         // Behind a QUIC-LB balancer every endpoint issues CIDs that carry its server id.
         let lb = if cfg.lb.enabled {
@@ -287,8 +369,7 @@ impl Cluster {
         };
         let control = match control {
             Some(bind) => {
-                let crypto =
-                    mtls_server_crypto(m.chain.clone(), m.key.clone_key(), &m.ca, CTL_ALPN)?;
+                let crypto = mtls_server_crypto_in(certs.clone(), &m.ca, CTL_ALPN)?;
                 let server = ControlServer::server_config(crypto)?;
                 Some(
                     ControlServer::start(bind, server, hub.links().clone()).map_err(|source| {
@@ -331,7 +412,26 @@ impl Cluster {
             ca: m.ca,
             cluster: cfg.cluster.clone(),
             grace: cfg.shutdown.grace,
+            certs,
         })
+    }
+
+    /// Presents `chain`/`key` from the next handshake on, on the hub, every embedded shard and
+    /// the control listener (connections already up keep theirs). Refused, changing nothing,
+    /// when the key does not match or clients trusting the cluster CA would not accept the
+    /// chain for the cluster name. Returns whether the certificate changed.
+    pub fn reload_certs(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: &PrivateKeyDer<'static>,
+    ) -> Result<bool, ClusterError> {
+        check_covers(&chain, &self.ca, &self.cluster).map_err(|e| {
+            ClusterError::Invalid(format!(
+                "the new certificate would not verify for {:?} against the cluster CA: {e}",
+                self.cluster
+            ))
+        })?;
+        Ok(self.certs.replace(chain, key)?)
     }
 
     /// Waits until the first shards registered: at once for embedded ones; for shard processes
@@ -387,7 +487,7 @@ impl Cluster {
     /// then the grace period), wait for them to report drained, then write the client profiles
     /// (with the sessions the drain ended) one last time.
     pub async fn shutdown(&self) {
-        info!(grace = ?self.grace, "shutting down");
+        info!(grace_ms = self.grace.as_millis() as u64, "shutting down");
         self.hub.stop_granting().await;
         let ids: Vec<ShardId> = lock(self.directory()).records().map(|r| r.id).collect();
         // Out of placement at once, drained concurrently (each bounded by the grace period).
@@ -417,18 +517,12 @@ impl Cluster {
 /// The TLS configuration of a `shoal/1` endpoint (hub or shard). Its session store is
 /// replaced per endpoint and per connection (see [`ConnConfigs`]).
 pub(crate) fn endpoint_crypto(
-    chain: &[CertificateDer<'static>],
-    key: &PrivateKeyDer<'static>,
+    slot: &Arc<CertSlot>,
     tickets: usize,
     ttl: Duration,
 ) -> Result<Arc<rustls::ServerConfig>, ClusterError> {
     let placeholder = Arc::new(SessionStore::new(1, ttl));
-    Ok(server_crypto(
-        chain.to_vec(),
-        key.clone_key(),
-        placeholder,
-        tickets,
-    )?)
+    Ok(server_crypto_in(slot.clone(), placeholder, tickets)?)
 }
 
 /// What a shard's streams run with.

@@ -187,7 +187,7 @@ impl Launcher for ProcessLauncher {
             },
         );
         drop(running);
-        info!(shard = id.0, group = group.0, ?pid, %listen, "shard process spawned");
+        info!(shard = id.0, group = group.0, pid = pid.unwrap_or(0), %listen, "shard process spawned");
         let launcher = self.clone();
         tokio::spawn(async move {
             let registered = launcher.clone().watch_registration(id, spawned);

@@ -94,7 +94,11 @@ impl ShardProcess {
             ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &token_secret),
         );
         let configs = ConnConfigs::new(
-            endpoint_crypto(&chain, &key, s.tickets_per_handshake, st.session_ttl)?,
+            endpoint_crypto(
+                &crate::security::certslot::CertSlot::new(chain.clone(), &key)?,
+                s.tickets_per_handshake,
+                st.session_ttl,
+            )?,
             transport_config(cfg.transport.idle_timeout),
             token_key,
             Arc::new(SessionStore::new(st.session_store_entries, st.session_ttl)),

@@ -305,7 +305,7 @@ mod tests {
             committed_kbps: 900,
             ..ShardLoad::default()
         };
-        d.handle_load(ShardId(1), load, t0).unwrap();
+        d.handle_load(ShardId(1), load.clone(), t0).unwrap();
         let v = d.views();
         assert_eq!(v.len(), 2);
         assert!(v.iter().all(|s| s.alive));

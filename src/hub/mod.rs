@@ -7,6 +7,7 @@
 //! byte arrives with the grant → finish the stream. A refused request gets a [`Reject`] with its
 //! code; a connection that sends garbage is closed with the frame error's code.
 
+mod counters;
 pub mod directory;
 pub mod grant;
 pub mod links;
@@ -15,7 +16,7 @@ pub mod predictor;
 pub mod profiler;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,36 +32,10 @@ use crate::wire::{
     write_chunk, write_control, ErrorCode, Frame, FrameReader, Grant, Message, Reject,
     StreamRequest,
 };
+pub use counters::HubCounters;
 use directory::Directory;
 use links::Links;
 use placement::{PlacementRequest, Placer};
-
-/// Counters of the hub.
-#[derive(Debug, Default)]
-pub struct HubCounters {
-    pub connections: AtomicU64,
-    pub grants: AtomicU64,
-    pub rejects: AtomicU64,
-    /// Requests that arrived in 0-RTT (returning clients).
-    pub zero_rtt_requests: AtomicU64,
-    /// Connections closed with `TIMEOUT` because they opened no stream in time.
-    pub idle_closed: AtomicU64,
-    /// What the links to the shards saw.
-    pub link: links::LinkCounters,
-    /// Requests not recorded in the profiles because the profiler was behind.
-    pub profiles_dropped: AtomicU64,
-    /// Ended sessions the shards reported (each recorded in its client's profile).
-    pub sessions_reported: AtomicU64,
-    /// Session reports dropped because the profiler was behind or closed.
-    pub sessions_dropped: AtomicU64,
-    /// Requests whose expected bitrate came from the learned request model (assessed before
-    /// placement, so refused ones count too).
-    pub model_expectations: AtomicU64,
-    /// Ended subscriptions the request models learned from against the client's profile at
-    /// session end, because the features their grant was decided on were no longer
-    /// remembered (see [`predictor::GRANT_MEMORY`]).
-    pub grants_forgotten: AtomicU64,
-}
 
 /// Everything a hub needs to start.
 pub struct HubParams {
@@ -121,7 +96,7 @@ struct ArrivalsInner {
     /// The groups that lacked room since the driver last looked.
     lacking: Mutex<std::collections::BTreeSet<crate::ids::GroupId>>,
     /// Whether a pool driver listens (otherwise the hub refuses at once).
-    driven: std::sync::atomic::AtomicBool,
+    driven: AtomicBool,
 }
 
 impl ArrivalsHandle {
@@ -275,6 +250,11 @@ impl Hub {
     /// The shard directory: the hub's only view of its shards.
     pub fn directory(&self) -> &Arc<Mutex<Directory>> {
         self.state.links.directory()
+    }
+
+    /// The keys the hub seals tokens with (the admin API's readiness checks they are loaded).
+    pub fn tokens(&self) -> &Arc<TokenKeys> {
+        &self.state.tokens
     }
 
     /// The hub's own session store.
@@ -526,6 +506,7 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                     Err(_) => {
                         state.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
                         let code = ErrorCode::Timeout;
+                        state.counters.rejections.count(code);
                         return conn.close(code.varint(), code.reason().as_bytes());
                     }
                     Ok(Err(_)) => return,
@@ -545,6 +526,7 @@ async fn accept_loop(state: Arc<HubState>, endpoint: quinn::Endpoint) {
                     tokio::spawn(async move {
                         let rtt = conn.rtt();
                         if let Err(code) = handle_request(&state, &store, rtt, send, recv).await {
+                            state.counters.rejections.count(code);
                             let wait = state.request_timeout;
                             let _ = tokio::time::timeout(wait, complete.wait_for(|c| *c)).await;
                             conn.close(code.varint(), code.reason().as_bytes());
@@ -579,6 +561,8 @@ async fn handle_request(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(_))) => return Err(ErrorCode::ProtocolViolation),
     };
+    // The grant latency runs from here (the request read) to the grant written.
+    let received = crate::clock::now();
     // The connection's session entries are this client's, from now on as they come.
     let (links, client) = (state.links.clone(), req.client_id.clone());
     store.bind(Arc::new(move |entries| links.hub_entries(&client, entries)));
@@ -634,6 +618,8 @@ async fn handle_request(
     {
         return Ok(());
     }
+    let c = &state.counters;
+    c.grant_seconds.observe(crate::clock::since(received));
     if req.stream.is_synthetic() {
         // The first byte rides with the grant: the newest chunk of the stream.
         let spec = state.synthetic;
@@ -675,6 +661,7 @@ async fn refuse(
     reason: String,
 ) -> Result<(), ErrorCode> {
     state.counters.rejects.fetch_add(1, Ordering::Relaxed);
+    state.counters.rejections.count(code);
     debug!(%code, %reason, "request refused");
     let reject = Message::Reject(Reject {
         code: code.as_u32(),

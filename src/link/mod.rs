@@ -30,9 +30,12 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClientId, GroupId, ShardId, StreamName, TokenId};
+use crate::metrics_hist::{CodeCount, HistogramSnapshot};
 
 /// The version of the hub↔shard contract. A shard registers with it; the hub refuses another.
-pub const LINK_VERSION: u16 = 3;
+/// Version 4 added the load report's 0-RTT counters, rejections by code and latency
+/// histograms ([`ShardLoad`]).
+pub const LINK_VERSION: u16 = 4;
 
 /// Shard → hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,7 +241,7 @@ mod opt_addr_text {
 }
 
 /// A shard's load: gauges now and counters since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardLoad {
     pub sessions: u64,
@@ -275,6 +278,24 @@ pub struct ShardLoad {
     /// octets, a short header shorter than a CID), dropped unread.
     #[serde(default)]
     pub malformed: u64,
+    /// Connections that offered 0-RTT data: those whose early data was accepted and those
+    /// that offered a session ticket this shard's store did not hold (early data refused).
+    #[serde(default)]
+    pub zero_rtt_attempted: u64,
+    /// Connections whose handshake resumed a stored session, and so took their early data.
+    #[serde(default)]
+    pub zero_rtt_accepted: u64,
+    /// Connections refused or closed with an error code, per code (the codes counted at
+    /// least once; their sum is `rejections`).
+    #[serde(default)]
+    pub rejected: Vec<CodeCount>,
+    /// Connection accepted → attach admitted, in seconds' buckets
+    /// ([`crate::metrics_hist::BOUNDS_US`]).
+    #[serde(default)]
+    pub attach_seconds: HistogramSnapshot,
+    /// Attach admitted → first chunk written to the subscriber (time to first byte here).
+    #[serde(default)]
+    pub first_chunk_seconds: HistogramSnapshot,
 }
 
 /// One ended session, as a shard reports it: the hub's profiler records it and its load model
@@ -361,6 +382,17 @@ mod tests {
             ShardMsg::Load(ShardLoad {
                 sessions: 4,
                 cpu_ns: 9,
+                zero_rtt_attempted: 3,
+                zero_rtt_accepted: 2,
+                rejected: vec![CodeCount {
+                    code: crate::wire::ErrorCode::TokenInvalid.as_u32(),
+                    count: 5,
+                }],
+                attach_seconds: {
+                    let mut h = HistogramSnapshot::default();
+                    h.observe(std::time::Duration::from_millis(3));
+                    h
+                },
                 ..ShardLoad::default()
             }),
             ShardMsg::SessionEnded(SessionOutcome {

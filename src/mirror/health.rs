@@ -58,24 +58,47 @@ pub(crate) mod humantime_ser {
         parse(&text).map_err(serde::de::Error::custom)
     }
 
-    /// `"250ms"`, `"2s"` or `"1.5s"`.
+    /// `"250ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`, `"1m30s"`: numbers each with a unit
+    /// (`us`, `ms`, `s`, `m`, `h`), as the config file's durations are written; under a day.
     pub fn parse(text: &str) -> Result<Duration, String> {
         let t = text.trim();
-        let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-            (n, 1e-3)
-        } else if let Some(n) = t.strip_suffix('s') {
-            (n, 1.0)
-        } else {
-            return Err(format!("duration {text:?} needs a unit: ms or s"));
-        };
-        let v: f64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("duration {text:?} is not a number"))?;
-        if !(v.is_finite() && v >= 0.0 && v * scale < 86_400.0) {
-            return Err(format!("duration {text:?} is out of range"));
+        if t.is_empty() {
+            return Err("empty duration: write e.g. 250ms, 5s or 1m".into());
         }
-        Ok(Duration::from_secs_f64(v * scale))
+        let mut rest = t;
+        let mut total = 0.0;
+        while !rest.is_empty() {
+            let split = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(|| format!("duration {text:?} needs a unit: us, ms, s, m or h"))?;
+            let (num, after) = rest.split_at(split);
+            let unit_len = after
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(after.len());
+            let (unit, next) = after.split_at(unit_len);
+            let scale = match unit.trim() {
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" | "sec" => 1.0,
+                "m" | "min" => 60.0,
+                "h" => 3600.0,
+                u => {
+                    return Err(format!(
+                        "duration {text:?}: unknown unit {u:?} (us, ms, s, m or h)"
+                    ))
+                }
+            };
+            let v: f64 = num
+                .trim()
+                .parse()
+                .map_err(|_| format!("duration {text:?} is not a number"))?;
+            total += v * scale;
+            rest = next;
+        }
+        if !(total.is_finite() && total < 86_400.0) {
+            return Err(format!("duration {text:?} is out of range (under a day)"));
+        }
+        Ok(Duration::from_secs_f64(total))
     }
 }
 
@@ -89,6 +112,16 @@ pub enum Degradation {
     Loss,
     /// Delivered bandwidth under `min_bandwidth_bps` while data was waiting.
     Bandwidth,
+}
+
+impl std::fmt::Display for Degradation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Degradation::Silence => "silence",
+            Degradation::Loss => "loss",
+            Degradation::Bandwidth => "bandwidth",
+        })
+    }
 }
 
 /// The health of one endpoint.
@@ -364,6 +397,16 @@ mod tests {
             Ok(Duration::from_millis(1500))
         );
         assert!(humantime_ser::parse("5").is_err());
+        assert_eq!(humantime_ser::parse("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(humantime_ser::parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(humantime_ser::parse("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(
+            humantime_ser::parse("500us"),
+            Ok(Duration::from_micros(500))
+        );
+        assert!(humantime_ser::parse("1d").is_err());
+        assert!(humantime_ser::parse("25h").is_err());
+        assert!(humantime_ser::parse("").is_err());
         assert!(humantime_ser::parse("-1s").is_err());
         assert!(humantime_ser::parse("abc ms").is_err());
     }

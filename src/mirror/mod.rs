@@ -92,6 +92,15 @@ pub enum Mode {
     Broadcast,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Failover => "failover",
+            Mode::Broadcast => "broadcast",
+        })
+    }
+}
+
 /// What happens when the provider produces faster than an active endpoint takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -129,6 +138,12 @@ impl std::str::FromStr for Overflow {
             )),
         }
     }
+}
+
+/// A duration as the mirror settings (and `shoal mirror start --revert-after`) take it:
+/// `250ms`, `5s`, `1m`, `1m30s`, `2h` (under a day).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    health::humantime_ser::parse(text)
 }
 
 /// Settings of one mirrored stream. Every field has a default.

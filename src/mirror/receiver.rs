@@ -294,7 +294,7 @@ async fn serve(
         return;
     }
     let remote = conn.remote_address();
-    info!(%stream, %remote, ?last_seq, "sender connected");
+    info!(%stream, %remote, last_seq = last_seq.map(|s| s.get()), "sender connected");
     let _ = tx
         .send(ReceiverEvent::Connected {
             stream: stream.clone(),

@@ -248,7 +248,7 @@ impl MirrorSender {
         }
         let span = info_span!("mirror", stream = %shared.opts.stream);
         let supervisor = tokio::spawn(supervise(shared.clone()).instrument(span));
-        info!(stream = %shared.opts.stream, endpoints = endpoints.len(), mode = ?shared.opts.config.mode, "mirror started");
+        info!(stream = %shared.opts.stream, endpoints = endpoints.len(), mode = %shared.opts.config.mode, "mirror started");
         Ok(MirrorSender { shared, supervisor })
     }
 
@@ -367,7 +367,7 @@ impl MirrorSender {
             .cloned()
             .ok_or(MirrorError::UnknownEndpoint(id))?;
         ep.endpoint.rebind(socket)?;
-        info!(%id, local = ?ep.endpoint.local_addr().ok(), "rebound to a new socket");
+        info!(%id, local = ep.endpoint.local_addr().ok().map(display), "rebound to a new socket");
         Ok(())
     }
 
@@ -483,14 +483,26 @@ fn log_event(ev: &Event) {
             silence,
             bound,
             ..
-        } => warn!(%ep, ?reason, ?silence, ?bound, "endpoint degraded"),
+        } => warn!(
+            %ep,
+            %reason,
+            silence_ms = silence.as_millis() as u64,
+            bound_ms = bound.as_millis() as u64,
+            "endpoint degraded"
+        ),
         Event::Switched {
             from,
             to,
             cause,
             from_seq,
             ..
-        } => info!(?from, %to, ?cause, ?from_seq, "active endpoint switched"),
+        } => info!(
+            from = from.map(display),
+            %to,
+            %cause,
+            from_seq = from_seq.map(|s| s.get()),
+            "active endpoint switched"
+        ),
         Event::NoEndpoint => warn!("no endpoint can take the stream; buffering"),
         Event::Gap { ep, from, to } => warn!(%ep, %from, %to, "gap reported to a receiver"),
         other => debug!(?other, "mirror event"),

@@ -57,7 +57,11 @@ pub struct PoolDriver {
     status: Arc<Mutex<Vec<GroupStatus>>>,
     /// Drains of shards the pool retired, still running.
     drains: Drains,
+    /// Bounds a reload set, applied at the next step.
+    bounds: Bounds,
 }
+
+type Bounds = Arc<Mutex<Option<(u32, u32)>>>;
 
 type Drains = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
@@ -98,6 +102,7 @@ impl PoolDriver {
         }
         let status = Arc::new(Mutex::new(Vec::new()));
         let drains = Drains::default();
+        let bounds = Bounds::default();
         let demand = cluster.hub.arrivals_handle();
         demand.attach_driver();
         let detach = demand.clone();
@@ -113,14 +118,26 @@ impl PoolDriver {
             demand,
             scaler.step,
             status.clone(),
+            bounds.clone(),
         ));
-        info!(groups, policy = ?scaler.policy, "shard pool driver started");
+        info!(
+            groups,
+            policy = scaler.policy.name(),
+            "shard pool driver started"
+        );
         PoolDriver {
             task,
             demand: detach,
             status,
             drains,
+            bounds,
         }
+    }
+
+    /// Every group's pool keeps between `min_shards` and `max_shards` shards from the next
+    /// step on (a reload).
+    pub fn set_bounds(&self, min_shards: u32, max_shards: u32) {
+        *lock(&self.bounds) = Some((min_shards, max_shards));
     }
 
     /// Each group's status after the last step.
@@ -198,6 +215,7 @@ async fn run(
     demand: crate::hub::ArrivalsHandle,
     step: Duration,
     status: Arc<Mutex<Vec<GroupStatus>>>,
+    bounds: Bounds,
 ) {
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,6 +229,11 @@ async fn run(
                 continue;
             }
         }
+        if let Some((min, max)) = lock(&bounds).take() {
+            for g in &mut groups {
+                g.pool.set_bounds(min, max);
+            }
+        }
         let now = crate::clock::now();
         let span = now
             .saturating_duration_since(last_at)
@@ -220,7 +243,7 @@ async fn run(
         let counts = arrivals();
         let shards: Vec<(ShardId, GroupId, ShardLoad)> = lock(ctx.directory())
             .records()
-            .map(|r| (r.id, r.group, r.load))
+            .map(|r| (r.id, r.group, r.load.clone()))
             .collect();
         let mut out = Vec::with_capacity(groups.len());
         for g in &mut groups {
@@ -247,8 +270,8 @@ async fn run(
                 }
             }
             let (mut cpu, mut send_bps, mut buffer_bytes) = (0.0, 0.0, 0);
-            for &(id, _, u) in shards.iter().filter(|s| s.1 == group) {
-                let prev = last.insert(id, u).unwrap_or(u);
+            for (id, _, u) in shards.iter().filter(|s| s.1 == group) {
+                let prev = last.insert(*id, u.clone()).unwrap_or_else(|| u.clone());
                 let report = super::LoadReport {
                     sessions: u.sessions,
                     streams: u.streams,
@@ -260,7 +283,7 @@ async fn run(
                 cpu += report.cpu;
                 send_bps += report.send_bps as f64;
                 buffer_bytes += report.buffer_bytes;
-                let _ = g.pool.handle_load(id, report, now);
+                let _ = g.pool.handle_load(*id, report, now);
             }
             let arrived = counts.get(&group).copied().unwrap_or(0);
             let sessions = g.pool.total_sessions();
@@ -313,7 +336,11 @@ fn carry_out(action: PoolAction, group: GroupId, pool: &mut Pool, ctx: &Ctx, now
             info!(
                 shard = shard.0,
                 group = group.0,
-                ?action,
+                how = if matches!(action, PoolAction::Drain { .. }) {
+                    "drain"
+                } else {
+                    "stop"
+                },
                 "pool retires a shard"
             );
             let launcher = ctx.launcher.clone();

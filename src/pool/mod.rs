@@ -416,6 +416,15 @@ impl Pool {
         self.desired
     }
 
+    /// New bounds (a reload): the desired size is clamped into them; shards above the new
+    /// maximum are retired by the following steps like any scale-in, shards below the new
+    /// minimum started at the next [`Pool::handle_timeout`].
+    pub fn set_bounds(&mut self, min_shards: u32, max_shards: u32) {
+        self.cfg.min_shards = min_shards.min(max_shards);
+        self.cfg.max_shards = max_shards;
+        self.desired = self.desired.clamp(self.cfg.min_shards, self.cfg.max_shards);
+    }
+
     /// Sessions one shard may hold (its quota).
     pub fn shard_sessions(&self) -> u64 {
         self.cfg.quota.sessions

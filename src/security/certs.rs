@@ -28,6 +28,8 @@ pub enum CertError {
     },
     #[error("{0} exists already; not overwritten")]
     Exists(String),
+    #[error("{0}")]
+    Name(String),
 }
 
 /// PEM text of a CA and a cluster certificate signed by it.
@@ -39,10 +41,35 @@ pub struct ClusterCerts {
     pub key_pem: String,
 }
 
+/// How long a CA made here is valid.
+pub const CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+/// How long a cluster or shard certificate made here is valid (reissue with `shoal certs`).
+pub const CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(397 * 86_400);
+
+/// A cluster name certificates can carry and clients can ask for: a DNS name (not an IP
+/// address), the rule `shoal up` applies to `cluster`.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    match rustls::pki_types::ServerName::try_from(name.to_string()) {
+        Ok(rustls::pki_types::ServerName::DnsName(_)) => Ok(()),
+        _ => Err(format!(
+            "cluster name {name:?} must be a DNS name (letters, digits, '-' and '.'), e.g. shoal.local"
+        )),
+    }
+}
+
+/// Valid from an hour ago (clocks differ) for `validity`.
+fn validity(p: &mut CertificateParams, validity: std::time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + validity;
+}
+
 /// Makes a fresh CA and a certificate for `cluster` (plus `localhost`) signed by it.
 pub fn generate(cluster: &str) -> Result<ClusterCerts, CertError> {
+    check_cluster_name(cluster).map_err(CertError::Name)?;
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    validity(&mut ca, CA_VALIDITY);
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
         .push(DnType::CommonName, format!("shoal CA for {cluster}"));
@@ -51,6 +78,7 @@ pub fn generate(cluster: &str) -> Result<ClusterCerts, CertError> {
 
     let key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(vec![cluster.to_string(), "localhost".to_string()])?;
+    validity(&mut leaf, CERT_VALIDITY);
     leaf.distinguished_name.push(DnType::CommonName, cluster);
     let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
     Ok(ClusterCerts {
@@ -72,6 +100,7 @@ pub struct IssuedCert {
 
 /// Issues a certificate for `name` from the CA in `ca_dir` (`ca.pem`, `ca.key`).
 pub fn issue(ca_dir: &Path, name: &str, cluster: &str) -> Result<IssuedCert, CertError> {
+    check_cluster_name(cluster).map_err(CertError::Name)?;
     let read = |file: &str| {
         let path = ca_dir.join(file);
         std::fs::read_to_string(&path).map_err(|source| CertError::Read {
@@ -93,6 +122,7 @@ pub fn issue(ca_dir: &Path, name: &str, cluster: &str) -> Result<IssuedCert, Cer
         .map_err(|e| bad("ca.pem with ca.key", e))?;
     let key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(vec![cluster.to_string(), "localhost".to_string()])?;
+    validity(&mut leaf, CERT_VALIDITY);
     leaf.distinguished_name.push(DnType::CommonName, name);
     let cert = leaf.signed_by(&key, &issuer, &ca_key)?;
     Ok(IssuedCert {

@@ -4,6 +4,8 @@
 #[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
+pub mod certslot;
+#[cfg(feature = "server")]
 pub mod keys;
 pub mod proof;
 pub mod tls;

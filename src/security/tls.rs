@@ -130,10 +130,21 @@ pub fn server_crypto(
     store: Arc<dyn rustls::server::StoresServerSessions>,
     tickets: usize,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let slot = super::certslot::CertSlot::new(chain, &key)?;
+    server_crypto_in(slot, store, tickets)
+}
+
+/// [`server_crypto`] presenting the certificate `slot` holds (replaceable while serving).
+#[cfg(feature = "server")]
+pub fn server_crypto_in(
+    slot: Arc<super::certslot::CertSlot>,
+    store: Arc<dyn rustls::server::StoresServerSessions>,
+    tickets: usize,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(slot);
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.max_early_data_size = u32::MAX;
     cfg.session_storage = store;
@@ -166,17 +177,36 @@ pub fn mtls_server_crypto(
     client_roots: &[CertificateDer<'static>],
     alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let store = root_store(client_roots)?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
-            .build()
-            .map_err(|e| TlsError::Quic(format!("client verifier: {e}")))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(client_verifier(client_roots)?)
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// [`mtls_server_crypto`] presenting the certificate `slot` holds (replaceable while serving).
+#[cfg(feature = "server")]
+pub fn mtls_server_crypto_in(
+    slot: Arc<super::certslot::CertSlot>,
+    client_roots: &[CertificateDer<'static>],
+    alpn: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier(client_roots)?)
+        .with_cert_resolver(slot);
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn client_verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let store = root_store(roots)?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+        .build()
+        .map_err(|e| TlsError::Quic(format!("client verifier: {e}")))
 }
 
 /// TLS of a mirror sender (see [`mtls_client_crypto`]).

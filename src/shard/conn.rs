@@ -100,6 +100,8 @@ pub(super) async fn serve(
             return Ok(());
         }
     };
+    // The attach latency runs from here (the connection accepted) to the attach admitted.
+    let accepted = clock::now();
     let connecting = incoming.accept_with(config)?;
     // A server can always answer in 0.5-RTT; `handshake` resolves when the handshake completes.
     let (conn, mut hs) = match connecting.into_0rtt() {
@@ -124,6 +126,11 @@ pub(super) async fn serve(
     // A whole first frame: this client's tickets may be stored (see `ConnStore::commit`).
     if matches!(frame, Ok(Some(_))) {
         conn_store.commit();
+    }
+    // The handshake (its ClientHello) is behind us: whether it resumed, taking early data.
+    if conn_store.resumed() {
+        let c = &state.counters.zero_rtt_accepted;
+        c.fetch_add(1, Ordering::Relaxed);
     }
     let attach: Attach = match frame {
         Ok(Some(Frame::Control(Message::Attach(a)))) => a,
@@ -162,6 +169,9 @@ pub(super) async fn serve(
     let _guard = SessionGuard(state.clone(), kbps);
     state.load_changed.notify_one();
     c.allocations.fetch_add(1, Ordering::Relaxed);
+    let admitted = clock::now();
+    c.attach_seconds
+        .observe(admitted.saturating_duration_since(accepted));
     // The handshake resumed a stored session: rustls accepted the client's early data, which
     // is where the protocol puts the attach.
     let zero_rtt = conn_store.resumed();
@@ -196,6 +206,8 @@ pub(super) async fn serve(
         orphan_until: None,
         delivered: 0,
         accepted: 0,
+        admitted,
+        first_chunk: false,
     };
     let code = session.run(reader, zero_rtt).await;
     conn_store.flush();
@@ -254,6 +266,10 @@ struct Session {
     /// Payload bytes delivered to the subscriber and accepted from the publisher.
     delivered: u64,
     accepted: u64,
+    /// When the attach was admitted, and whether a chunk went out since (the first one is
+    /// timed).
+    admitted: std::time::Instant,
+    first_chunk: bool,
 }
 
 impl Session {
@@ -371,6 +387,10 @@ impl Session {
         match item {
             Item::Chunk(chunk) => {
                 write_chunk(&mut self.send, &chunk).await?;
+                if !self.first_chunk {
+                    self.first_chunk = true;
+                    c.first_chunk_seconds.observe(clock::since(self.admitted));
+                }
                 let len = chunk.payload.len() as u64;
                 self.delivered += len;
                 c.chunks_sent.fetch_add(1, Ordering::Relaxed);

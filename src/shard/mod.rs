@@ -30,6 +30,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::ids::{GroupId, ShardId, StreamName};
 use crate::link::channel::Uplink;
 use crate::link::ShardLoad;
+use crate::metrics_hist::{CodeCounters, Histogram};
 use crate::sync::lock;
 use crate::tickets::conn::ConnConfigs;
 use crate::tickets::SessionStore;
@@ -61,29 +62,28 @@ pub struct ShardCounters {
     pub committed_kbps: AtomicU64,
     /// Datagrams whose header does not parse (see [`crate::net::Screen`]), dropped by quinn.
     pub malformed: Arc<AtomicU64>,
-    rejections: [AtomicU64; ErrorCode::ALL.len()],
+    /// Connections whose handshake resumed a stored session, so that rustls took their early
+    /// data (counted when the first stream arrives, admitted or not).
+    pub zero_rtt_accepted: AtomicU64,
+    /// Connection accepted → attach admitted.
+    pub attach_seconds: Histogram,
+    /// Attach admitted → first chunk written to the subscriber.
+    pub first_chunk_seconds: Histogram,
+    rejections: CodeCounters,
 }
 
 impl ShardCounters {
     pub fn reject(&self, code: ErrorCode) {
-        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
-            self.rejections[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.rejections.count(code);
     }
 
     /// Connections closed with `code` (before or after admission).
     pub fn rejections(&self, code: ErrorCode) -> u64 {
-        ErrorCode::ALL
-            .iter()
-            .position(|c| *c == code)
-            .map_or(0, |i| self.rejections[i].load(Ordering::Relaxed))
+        self.rejections.of(code)
     }
 
     pub fn total_rejections(&self) -> u64 {
-        self.rejections
-            .iter()
-            .map(|r| r.load(Ordering::Relaxed))
-            .sum()
+        self.rejections.total()
     }
 }
 
@@ -207,7 +207,7 @@ impl Shard {
             cpu,
         ));
         let mirror = state.replication.as_ref().map(|r| r.receiver_addr());
-        info!(shard = p.id.0, group = p.group.0, %addr, ?mirror, "shard listening");
+        info!(shard = p.id.0, group = p.group.0, %addr, mirror = mirror.map(display), "shard listening");
         tasks.extend([accept, ticker]);
         Ok(Shard {
             state,
@@ -294,6 +294,8 @@ impl Shard {
     pub fn load(&self) -> ShardLoad {
         let c = &self.state.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ticket_misses = l(&self.store().stats.misses);
+        let zero_rtt_accepted = l(&c.zero_rtt_accepted);
         ShardLoad {
             sessions: l(&c.sessions),
             streams: self.state.registry.len() as u64,
@@ -306,7 +308,7 @@ impl Shard {
             zero_rtt_attaches: l(&c.zero_rtt_attaches),
             rejections: c.total_rejections(),
             reports_dropped: self.state.uplink.dropped(),
-            ticket_misses: l(&self.store().stats.misses),
+            ticket_misses,
             promotions: self
                 .state
                 .replication
@@ -318,6 +320,13 @@ impl Shard {
                 .as_ref()
                 .map_or(0, crate::lb::LbHandle::foreign),
             malformed: l(&c.malformed),
+            // A ticket the store did not hold is early data rustls refused (the shard's
+            // tickets all allow early data, and the client offers it with every one).
+            zero_rtt_attempted: zero_rtt_accepted.saturating_add(ticket_misses),
+            zero_rtt_accepted,
+            rejected: c.rejections.snapshot(),
+            attach_seconds: c.attach_seconds.snapshot(),
+            first_chunk_seconds: c.first_chunk_seconds.snapshot(),
         }
     }
 

@@ -82,6 +82,14 @@ async fn admin_api_runs_a_mirror_end_to_end() {
     // Bad requests: clear errors, nothing started.
     for (body, status, code) in [
         ("{not json", 400, "invalid_json"),
+        // Well-formed, but a duration without a unit: the value is named, not the JSON.
+        (
+            &format!(
+                r#"{{"stream":"synth/m","endpoints":["{a1}"],"config":{{"revert_after":"5"}}}}"#
+            ),
+            400,
+            "invalid_value",
+        ),
         (
             r#"{"stream":"synth/m","endpoints":[]}"#,
             400,

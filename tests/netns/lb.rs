@@ -168,9 +168,17 @@ fn through_nftables_grants_and_zero_rtt_attaches_land_on_the_chosen_shard() {
     // whatever the config id, so it needs no reload; what follows runs on config 1.
     let program = env!("CARGO_BIN_EXE_shoal");
     let admin = lab.addr("hub", super::ADMIN_PORT).to_string();
-    let rotated = lab
-        .exec("hub", &[program, "lb", "rotate", "--admin", &admin])
-        .expect("shoal lb rotate");
+    let token = super::admin_token_file(&lab).display().to_string();
+    let rotate = [
+        program,
+        "lb",
+        "rotate",
+        "--admin",
+        &admin,
+        "--admin-token-file",
+        &token,
+    ];
+    let rotated = lab.exec("hub", &rotate).expect("shoal lb rotate");
     assert!(rotated.contains("config id 0 -> 1"), "{rotated}");
 
     // A client that moves to a new local port mid-stream keeps its session: the balancer

@@ -20,18 +20,39 @@ pub struct CertsArgs {
     /// Directory with the cluster CA (`ca.pem`, `ca.key`), for --issue.
     #[arg(long, value_name = "DIR")]
     ca_dir: Option<PathBuf>,
+    /// Replace a CA and cluster certificate already in `--out` (certificates the old CA
+    /// issued are no longer trusted by clients of the new one).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: CertsArgs) -> Result<()> {
     let written = match (&a.issue, &a.ca_dir) {
         (Some(name), Some(ca_dir)) => {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                anyhow::bail!("--issue NAME must be letters, digits and '-'");
+                refuse!("--issue NAME must be letters, digits and '-'");
+            }
+            if let Err(e) = shoal::security::certs::check_cluster_name(&a.cluster) {
+                refuse!("--cluster: {e}");
             }
             let c = shoal::security::certs::issue(ca_dir, name, &a.cluster)?;
             shoal::security::certs::write_issued(&a.out, name, &c)?
         }
         _ => {
+            if let Err(e) = shoal::security::certs::check_cluster_name(&a.cluster) {
+                refuse!("--cluster: {e}");
+            }
+            if !a.force {
+                for f in ["ca.pem", "ca.key", "cluster.pem", "cluster.key"] {
+                    let p = a.out.join(f);
+                    if p.exists() {
+                        refuse!(
+                            "{} exists: pass --force to replace the CA (clients trusting the old one will refuse the new certificates)",
+                            p.display()
+                        );
+                    }
+                }
+            }
             let c = shoal::security::certs::generate(&a.cluster)?;
             shoal::security::certs::write(&a.out, &c)?
         }

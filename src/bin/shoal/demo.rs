@@ -67,7 +67,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         shard_processes: a.shard_processes,
         ..DemoOptions::default()
     };
-    let report = demo::run(opts, |line| eprintln!("demo: {line}")).await?;
+    let report = demo::run(opts, |line| crate::logs::say(&format!("demo: {line}"))).await?;
     println!("{}", report.table());
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -91,7 +91,7 @@ async fn run_traffic(a: &DemoArgs, shape: TrafficArg) -> Result<()> {
         },
         ..TrafficOptions::default()
     };
-    let r = traffic::run(o, |line| eprintln!("demo: {line}")).await?;
+    let r = traffic::run(o, |line| crate::logs::say(&format!("demo: {line}"))).await?;
     println!(
         "clients {}, chunks {}, missing {}, duplicated {}, integrity failures {}, client errors {}",
         r.clients, r.chunks, r.missing, r.duplicates, r.integrity_failures, r.client_errors

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use shoal::cluster::config::Config;
@@ -47,6 +47,8 @@ enum LbCmd {
         /// Address of the admin API of `shoal up`.
         #[arg(long, default_value = "127.0.0.1:4480")]
         admin: SocketAddr,
+        #[command(flatten)]
+        token: crate::mirror::AdminTokenArg,
     },
 }
 
@@ -102,20 +104,20 @@ pub async fn run(a: LbArgs) -> Result<()> {
             print!("{}", rules::nftables(&lb, &b)?);
         }
         LbCmd::Nginx { listeners } => print!("{}", rules::nginx(&listeners)?),
-        LbCmd::Rotate { admin } => {
-            let r = shoal::admin::client::request(
+        LbCmd::Rotate { admin, token } => {
+            let r = shoal::admin::client::request_with_token(
                 admin,
                 "POST",
                 "/lb/rotate",
                 None,
+                token.read()?.as_ref(),
                 std::time::Duration::from_secs(10),
             )
             .await?;
-            let json = r.json().unwrap_or_default();
             if !r.is_success() {
-                let code = json.get("code").and_then(|c| c.as_str()).unwrap_or("error");
-                bail!("{} (HTTP {}, {code})", r.error_message(), r.status);
+                return Err(token.refusal(&r));
             }
+            let json = r.json().unwrap_or_default();
             println!(
                 "QUIC-LB config id {} -> {} ({} shards told)",
                 json["from"], json["to"], json["shards"]

@@ -55,6 +55,9 @@ pub async fn run(a: LoadgenArgs) -> Result<()> {
     if !((0.0..=3600.0).contains(&a.hold) && a.timeout > 0.0 && a.timeout <= 600.0) {
         refuse!("--hold must be in [0, 3600] seconds and --timeout in (0, 600]");
     }
+    if let Some(p) = &a.plot {
+        check_plot_path(p)?;
+    }
     let mix = loadgen::parse_mix(&a.streams)
         .map_err(|e| crate::args::InputError(format!("--streams: {e}")))?;
     let ca = shoal::security::tls::read_certs(&a.conn.ca)
@@ -96,15 +99,50 @@ pub async fn run(a: LoadgenArgs) -> Result<()> {
     .with_context(|| format!("load against {}", a.conn.hub))?;
     bar.finish_and_clear();
     println!("{}", report.table());
-    if let Some(p) = &a.plot {
-        loadgen::plot(&samples, p).map_err(|e| anyhow::anyhow!(e))?;
-        eprintln!("wrote {}", p.display());
-    }
+    // The result first: a chart that cannot be written loses nothing else.
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     }
+    if let Some(p) = &a.plot {
+        loadgen::plot(&samples, p).map_err(|e| anyhow::anyhow!(e))?;
+        crate::logs::say(&format!("wrote {}", p.display()));
+    }
     if report.succeeded == 0 {
         bail!("every client failed");
+    }
+    Ok(())
+}
+
+/// `--plot` writes SVG: the name must say so, and its directory must take a file. Checked
+/// before the run, not after it.
+fn check_plot_path(p: &std::path::Path) -> Result<()> {
+    let svg = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if !svg {
+        refuse!(
+            "--plot {}: the chart is SVG; name the file .svg",
+            p.display()
+        );
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        refuse!(
+            "--plot {}: the directory {} does not exist",
+            p.display(),
+            dir.display()
+        );
+    }
+    // Whether a file can be made there (removed again unless it was there before).
+    let existed = p.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(p)
+        .map_err(|e| crate::args::InputError(format!("--plot {}: {e}", p.display())))?;
+    if !existed {
+        let _ = std::fs::remove_file(p);
     }
     Ok(())
 }

@@ -13,12 +13,17 @@ macro_rules! refuse {
 mod args;
 mod bench;
 mod certs;
+mod completions;
+mod config_cmd;
 mod demo;
 mod lb;
 mod loadgen;
+mod logs;
 mod mirror;
+mod notify;
 mod publish;
 mod shard;
+mod signals;
 mod subscribe;
 mod up;
 
@@ -26,15 +31,23 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use shoal::client::{Client, ClientOptions};
 use shoal::ids::ClientId;
 
+/// `shoal --version`: the crate version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SHOAL_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "shoal",
-    version,
+    version = VERSION,
     about = "QUIC-native stream transport: hub, shards, clients"
 )]
 struct Cli {
@@ -69,6 +82,13 @@ enum Cmd {
     Loadgen(loadgen::LoadgenArgs),
     /// Print balancer configurations (nftables by QUIC-LB server id, nginx by address).
     Lb(lb::LbArgs),
+    /// Print or check the configuration (`config example`: every key, documented).
+    Config(config_cmd::ConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// (internal) Serve one measured server for `shoal bench` until stdin closes.
     #[command(hide = true)]
     BenchServe { spec: String },
@@ -91,19 +111,6 @@ struct ConnectArgs {
     /// Client id the hub profiles.
     #[arg(long, default_value = "cli")]
     client_id: String,
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
 }
 
 /// Raises the soft open-file limit to the hard one: load runs hold a socket per client.
@@ -156,12 +163,16 @@ fn render(e: &anyhow::Error) -> String {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     raise_fd_limit();
-    init_logs(cli.log_json);
+    if let Err(e) = logs::init(cli.log_json) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", render(&e));
-            std::process::ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            logs::fatal(&render(&e), code);
+            std::process::ExitCode::from(code)
         }
     }
 }
@@ -184,6 +195,11 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Loadgen(a) => loadgen::run(a).await,
             Cmd::Lb(a) => lb::run(a).await,
+            Cmd::Config(a) => config_cmd::run(a),
+            Cmd::Completions { shell } => {
+                completions::run(shell, &mut Cli::command());
+                Ok(())
+            }
             Cmd::BenchServe { spec } => Ok(shoal::tools::bench::serve_child(&spec).await?),
             Cmd::BenchAttack { spec } => Ok(shoal::tools::bench::flood::attack_child(&spec).await?),
         }
@@ -200,17 +216,14 @@ fn client(c: &ConnectArgs) -> Result<Client> {
     )?)
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+/// Waits for SIGINT or SIGTERM (a SIGHUP is logged and ignored): for the commands that do not
+/// reload.
+async fn wait_for_signal(command: &str) {
+    match signals::Signals::new() {
+        Ok(mut s) => s.stop(command).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch signals; only Ctrl-C stops {command}");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

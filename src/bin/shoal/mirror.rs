@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use shoal::admin::client::{encode_segment, request};
+use shoal::admin::auth::BearerToken;
+use shoal::admin::client::{encode_segment, request_with_token, HttpResponse};
 use shoal::ids::{Seq, StreamName};
 use shoal::mirror::{Mode, Overflow};
 use shoal::mirror::{ReceivedStats, Receiver, ReceiverEvent, ReceiverOptions};
@@ -70,11 +71,11 @@ pub async fn receive(a: ReceiveArgs) -> Result<()> {
     opts.only_stream = a.stream.clone().map(StreamName::new).transpose()?;
     let mut receiver =
         Receiver::bind(opts).with_context(|| format!("starting the receiver on {}", a.listen))?;
-    eprintln!("listening on {}", receiver.addr());
+    crate::logs::say(&format!("listening on {}", receiver.addr()));
     let started = shoal::clock::now();
     let deadline =
         (a.seconds > 0.0).then(|| shoal::clock::tokio_now() + Duration::from_secs_f64(a.seconds));
-    let signal = super::wait_for_signal();
+    let signal = super::wait_for_signal("receive");
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,7 +108,7 @@ pub async fn receive(a: ReceiveArgs) -> Result<()> {
     }
     let stats = receiver.stats();
     receiver.close();
-    eprintln!("{}", summary(&stats));
+    crate::logs::say(&summary(&stats));
     if a.json {
         let by_name: BTreeMap<&str, &ReceivedStats> =
             stats.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -127,10 +128,10 @@ fn seq_text(s: Option<Seq>) -> String {
 fn progress(started: Instant, stats: &BTreeMap<StreamName, ReceivedStats>) {
     let t = shoal::clock::since(started).as_secs();
     if stats.is_empty() {
-        eprintln!("[{t}s] no sender yet");
+        crate::logs::say(&format!("[{t}s] no sender yet"));
     }
     for (stream, s) in stats {
-        eprintln!(
+        crate::logs::say(&format!(
             "[{t}s] {stream}: delivered {}, duplicates {}, missing {}, verify failures {}, last seq {}, migrations {}",
             s.delivered,
             s.duplicates,
@@ -138,7 +139,7 @@ fn progress(started: Instant, stats: &BTreeMap<StreamName, ReceivedStats>) {
             s.verify_failures,
             seq_text(s.last_seq),
             s.migrations
-        );
+        ));
     }
 }
 
@@ -177,6 +178,47 @@ struct AdminArg {
     /// Address of the admin API of `shoal up`.
     #[arg(long, default_value = "127.0.0.1:4480")]
     admin: SocketAddr,
+    #[command(flatten)]
+    token: AdminTokenArg,
+}
+
+/// The admin API's bearer token, for the requests that change something.
+#[derive(Args)]
+pub struct AdminTokenArg {
+    /// File holding the admin API's bearer token (the admin.token_file of `shoal up`); sent
+    /// as `Authorization: Bearer` with the requests that change something.
+    #[arg(long, value_name = "PATH", env = "SHOAL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl AdminTokenArg {
+    /// The token, when a file is given (a file that holds none is an input error).
+    pub fn read(&self) -> Result<Option<BearerToken>> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        match BearerToken::read_file(path, "--admin-token-file") {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => Err(crate::args::InputError(e.to_string()).into()),
+        }
+    }
+
+    /// The error for an answer that is not a success: a 401 says how to pass the token.
+    pub fn refusal(&self, r: &HttpResponse) -> anyhow::Error {
+        if r.is_unauthorized() {
+            let text = match &self.admin_token_file {
+                None => "the admin API needs a token: pass --admin-token-file PATH (or set SHOAL_ADMIN_TOKEN_FILE) with the file of its admin.token_file".to_string(),
+                Some(p) => format!(
+                    "the admin API refused the token in {}: {} (HTTP 401)",
+                    p.display(),
+                    r.error_message()
+                ),
+            };
+            return crate::args::InputError(text).into();
+        }
+        let code = r.code().unwrap_or_else(|| "error".into());
+        anyhow::anyhow!("{} (HTTP {}, {code})", r.error_message(), r.status)
+    }
 }
 
 #[derive(Subcommand)]
@@ -209,9 +251,17 @@ struct StartArgs {
     /// block, drop-oldest or conflate.
     #[arg(long)]
     overflow: Option<Overflow>,
-    /// Switch back to a better endpoint once healthy this long (e.g. 5s), or `never`.
-    #[arg(long)]
+    /// Switch back to a better endpoint once healthy this long (e.g. 5s, 1m), or `never`.
+    #[arg(long, value_parser = revert_after)]
     revert_after: Option<String>,
+}
+
+/// `never` or a duration the mirror settings take (checked here, sent as written).
+fn revert_after(text: &str) -> Result<String, String> {
+    if text.trim() == "never" {
+        return Ok("never".into());
+    }
+    shoal::mirror::parse_duration(text).map(|_| text.trim().to_string())
 }
 
 /// One endpoint of one mirrored stream.
@@ -275,12 +325,12 @@ pub async fn mirror(a: MirrorArgs) -> Result<()> {
                 config.insert("revert_after".into(), r.into());
             }
             let body = json!({ "stream": s.stream, "endpoints": s.endpoints, "config": config });
-            (s.admin.admin, "POST", "/mirrors".to_string(), Some(body))
+            (s.admin, "POST", "/mirrors".to_string(), Some(body))
         }
         MirrorCmd::Add(AddArgs { endpoint: s, rank }) => {
             let body = json!({ "addr": s.addr, "rank": rank });
             let path = format!("{}/endpoints", mirror_path(&s.stream)?);
-            (s.admin.admin, "POST", path, Some(body))
+            (s.admin, "POST", path, Some(body))
         }
         MirrorCmd::Remove(s) => {
             let path = format!(
@@ -288,32 +338,34 @@ pub async fn mirror(a: MirrorArgs) -> Result<()> {
                 mirror_path(&s.stream)?,
                 encode_segment(s.addr.trim())
             );
-            (s.admin.admin, "DELETE", path, None)
+            (s.admin, "DELETE", path, None)
         }
         MirrorCmd::Status(s) => {
             let path = match &s.stream {
                 Some(stream) => mirror_path(stream)?,
                 None => "/mirrors".into(),
             };
-            (s.admin.admin, "GET", path, None)
+            (s.admin, "GET", path, None)
         }
-        MirrorCmd::Stop(s) => (s.admin.admin, "DELETE", mirror_path(&s.stream)?, None),
+        MirrorCmd::Stop(s) => (s.admin, "DELETE", mirror_path(&s.stream)?, None),
     };
     let body = body.map(|b| b.to_string());
-    let r = request(
-        admin,
+    // Reads need no token: only a change reads the file.
+    let token = match method {
+        "GET" => None,
+        _ => admin.token.read()?,
+    };
+    let r = request_with_token(
+        admin.admin,
         method,
         &path,
         body.as_deref().map(str::as_bytes),
+        token.as_ref(),
         ADMIN_TIMEOUT,
     )
     .await?;
     if !r.is_success() {
-        let code = r
-            .json()
-            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "error".into());
-        bail!("{} (HTTP {}, {code})", r.error_message(), r.status);
+        return Err(admin.token.refusal(&r));
     }
     match r.json() {
         Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),

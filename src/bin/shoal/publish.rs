@@ -41,10 +41,11 @@ pub async fn run(a: PublishArgs) -> Result<()> {
         .with_context(|| format!("publishing to {stream} at {}", a.conn.hub))?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(a.rate)));
     let mut sent = 0u64;
+    let mut signals = crate::signals::Signals::new().context("watching signals")?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            () = signals.stop("publish") => break,
         }
         let payload =
             Bytes::from(format!("{stream} chunk {sent} ").repeat(a.size / 16 + 1)).slice(..a.size);
@@ -56,7 +57,11 @@ pub async fn run(a: PublishArgs) -> Result<()> {
         }
     }
     publisher.finish().await?;
-    eprintln!("published {sent} chunks to {stream}");
+    if crate::logs::json() {
+        tracing::info!(target: "shoal", chunks = sent, %stream, "publish summary");
+    } else {
+        eprintln!("published {sent} chunks to {stream}");
+    }
     client.close().await;
     Ok(())
 }

@@ -75,8 +75,8 @@ pub async fn run(a: ShardArgs) -> Result<()> {
     tokio::pin!(wait);
     let outcome = tokio::select! {
         r = &mut wait => r.map_err(anyhow::Error::from),
-        () = wait_for_signal() => {
-            tracing::info!(?grace, "signal: draining");
+        () = wait_for_signal("shard") => {
+            tracing::info!(grace_ms = grace.as_millis() as u64, "signal: draining");
             drain.drain(grace).await;
             match tokio::time::timeout(grace + Duration::from_secs(3), &mut wait).await {
                 Ok(r) => r.map_err(anyhow::Error::from),

@@ -42,6 +42,8 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
     let started = shoal::clock::now();
     let limit = (a.seconds > 0.0).then(|| Duration::from_secs_f64(a.seconds));
     let (mut chunks, mut bad) = (0u64, 0u64);
+    let mut signals = crate::signals::Signals::new().context("watching signals")?;
+    let mut ended = None;
     let mut rebind = a
         .rebind_after
         .filter(|s| s.is_finite() && *s >= 0.0)
@@ -55,13 +57,13 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
                 .endpoint()
                 .rebind(socket)
                 .context("moving the client's socket")?;
-            eprintln!("rebound the client's socket to {to}");
+            crate::logs::say(&format!("rebound the client's socket to {to}"));
         }
         let left = limit.map(|l| l.saturating_sub(shoal::clock::since(started)));
         let next = async {
             tokio::select! {
                 n = sub.next() => Some(n),
-                _ = tokio::signal::ctrl_c() => None,
+                () = signals.stop("subscribe") => None,
             }
         };
         let item = match left {
@@ -88,21 +90,43 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
                 }
             }
             Some(Some(Ok(Delivery::Gap { from, to }))) => println!("gap {from}..{to}"),
-            Some(Some(Err(e))) => bail!("subscription ended: {e}"),
+            Some(Some(Err(e))) => {
+                ended = Some(e);
+                break;
+            }
         }
     }
     let s = sub.stats();
-    eprintln!(
-        "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, {} resumes, 0-RTT {}/{}, ttfb {:.2} ms",
-        s.missing,
-        s.duplicates,
-        s.resumes,
-        s.zero_rtt_accepted,
-        s.zero_rtt_attempted,
-        s.ttfb_us as f64 / 1000.0
-    );
+    // The summary comes first, whatever ended the subscription.
+    let ttfb_ms = s.ttfb_us as f64 / 1000.0;
+    if crate::logs::json() {
+        tracing::info!(
+            target: "shoal",
+            chunks,
+            missing = s.missing,
+            duplicated = s.duplicates,
+            integrity_failures = bad,
+            resumes = s.resumes,
+            zero_rtt_accepted = s.zero_rtt_accepted,
+            zero_rtt_attempted = s.zero_rtt_attempted,
+            ttfb_ms,
+            "subscription summary"
+        );
+    } else {
+        eprintln!(
+            "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, {} resumes, 0-RTT {}/{}, ttfb {ttfb_ms:.2} ms",
+            s.missing,
+            s.duplicates,
+            s.resumes,
+            s.zero_rtt_accepted,
+            s.zero_rtt_attempted,
+        );
+    }
     drop(sub);
     client.close().await;
+    if let Some(e) = ended {
+        bail!("subscription ended: {e}");
+    }
     if bad > 0 {
         bail!("{bad} chunks failed the integrity check");
     }

@@ -19,7 +19,9 @@ use shoal::admin::{Admin, AdminState};
 use shoal::cluster::config::Config;
 use shoal::cluster::{Cluster, Material};
 
-use crate::wait_for_signal;
+mod reload;
+
+use crate::signals::{Ask, Signals};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -54,11 +56,10 @@ pub struct UpArgs {
     print_config: bool,
 }
 
-pub async fn run(a: UpArgs) -> Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+/// The configuration `up` runs with: the file (or the defaults), then the command-line
+/// overrides, validated.
+fn effective_config(a: &UpArgs) -> Result<Config> {
+    let mut cfg = Config::from_env_and_file(a.config.as_deref())?;
     if let Some(l) = a.listen {
         cfg.hub.listen = l;
     }
@@ -74,8 +75,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
     if a.shard_processes {
         cfg.shards.launcher = shoal::cluster::config::LauncherKind::Processes;
     }
-    if let Some(d) = a.data_dir {
-        cfg.data_dir = d;
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
     }
     if let Some(admin) = &a.admin {
         cfg.admin.listen = shoal::cluster::config::parse_admin_listen(admin)
@@ -83,10 +84,21 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     cfg.validate()
         .context("the config with the command-line overrides")?;
+    Ok(cfg)
+}
+
+pub async fn run(a: UpArgs) -> Result<()> {
+    // From here on SIGHUP reloads instead of killing the process.
+    let mut signals = Signals::new().context("watching signals")?;
+    let mut cfg = effective_config(&a)?;
     if a.print_config {
-        print!("{}", toml::to_string(&cfg).context("printing the config")?);
+        print!(
+            "{}",
+            shoal::cluster::config::example::render_effective(&cfg)
+        );
         return Ok(());
     }
+    apply_log_filter(&cfg)?;
     if cfg.profiles.path.is_none() {
         cfg.profiles.path = Some(cfg.data_dir.join("profiles.redb"));
     }
@@ -96,58 +108,30 @@ pub async fn run(a: UpArgs) -> Result<()> {
                 .with_context(|| format!("creating {} for the profile database", dir.display()))?;
         }
     }
-    let (material, notes) = Material::load_or_create(&cfg)?;
-    for n in notes {
+    let (material, dev) = Material::load_or_create(&cfg)?;
+    let started = start(&cfg, material).await;
+    let (cluster, admin) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // A failed start leaves no dev material behind.
+            dev.remove();
+            return Err(e);
+        }
+    };
+    for n in &dev.notes {
         tracing::info!("{n}");
     }
-    // The mirrors' client certificate is read before any socket is bound.
-    let mirror_identity = match cfg.admin.listen {
-        Some(_) => {
-            let (cert, key) = (cfg.mirror_cert_path(), cfg.mirror_key_path());
-            let chain = shoal::security::tls::read_certs(&cert)
-                .with_context(|| format!("reading admin.mirror_cert {}", cert.display()))?;
-            let key = shoal::security::tls::read_key(&key)
-                .with_context(|| format!("reading admin.mirror_key {}", key.display()))?;
-            Some((chain, key))
-        }
-        None => None,
-    };
-    let cluster = Cluster::start(&cfg, material)?;
-    if let Err(e) = cluster
-        .wait_ready(shoal::cluster::processes::REGISTER_TIMEOUT)
-        .await
-    {
-        cluster.shutdown().await;
-        return Err(e.into());
-    }
-    if let Some(p) = cluster.processes() {
-        tracing::info!(
-            startup_ms = p.median_startup().map(|d| d.as_secs_f64() * 1e3),
-            "shard processes registered (median start-up: spawn to registered)"
-        );
-    }
-    let admin = match (cfg.admin.listen, mirror_identity) {
-        (Some(addr), Some((chain, key))) => {
-            let state = AdminState::for_cluster(&cluster, chain, key);
-            match Admin::start(addr, state) {
-                Ok((admin, _)) => Some(admin),
-                Err(e) => {
-                    cluster.shutdown().await;
-                    return Err(e).with_context(|| format!("binding the admin API on {addr}"));
-                }
-            }
-        }
-        _ => None,
-    };
+    let hint = client_hint(&cfg, cluster.hub.addr());
     tracing::info!(
         hub = %cluster.hub.addr(),
-        control = ?cluster.control().map(|c| c.addr()),
+        control = cluster.control().map(|c| display(c.addr())),
         ca = %cfg.ca_path().display(),
-        admin = ?admin.as_ref().map(Admin::addr),
-        "ready: try `shoal subscribe --hub {} synth/hello`",
-        cluster.hub.addr()
+        admin = admin.as_ref().map(|a| display(a.addr())),
+        metrics = admin.as_ref().and_then(Admin::metrics_addr).map(display),
+        "ready: try `{hint}`"
     );
     let pool = cfg.pool.enabled.then(|| start_pool(&cfg, &cluster));
+    crate::notify::ready();
     // What runs beside the signal wait; the first one to end is a failure and ends `up` (the
     // drain below still runs).
     let mut tasks = Supervisor::default();
@@ -163,7 +147,21 @@ pub async fn run(a: UpArgs) -> Result<()> {
             Err(anyhow!("it stopped serving: {why}"))
         });
     }
-    let outcome = tasks.wait(wait_for_signal()).await;
+    let outcome = loop {
+        match tasks.wait(signals.next()).await {
+            Ok(Ask::Reload) => {
+                let r = Running {
+                    cluster: &cluster,
+                    pool: pool.as_ref(),
+                    admin: admin.as_ref(),
+                };
+                reload::reload(&a, &mut cfg, &r);
+            }
+            Ok(Ask::Stop) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    crate::notify::stopping();
     if let Err(e) = &outcome {
         tracing::error!(
             error = format!("{e:#}"),
@@ -171,14 +169,115 @@ pub async fn run(a: UpArgs) -> Result<()> {
         );
     }
     tasks.abort_all();
+    // The drain is bounded; a second Ctrl-C does not wait for it.
+    signals.force_on_second("drain");
+    // Probes and metrics stay up during the drain, showing it.
+    if let Some(admin) = &admin {
+        admin.set_draining();
+    }
     if let Some(p) = pool {
         p.stop().await;
     }
+    cluster.shutdown().await;
     if let Some(admin) = admin {
         admin.stop(shoal::admin::STOP_GRACE).await;
     }
-    cluster.shutdown().await;
     outcome
+}
+
+/// What a reload can reach.
+pub struct Running<'a> {
+    pub cluster: &'a Cluster,
+    pub pool: Option<&'a shoal::pool::driver::PoolDriver>,
+    pub admin: Option<&'a Admin>,
+}
+
+/// `log.filter` takes effect unless `RUST_LOG` is set (which wins).
+pub fn apply_log_filter(cfg: &Config) -> Result<Option<String>> {
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
+    match &cfg.log.filter {
+        Some(f) if !from_env => Ok(crate::logs::set_filter(f, "log.filter")?),
+        _ => Ok(None),
+    }
+}
+
+/// Binds and starts the cluster and the admin API; on an error, nothing keeps running.
+async fn start(cfg: &Config, material: Material) -> Result<(Cluster, Option<Admin>)> {
+    // Every client would fail its handshake with a certificate that does not cover the
+    // cluster name: refuse to start with one.
+    material.check_covers(&cfg.cluster).map_err(|e| {
+        crate::args::InputError(format!(
+            "the certificate {} (tls.cert) is not valid for the cluster name {:?} (cluster) against the CA {} (tls.ca): {e}; issue one with `shoal certs --cluster {}`",
+            cfg.cert_path().display(),
+            cfg.cluster,
+            cfg.ca_path().display(),
+            cfg.cluster
+        ))
+    })?;
+    // The admin token and the mirrors' client certificate are read before any socket is bound.
+    let auth = cfg
+        .admin
+        .token_file
+        .as_ref()
+        .map(shoal::admin::auth::AdminAuth::load)
+        .transpose()
+        .map_err(|e| crate::args::InputError(e.to_string()))?;
+    let mirror_identity = match cfg.admin.listen {
+        Some(_) => {
+            let (cert, key) = (cfg.mirror_cert_path(), cfg.mirror_key_path());
+            let chain = shoal::security::tls::read_certs(&cert)
+                .with_context(|| format!("reading admin.mirror_cert {}", cert.display()))?;
+            let key = shoal::security::tls::read_key(&key)
+                .with_context(|| format!("reading admin.mirror_key {}", key.display()))?;
+            Some((chain, key))
+        }
+        None => None,
+    };
+    let cluster = Cluster::start(cfg, material)?;
+    if let Err(e) = cluster
+        .wait_ready(shoal::cluster::processes::REGISTER_TIMEOUT)
+        .await
+    {
+        cluster.shutdown().await;
+        return Err(e.into());
+    }
+    if let Some(p) = cluster.processes() {
+        tracing::info!(
+            startup_ms = p.median_startup().map(|d| d.as_secs_f64() * 1e3),
+            "shard processes registered (median start-up: spawn to registered)"
+        );
+    }
+    let admin = match (cfg.admin.listen, mirror_identity) {
+        (Some(addr), Some((chain, key))) => {
+            let state = AdminState::for_cluster(&cluster, chain, key)
+                .with_auth(auth)
+                .with_metrics_listen(cfg.admin.metrics_listen);
+            match Admin::start(addr, state) {
+                Ok((admin, _)) => Some(admin),
+                Err(e) => {
+                    cluster.shutdown().await;
+                    return Err(e).with_context(|| format!("binding the admin API on {addr}"));
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok((cluster, admin))
+}
+
+/// The command a client runs against this cluster, with `--ca` and `--cluster` when they are
+/// not the client's defaults.
+fn client_hint(cfg: &Config, hub: SocketAddr) -> String {
+    let mut hint = format!("shoal subscribe --hub {hub}");
+    let ca = cfg.ca_path();
+    if ca != std::path::Path::new(".shoal/ca.pem") {
+        hint.push_str(&format!(" --ca {}", ca.display()));
+    }
+    if cfg.cluster != shoal::DEFAULT_CLUSTER {
+        hint.push_str(&format!(" --cluster {}", cfg.cluster));
+    }
+    hint.push_str(" synth/hello");
+    hint
 }
 
 fn start_pool(cfg: &Config, cluster: &Cluster) -> shoal::pool::driver::PoolDriver {
@@ -209,11 +308,12 @@ impl Supervisor {
         self.names.insert(id, name);
     }
 
-    /// Waits for `signal` (then `Ok`) or for the first supervised task to end (then `Err` with
-    /// its name and error): a task that ends while the service runs has failed, even with `Ok`.
-    async fn wait(&mut self, signal: impl Future<Output = ()>) -> Result<()> {
+    /// Waits for `signal` (then `Ok` with its output) or for the first supervised task to end
+    /// (then `Err` with its name and error): a task that ends while the service runs has
+    /// failed, even with `Ok`.
+    async fn wait<T>(&mut self, signal: impl Future<Output = T>) -> Result<T> {
         tokio::select! {
-            () = signal => Ok(()),
+            v = signal => Ok(v),
             Some(done) = self.tasks.join_next_with_id() => Err(match done {
                 Ok((id, Ok(()))) => anyhow!("{} stopped unexpectedly", self.name(id)),
                 Ok((id, Err(e))) => e.context(format!("{} failed", self.name(id))),
@@ -254,7 +354,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Err(anyhow!("address in use"))
         });
-        let e = s.wait(std::future::pending()).await.unwrap_err();
+        let e = s.wait(std::future::pending::<()>()).await.unwrap_err();
         assert_eq!(format!("{e:#}"), "admin API failed: address in use");
     }
 
@@ -262,12 +362,12 @@ mod tests {
     async fn a_task_that_returns_or_panics_is_a_failure_too() {
         let mut s = Supervisor::default();
         s.spawn("pool driver", async { Ok(()) });
-        let e = s.wait(std::future::pending()).await.unwrap_err();
+        let e = s.wait(std::future::pending::<()>()).await.unwrap_err();
         assert_eq!(e.to_string(), "pool driver stopped unexpectedly");
 
         let mut s = Supervisor::default();
         s.spawn("hub", async { panic!("boom") });
-        let e = s.wait(std::future::pending()).await.unwrap_err();
+        let e = s.wait(std::future::pending::<()>()).await.unwrap_err();
         assert!(e.to_string().starts_with("hub panicked"), "{e}");
     }
 

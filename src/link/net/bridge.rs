@@ -132,7 +132,7 @@ pub async fn run_bridge(
         };
         counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
         if cause != last_cause {
-            warn!(hub = %dialer.hub, %cause, retry_in = ?backoff, "no link to the hub; retrying with backoff (sessions keep being served)");
+            warn!(hub = %dialer.hub, %cause, retry_in_ms = backoff.as_millis() as u64, "no link to the hub; retrying with backoff (sessions keep being served)");
             last_cause = cause.clone();
         } else {
             debug!(%cause, "hub still away");

@@ -217,6 +217,10 @@ impl Mirror {
         if let Some((c, Some(first))) = self.confirming {
             if c == id && a >= first {
                 self.confirming = None;
+                if let Some(failed) = self.failed_at.take() {
+                    let took = now.saturating_duration_since(failed);
+                    self.timings.switch.observe(took);
+                }
                 self.events.push_back(Event::SwitchConfirmed {
                     ep: id,
                     seq: first,

@@ -139,6 +139,7 @@ impl Mirror {
     pub(super) fn lost_sender(&mut self, id: EndpointId, was: EndpointState, now: Instant) {
         match was {
             EndpointState::Active if self.cfg.mode == Mode::Failover => {
+                self.note_failure(id, now);
                 // A planned switch away from it loses its reason to wait.
                 if let Some(p) = self.planned.take() {
                     self.finish_switch(p, now);
@@ -154,6 +155,17 @@ impl Mirror {
             _ => self.reselect(now),
         }
         self.maybe_forget_removed(id);
+    }
+
+    /// The active endpoint `id` failed now: how long it had been silent is the detection
+    /// time; the switch is timed from now until the next active confirms (from the first
+    /// failure, when another comes before that).
+    fn note_failure(&mut self, id: EndpointId, now: Instant) {
+        if let Some(i) = self.index(id) {
+            let silent = now.saturating_duration_since(self.eps[i].health.last_heard());
+            self.timings.detection.observe(silent);
+        }
+        self.failed_at.get_or_insert(now);
     }
 
     fn maybe_forget_removed(&mut self, id: EndpointId) {

@@ -46,8 +46,8 @@ use buffer::Entry;
 use endpoint::Ep;
 use failover::PlannedSwitch;
 pub use types::{
-    EndpointSnapshot, EndpointState, EpCounters, Event, MirrorCounters, MirrorSnapshot, PushError,
-    SwitchCause, Transmit,
+    EndpointSnapshot, EndpointState, EpCounters, Event, FailoverTimings, MirrorCounters,
+    MirrorSnapshot, PushError, SwitchCause, Transmit,
 };
 
 /// The failover machine of one stream.
@@ -70,6 +70,9 @@ pub struct Mirror {
     no_endpoint_reported: bool,
     events: VecDeque<Event>,
     counters: MirrorCounters,
+    timings: FailoverTimings,
+    /// When the active endpoint last failed, until the next one confirmed the switch.
+    failed_at: Option<Instant>,
 }
 
 impl Mirror {
@@ -99,6 +102,8 @@ impl Mirror {
             no_endpoint_reported: false,
             events: VecDeque::new(),
             counters: MirrorCounters::default(),
+            timings: FailoverTimings::default(),
+            failed_at: None,
         };
         for a in endpoints {
             m.add_endpoint(*a, None, now)?;
@@ -213,6 +218,7 @@ impl Mirror {
                 .collect(),
             counters: self.counters,
             endpoints,
+            failover: self.timings.clone(),
         }
     }
 }

@@ -162,10 +162,16 @@ fn silence_over_the_bound_fails_over_to_the_next_rank_from_the_last_ack() {
     assert_eq!(s.drain(b).0, vec![7, 8, 9, 10, 11, 12]);
     assert_eq!(s.m.counters().replayed, 4);
     assert_eq!(s.m.counters().switches, 1);
+    s.advance(Duration::from_millis(20));
     s.feedback(b, Some(7));
     assert!(s.events().iter().any(
         |e| matches!(e, Event::SwitchConfirmed { ep, seq, .. } if *ep == b && *seq == Seq::new(7))
     ));
+    // Timed: detection is the silence when declared, the switch runs to B's acknowledgement.
+    let t = s.m.snapshot(s.now).failover;
+    assert_eq!(t.detection.count(), 1);
+    assert_eq!(u128::from(t.detection.sum_ns), degraded.0.as_nanos());
+    assert_eq!((t.switch.count(), t.switch.sum_ns), (1, 20_000_000));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::ids::Seq;
+use crate::metrics_hist::HistogramSnapshot;
 use crate::mirror::health::{Degradation, HealthSnapshot};
 use crate::mirror::{EndpointId, Mode, Overflow};
 use crate::wire::Chunk;
@@ -40,6 +41,17 @@ pub enum SwitchCause {
     Revert,
     /// The active endpoint was removed.
     Removed,
+}
+
+impl std::fmt::Display for SwitchCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwitchCause::Initial => "initial",
+            SwitchCause::Failure => "failure",
+            SwitchCause::Revert => "revert",
+            SwitchCause::Removed => "removed",
+        })
+    }
 }
 
 /// What the machine reports.
@@ -174,8 +186,23 @@ pub struct MirrorSnapshot {
     pub head_seq: Option<Seq>,
     pub committed_seq: Option<Seq>,
     pub buffered: usize,
+    /// Shown by the admin API as `{id, addr}` pairs (`MirrorView::active`).
+    #[serde(skip)]
     pub active: Vec<EndpointId>,
     #[serde(flatten)]
     pub counters: MirrorCounters,
     pub endpoints: Vec<EndpointSnapshot>,
+    pub failover: FailoverTimings,
+}
+
+/// How long the failovers of the active endpoint took (failover mode), as the machine saw
+/// them: `shoal_mirror_failover_{detection,switch}_seconds`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FailoverTimings {
+    /// The failed active endpoint's last sign of life → its failure acted on (degraded, or its
+    /// connection closed).
+    pub detection: HistogramSnapshot,
+    /// Failure acted on → the next active endpoint acknowledged the first chunk it was sent
+    /// (the stream flows again).
+    pub switch: HistogramSnapshot,
 }
