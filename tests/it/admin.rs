@@ -221,6 +221,23 @@ async fn admin_api_runs_a_mirror_end_to_end() {
     }
     let list = call(addr, "GET", "/mirrors", None).await.json().unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(1));
+    // The list and the detail name the active endpoint alike: its id and its address.
+    let detail = call(addr, "GET", "/mirrors/synth/m", None)
+        .await
+        .json()
+        .unwrap();
+    let active = &list[0]["active"];
+    assert_eq!(active, &detail["active"], "{list} / {detail}");
+    assert!(active[0]["addr"].is_string(), "{list}");
+    let id = &active[0]["id"];
+    assert!(
+        detail["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| &e["id"] == id && e["state"] == "active"),
+        "{detail}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = call(addr, "DELETE", "/mirrors/synth/m", None).await;
     assert_eq!(r.status, 200, "{}", r.error_message());

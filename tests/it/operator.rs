@@ -282,6 +282,9 @@ fn sighup_reloads_probes_answer_during_the_drain_and_a_second_sigint_forces_the_
     std::fs::write(&cfg, format!("{base}[log]\nfilter = \"info\"\n")).unwrap();
     // Without RUST_LOG (which would win over log.filter).
     let (mut p, hub, admin) = up(&dir.path().join("data"), Some(&cfg), None);
+    // The hint names the CA this client needs.
+    let ready = p.wait_line("ready: try", Duration::from_secs(1));
+    assert!(ready.contains("--ca "), "{ready}");
 
     // A reload: the filter changes, a key that needs a restart is named, the server stays.
     std::fs::write(
@@ -298,6 +301,42 @@ fn sighup_reloads_probes_answer_during_the_drain_and_a_second_sigint_forces_the_
         p.child.try_wait().unwrap().is_none(),
         "SIGHUP ended the server"
     );
+    // A new certificate from the cluster CA is presented from the next handshake on; one the
+    // CA did not issue is refused and the one in use stays.
+    let data = dir.path().join("data");
+    let issued = run(shoal()
+        .args(["certs", "--issue", "renewed", "--ca-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path()));
+    assert!(issued.status.success());
+    let with_cert = |cert: &Path, key: &Path| {
+        format!(
+            "{base}[log]\nfilter = \"debug\"\n[hub]\ntoken_ttl = \"20m\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            data.join("ca.pem").display().to_string()
+        )
+    };
+    let (cert, key) = (
+        dir.path().join("renewed.pem"),
+        dir.path().join("renewed.key"),
+    );
+    std::fs::write(&cfg, with_cert(&cert, &key)).unwrap();
+    signal(&p.child, "-HUP");
+    let line = p.wait_line("certificate from", Duration::from_secs(10));
+    assert!(line.contains("renewed.pem"), "{line}");
+    let foreign = dir.path().join("foreign");
+    assert!(run(shoal().args(["certs", "--out"]).arg(&foreign))
+        .status
+        .success());
+    std::fs::write(
+        &cfg,
+        with_cert(&foreign.join("cluster.pem"), &foreign.join("cluster.key")),
+    )
+    .unwrap();
+    signal(&p.child, "-HUP");
+    p.wait_line("certificate reload refused", Duration::from_secs(10));
     // A broken config changes nothing.
     std::fs::write(&cfg, "[hub]\nnope = 1\n").unwrap();
     signal(&p.child, "-HUP");
@@ -410,6 +449,22 @@ fn certs_refuse_to_overwrite_a_ca_or_to_name_an_ip_and_are_valid_for_a_bounded_t
     .unwrap();
     let days = (ca.not_after - now).whole_days();
     assert!((3640..=3651).contains(&days), "{days} days");
+}
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = run(shoal().arg("--version"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(
+        text.trim(),
+        format!(
+            "shoal {} (git {})",
+            env!("CARGO_PKG_VERSION"),
+            shoal::GIT_REVISION
+        )
+    );
+    assert!(!shoal::GIT_REVISION.is_empty());
 }
 
 #[test]
