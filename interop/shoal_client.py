@@ -1410,6 +1410,41 @@ async def _(ctx, env):
             f"{s.attached['shard']}, {len(got)} chunks, gap {gaps}")
 
 
+@check("publish.stream_end")
+async def _(ctx, env):
+    """A publisher that ends its stream cleanly (FIN after its last chunk) ends the stream:
+    the subscriber gets every chunk, then stream_end{last_seq} (section 5)."""
+    stream = f"live/interop-{env.run_id}-end"
+    p = await publisher(ctx, env, stream)
+    base = unix_us()
+    for i in range(3):
+        p.send(w.chunk(base + i, unix_us(), live_payload(base + i)))
+    await asyncio.sleep(0.3)
+    cl = Client(env, "endsub")
+    g, _, _ = await get_grant(ctx, cl, stream)
+    s = await attach(ctx, cl, g, 0, subscribe=stream, from_seq=base)
+    s.start_heartbeats()
+    if p.hb_task:
+        p.hb_task.cancel()
+    p.send(b"", end=True)
+    got, end = [], None
+    deadline = time.monotonic() + 6
+    while end is None:
+        need(time.monotonic() < deadline, f"no stream_end; got {len(got)} chunks")
+        f = await s.frame(deadline - time.monotonic())
+        if f[0] == "chunk":
+            got.append(f[1] - base)
+        elif f[:2] == ("control", "stream_end"):
+            end = f[2]
+        elif f[:2] in (("control", "heartbeat"), ("control", "gap")):
+            pass
+        else:
+            raise Fail(f"subscriber got {f!r:.200}")
+    need(got == [0, 1, 2], f"chunks {got} before the end")
+    need(end == {"last_seq": base + 2}, f"stream_end {end}")
+    return f"3 chunks, then stream_end {{last_seq: base + 2}} on shard {s.attached['shard']}"
+
+
 @check("publish.max_chunk_size")
 async def _(ctx, env):
     """A chunk body of 1 MiB + 24 bytes is accepted and delivered; one byte more is

@@ -384,6 +384,8 @@ async fn forward(
                 last = Some(seq);
                 sender.push(c).await
             }
+            // The mirror goes on when a publisher does.
+            Item::End { .. } => continue,
             Item::Gap { from, to } => {
                 let from = last.map_or(from, |l| from.max(l.saturating_next()));
                 // Not empty (`to > from`), so `to - 1` exists.

@@ -207,6 +207,9 @@ pub struct Stats {
     pub grant_us: AtomicU64,
     /// Microseconds from opening the first admitted shard connection to `attached`.
     pub attach_us: AtomicU64,
+    /// 0 until the publisher finished the stream; then 1 + its last sequence + 1 (1: it
+    /// published nothing).
+    ended: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -224,6 +227,10 @@ pub struct StatsSnapshot {
     pub ttfb_us: u64,
     pub grant_us: u64,
     pub attach_us: u64,
+    /// The publisher finished the stream (a `stream_end`): the subscription is complete.
+    pub ended: bool,
+    /// The last sequence it published, when it ended.
+    pub ended_after_seq: Option<u64>,
 }
 
 impl Stats {
@@ -242,7 +249,15 @@ impl Stats {
             ttfb_us: l(&self.ttfb_us),
             grant_us: l(&self.grant_us),
             attach_us: l(&self.attach_us),
+            ended: l(&self.ended) > 0,
+            ended_after_seq: l(&self.ended).checked_sub(2),
         }
+    }
+
+    /// The publisher finished after `last`.
+    pub(crate) fn mark_ended(&self, last: Option<Seq>) {
+        let v = last.map_or(1, |s| s.get().saturating_add(2));
+        self.ended.store(v, Ordering::Relaxed);
     }
 
     pub(crate) fn inc(a: &AtomicU64) {

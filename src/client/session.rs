@@ -264,6 +264,8 @@ async fn hold(
 enum End {
     /// The application dropped the subscription.
     ReceiverGone,
+    /// The publisher finished: the subscription is complete.
+    Finished(Option<crate::ids::Seq>),
     /// Try elsewhere.
     Failed(ClientError),
 }
@@ -358,6 +360,10 @@ pub(crate) async fn run_subscription(
         .await
         {
             End::ReceiverGone => return,
+            End::Finished(last) => {
+                stats.mark_ended(last);
+                return;
+            }
             End::Failed(e) => e,
         };
         let progressed = stats.chunks.load(Ordering::Relaxed) > before;
@@ -549,6 +555,7 @@ async fn stream_from(
                         break End::Failed(ClientError::Refused { code, reason: "go-away".into() });
                     }
                     Frame::Control(Message::Heartbeat(_)) => {}
+                    Frame::Control(Message::StreamEnd(e)) => break End::Finished(e.last_seq),
                     Frame::Control(other) => {
                         break End::Failed(ProtocolError::Unexpected { expected: "a chunk", got: other.kind() }.into());
                     }

@@ -95,6 +95,11 @@ pub enum ReceiverEvent {
         remote: SocketAddr,
         reason: String,
     },
+    /// The stream's publisher finished after `last` (`stream_end` from the sender).
+    End {
+        stream: StreamName,
+        last: Option<Seq>,
+    },
 }
 
 /// Counters of one stream at a receiver.
@@ -406,6 +411,10 @@ impl StreamSession<'_> {
                         Frame::Chunk(c) => self.chunk(c, &mut pending),
                         Frame::Control(Message::Gap(g)) => self.gap(g.from, g.to, &mut pending),
                         Frame::Control(Message::Heartbeat(_)) => {}
+                        Frame::Control(Message::StreamEnd(e)) => pending.push_back(ReceiverEvent::End {
+                            stream: self.stream.clone(),
+                            last: e.last_seq,
+                        }),
                         Frame::Control(other) => {
                             return (ErrorCode::ProtocolViolation, format!("unexpected {}", other.kind()));
                         }

@@ -186,6 +186,9 @@ struct Shared {
     space: Notify,
     events: broadcast::Sender<Event>,
     stopped: AtomicBool,
+    /// The stream's publisher finished after this sequence: told to every receiver once it
+    /// has nothing else to send.
+    end: tokio::sync::watch::Sender<Option<Option<Seq>>>,
 }
 
 impl Shared {
@@ -241,6 +244,7 @@ impl MirrorSender {
             space: Notify::new(),
             events: broadcast::channel(1024).0,
             stopped: AtomicBool::new(false),
+            end: tokio::sync::watch::channel(None).0,
         });
         let list = shared.machine().endpoints();
         for (id, addr) in list {
@@ -294,6 +298,13 @@ impl MirrorSender {
     }
 
     /// The provider itself lost `from..to`; receivers get a `gap`.
+    /// The stream's publisher finished after `last`: every receiver is sent a `stream_end`
+    /// once it has been sent everything before (receivers that connect later too).
+    pub fn push_end(&self, last: Option<Seq>) {
+        self.shared.end.send_replace(Some(last));
+        self.shared.wake_all();
+    }
+
     pub fn push_gap(&self, from: Seq, to: Seq) {
         self.shared.machine().push_gap(from, to);
         self.shared.wake_all();
@@ -609,17 +620,29 @@ async fn run_connection(
     mut send: quinn::SendStream,
 ) -> (ErrorCode, String) {
     let data = async {
+        // The end this connection was told (one known before it connected is told too).
+        let mut end = shared.end.subscribe();
+        let mut told = None;
         loop {
+            let want = *end.borrow_and_update();
             let t = shared.machine().poll_transmit(id, crate::clock::now());
             let r = match t {
                 Transmit::Chunk(c) => write_chunk(&mut send, &c).await,
                 Transmit::Gap { from, to } => {
                     write_control(&mut send, &Message::Gap(Gap { from, to })).await
                 }
+                // Nothing else to send: the end, if there is one.
+                Transmit::Wait(_) if want.is_some() && want != told => {
+                    told = want;
+                    let last = want.unwrap_or(None);
+                    let m = Message::StreamEnd(crate::wire::StreamEnd { last_seq: last });
+                    write_control(&mut send, &m).await
+                }
                 Transmit::Wait(until) => {
                     tokio::select! {
                         _ = ctl.wake.notified() => {}
                         _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = end.changed() => {}
                     }
                     Ok(())
                 }

@@ -333,8 +333,17 @@ impl Session {
                 frame = reader.next() => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
-                        // The client finished its side: the session is over.
-                        Ok(None) | Err(WireError::Io(_)) => return ErrorCode::NoError,
+                        // The client finished its side: the session is over. A publisher's clean
+                        // end (the last one of the stream) ends the stream for its subscribers.
+                        Ok(None) => {
+                            if let Some(p) = &self.publishing {
+                                if p.publishers() == 1 {
+                                    p.end();
+                                }
+                            }
+                            return ErrorCode::NoError;
+                        }
+                        Err(WireError::Io(_)) => return ErrorCode::NoError,
                         Err(e) => return e.code(),
                     };
                     let action = match self.core.handle_frame(frame, clock::now()) {
@@ -362,8 +371,13 @@ impl Session {
                 item = next_item(&mut cursor) => {
                     let Some(item) = item else { return ErrorCode::UnknownStream };
                     self.orphan_until = None;
+                    let end = matches!(item, Item::End { .. });
                     if self.deliver(item).await.is_err() {
                         return ErrorCode::NoError;
+                    }
+                    if end {
+                        // The session waits for the subscriber to close.
+                        cursor = None;
                     }
                 }
             }
@@ -399,6 +413,12 @@ impl Session {
             Item::Gap { from, to } => {
                 c.gaps_sent.fetch_add(1, Ordering::Relaxed);
                 write_control(&mut self.send, &Message::Gap(crate::wire::Gap { from, to })).await?;
+            }
+            Item::End { last } => {
+                let end = Message::StreamEnd(crate::wire::StreamEnd { last_seq: last });
+                write_control(&mut self.send, &end).await?;
+                // Nothing follows; the subscriber closes the connection.
+                let _ = self.send.finish();
             }
         }
         Ok(())

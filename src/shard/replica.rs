@@ -311,6 +311,12 @@ async fn take_copies(
                 // The registry's cursors see the jump and report it as a gap.
                 warn!(%stream, from = from.get(), to = to.get(), "standby copy has a gap");
             }
+            ReceiverEvent::End { stream, last } => {
+                // The copy's cursors end once it holds `last`.
+                if let Some(s) = registry.get(&stream) {
+                    s.end_after(last);
+                }
+            }
             ReceiverEvent::Connected { stream, remote } => {
                 debug!(%stream, %remote, "primary connected");
             }
@@ -426,6 +432,11 @@ async fn mirror_primary(
                 Some(Item::Gap { from, to }) => {
                     if let Some(s) = &sender {
                         s.push_gap(from, to);
+                    }
+                }
+                Some(Item::End { last }) => {
+                    if let Some(s) = &sender {
+                        s.push_end(last);
                     }
                 }
                 None => break,

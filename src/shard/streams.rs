@@ -38,6 +38,10 @@ struct Inner {
     first: Option<Seq>,
     /// Payload bytes a live stream's buffer holds.
     held_bytes: u64,
+    /// A live stream's publisher finished after `last` (until a publisher sends again).
+    ended: bool,
+    /// A copy told of an end after a chunk it does not hold yet: it ends when that arrives.
+    end_at: Option<Seq>,
 }
 
 /// One stream on one shard.
@@ -50,6 +54,8 @@ pub struct StreamState {
     keep_until_us: AtomicU64,
     /// Publisher sessions bound to it now.
     publishers: std::sync::atomic::AtomicUsize,
+    /// Bumped when the stream ends, waking cursors that wait for chunks.
+    ended_tx: tokio::sync::watch::Sender<u64>,
 }
 
 /// A publisher session's hold on its stream: counted while it lives.
@@ -109,10 +115,13 @@ impl StreamState {
                 last,
                 first: None,
                 held_bytes: 0,
+                ended: false,
+                end_at: None,
             }),
             tx,
             keep_until_us: AtomicU64::new(0),
             publishers: std::sync::atomic::AtomicUsize::new(0),
+            ended_tx: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -216,9 +225,52 @@ impl StreamState {
         }
         inner.last = Some(chunk.seq);
         inner.first.get_or_insert(chunk.seq);
+        // A publisher again: the stream goes on, unless this is the chunk a copy's end waits
+        // for.
+        inner.ended = inner.end_at == Some(chunk.seq);
+        if inner.end_at.is_some_and(|at| chunk.seq >= at) {
+            inner.end_at = None;
+        }
+        if inner.ended {
+            self.ended_tx.send_modify(|n| *n += 1);
+        }
         // Send under the lock so cursors see chunks in buffer order.
         let _ = self.tx.send(chunk);
         Ok(true)
+    }
+
+    /// A live stream's publisher finished: cursors that delivered everything up to the newest
+    /// chunk yield [`Item::End`]. A later published chunk makes the stream go on.
+    pub fn end(&self) {
+        let last = self.lock().last;
+        self.end_after(last);
+    }
+
+    /// [`StreamState::end`] for a copy: the publisher finished after `last`. A copy that does
+    /// not hold `last` yet ends when it arrives; one that holds more (a publisher went on)
+    /// ignores it.
+    pub fn end_after(&self, last: Option<Seq>) {
+        let mut inner = self.lock();
+        if !matches!(inner.kind, Kind::Live { .. }) || inner.ended {
+            return;
+        }
+        if inner.last == last {
+            inner.ended = true;
+            self.ended_tx.send_modify(|n| *n += 1);
+            return;
+        }
+        match (inner.last, last) {
+            (Some(held), Some(at)) if held > at => {}
+            (_, Some(at)) => inner.end_at = Some(at),
+            // It holds chunks of a publisher that went on.
+            (_, None) => {}
+        }
+    }
+
+    /// `Some(last)` when the stream ended after `last` (`None`: nothing was published).
+    fn ended_after(&self) -> Option<Option<Seq>> {
+        let inner = self.lock();
+        inner.ended.then_some(inner.last)
     }
 
     fn backlog(&self, seq: Seq) -> Backlog {
@@ -281,6 +333,10 @@ pub enum Item {
         from: Seq,
         to: Seq,
     },
+    /// The publisher finished after `last` (every chunk up to it was yielded).
+    End {
+        last: Option<Seq>,
+    },
 }
 
 /// A subscriber's position in a stream.
@@ -293,6 +349,9 @@ pub struct Cursor {
     catch_up_end: Seq,
     /// A chunk from the channel held back while the hole before it is filled.
     held: Option<Chunk>,
+    ended: tokio::sync::watch::Receiver<u64>,
+    /// [`Item::End`] was yielded and no chunk came since: it is yielded once.
+    told_end: bool,
 }
 
 impl Cursor {
@@ -300,6 +359,7 @@ impl Cursor {
         // Subscribe first, then read the newest sequence: everything after it comes through
         // the channel.
         let rx = state.tx.subscribe();
+        let ended = state.ended_tx.subscribe();
         let last = state.last_seq();
         let next = from.or(last);
         let catch_up_end = last.map_or(Seq::ZERO, Seq::saturating_next);
@@ -309,6 +369,8 @@ impl Cursor {
             next,
             catch_up_end,
             held: None,
+            ended,
+            told_end: false,
         }
     }
 
@@ -332,18 +394,37 @@ impl Cursor {
                     });
                 }
             }
+            if self.held.is_none() && !self.told_end {
+                // Everything up to the end was yielded: the end.
+                if let Some(last) = self.state.ended_after() {
+                    let done = match (self.next, last) {
+                        (Some(n), Some(l)) => n > l,
+                        (_, None) => true,
+                        (None, Some(_)) => false,
+                    };
+                    if done {
+                        self.told_end = true;
+                        return Some(Item::End { last });
+                    }
+                }
+            }
             let c = match self.held.take() {
                 Some(c) => c,
-                None => match self.rx.recv().await {
-                    Ok(c) => c,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                None => match tokio::select! {
+                    r = self.rx.recv() => Some(r),
+                    // The end: looked at again above.
+                    _ = self.ended.changed() => None,
+                } {
+                    None => continue,
+                    Some(Ok(c)) => c,
+                    Some(Err(broadcast::error::RecvError::Lagged(_))) => {
                         let inner = self.state.lock();
                         // A cursor that joined before the first chunk wants it from there.
                         self.next = self.next.or(inner.first);
                         self.catch_up_end = inner.last.map_or(Seq::ZERO, Seq::saturating_next);
                         continue;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Some(Err(broadcast::error::RecvError::Closed)) => return None,
                 },
             };
             match self.next {
@@ -353,6 +434,7 @@ impl Cursor {
                     self.held = Some(c);
                 }
                 _ => {
+                    self.told_end = false;
                     // Exact: a stream never holds a chunk at `Seq::MAX` (see `publish`).
                     self.next = Some(c.seq.saturating_next());
                     return Some(Item::Chunk(c));
@@ -470,262 +552,4 @@ impl StreamRegistry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> StreamSettings {
-        StreamSettings {
-            synthetic: SyntheticSpec {
-                rate_hz: 1000,
-                chunk_bytes: 16,
-            },
-            buffer_chunks: 8,
-            replay_window: 100,
-        }
-    }
-
-    const NOW: u64 = 1_800_000_000_000_000;
-
-    #[tokio::test]
-    async fn synthetic_cursor_resumes_without_gap_or_duplicate() {
-        let reg = StreamRegistry::new(settings());
-        let name = StreamName::new("synth/t").unwrap();
-        let spec = settings().synthetic;
-        let live = spec.live_seq(NOW);
-        let start = live.checked_sub(5).unwrap();
-        let mut cur = reg.subscribe(&name, Some(start), NOW);
-        reg.tick(NOW + 3000); // three periods later
-        let mut got = Vec::new();
-        for _ in 0..9 {
-            match cur.next().await.unwrap() {
-                Item::Chunk(c) => {
-                    assert!(crate::synthetic::verify(
-                        stream_seed(&name),
-                        c.seq,
-                        &c.payload
-                    ));
-                    got.push(c.seq)
-                }
-                g => panic!("unexpected {g:?}"),
-            }
-        }
-        let want: Vec<_> = (start.get()..=live.get() + 3).map(Seq::new).collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn buffered_bytes_follow_what_streams_hold() {
-        let reg = StreamRegistry::new(settings());
-        let live = reg.stream(&StreamName::new("live/b").unwrap(), NOW);
-        let chunk = |seq: u64, len| Chunk {
-            seq: Seq::new(seq),
-            timestamp_us: seq,
-            payload: bytes::Bytes::from(vec![0; len]),
-        };
-        // Sizes 1..=12 into a buffer of 8: the last 8 (5..=12) stay.
-        for seq in 1..=12u64 {
-            live.publish(chunk(seq, seq as usize)).unwrap();
-        }
-        assert_eq!(live.held_bytes(), (5..=12).sum::<u64>());
-        assert!(!live.publish(chunk(3, 1000)).unwrap());
-        assert_eq!(
-            live.held_bytes(),
-            (5..=12).sum::<u64>(),
-            "a replay adds nothing"
-        );
-        // A synthetic stream buffers nothing; the registry sums the live ones.
-        let name = StreamName::new("synth/b").unwrap();
-        let _cursor = reg.subscribe(&name, None, NOW);
-        let period = settings().synthetic.period_us();
-        for i in 1..100 {
-            reg.tick(NOW + i * period);
-        }
-        assert_eq!(reg.buffered_bytes(), (5..=12).sum::<u64>());
-        // A dropped stream holds nothing.
-        drop(live);
-        reg.tick(NOW + 100 * period);
-        assert_eq!(reg.buffered_bytes(), 0);
-    }
-
-    #[tokio::test]
-    async fn too_old_resume_reports_a_gap() {
-        let reg = StreamRegistry::new(settings());
-        let name = StreamName::new("synth/t").unwrap();
-        let live = settings().synthetic.live_seq(NOW);
-        let start = live.checked_sub(500).unwrap();
-        let mut cur = reg.subscribe(&name, Some(start), NOW);
-        match cur.next().await.unwrap() {
-            Item::Gap { from, to } => {
-                assert_eq!(from, start);
-                assert_eq!(to, live.checked_sub(1 + 100).unwrap());
-            }
-            other => panic!("expected a gap, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn live_stream_buffer_and_lag() {
-        let reg = StreamRegistry::new(settings());
-        let name = StreamName::new("live/t").unwrap();
-        let s = reg.stream(&name, NOW);
-        let mut early = reg.subscribe(&name, None, NOW);
-        let chunk = |seq: u64| Chunk {
-            seq: Seq::new(seq),
-            timestamp_us: seq,
-            payload: bytes::Bytes::new(),
-        };
-        for seq in 10..40 {
-            assert!(s.publish(chunk(seq)).unwrap());
-        }
-        assert!(!s.publish(chunk(39)).unwrap(), "duplicate is dropped");
-        // The early cursor lagged past the buffer (8): it gets a gap, then the buffered tail.
-        let mut items = Vec::new();
-        while items.len() < 9 {
-            items.push(early.next().await.unwrap());
-        }
-        let gap = Item::Gap {
-            from: Seq::new(10),
-            to: Seq::new(32),
-        };
-        assert_eq!(items[0], gap, "{items:?}");
-        let tail: Vec<_> = (32..40).map(|s| Item::Chunk(chunk(s))).collect();
-        assert_eq!(items[1..], tail[..]);
-        // A late cursor resuming inside the buffer gets exactly the rest.
-        let mut late = reg.subscribe(&name, Some(Seq::new(38)), NOW);
-        assert_eq!(late.next().await, Some(Item::Chunk(chunk(38))));
-        assert_eq!(late.next().await, Some(Item::Chunk(chunk(39))));
-    }
-}
-
-#[cfg(test)]
-mod seq_limits {
-    use std::time::Duration;
-
-    use super::*;
-
-    const NOW: u64 = 1_800_000_000_000_000;
-
-    fn settings() -> StreamSettings {
-        StreamSettings {
-            synthetic: SyntheticSpec {
-                rate_hz: 1000,
-                chunk_bytes: 16,
-            },
-            buffer_chunks: 8,
-            replay_window: 100,
-        }
-    }
-
-    fn chunk(seq: Seq) -> Chunk {
-        Chunk {
-            seq,
-            timestamp_us: 1,
-            payload: bytes::Bytes::new(),
-        }
-    }
-
-    async fn next_soon(cur: &mut Cursor) -> Option<Option<Item>> {
-        tokio::time::timeout(Duration::from_millis(50), cur.next())
-            .await
-            .ok()
-    }
-
-    #[tokio::test]
-    async fn a_live_stream_ends_at_the_last_sequence_and_refuses_max() {
-        let reg = StreamRegistry::new(settings());
-        let name = StreamName::new("live/end").unwrap();
-        let s = reg.stream(&name, NOW);
-        let mut early = reg.subscribe(&name, None, NOW);
-        let before = Seq::LAST.prev().unwrap();
-        assert_eq!(s.publish(chunk(Seq::MAX)), Err(PublishError::SeqExhausted));
-        assert_eq!(PublishError::SeqExhausted.code(), ErrorCode::SeqExhausted);
-        assert_eq!(s.last_seq(), None, "a refused chunk changes nothing");
-        assert_eq!(s.publish(chunk(before)), Ok(true));
-        assert_eq!(s.publish(chunk(Seq::LAST)), Ok(true));
-        assert_eq!(s.publish(chunk(Seq::MAX)), Err(PublishError::SeqExhausted));
-        assert_eq!(
-            s.publish(chunk(Seq::LAST)),
-            Ok(false),
-            "a replay is dropped"
-        );
-        assert_eq!(s.last_seq(), Some(Seq::LAST));
-        // The cursor delivers both, then waits at `Seq::MAX`: nothing can follow.
-        assert_eq!(early.next().await, Some(Item::Chunk(chunk(before))));
-        assert_eq!(early.next().await, Some(Item::Chunk(chunk(Seq::LAST))));
-        assert_eq!(next_soon(&mut early).await, None);
-        // A late cursor from before the buffer gets a gap, then the tail.
-        let mut late = reg.subscribe(&name, Some(Seq::ZERO), NOW);
-        let gap = Item::Gap {
-            from: Seq::ZERO,
-            to: before,
-        };
-        assert_eq!(late.next().await, Some(gap));
-        assert_eq!(late.next().await, Some(Item::Chunk(chunk(before))));
-        assert_eq!(late.next().await, Some(Item::Chunk(chunk(Seq::LAST))));
-        assert_eq!(next_soon(&mut late).await, None);
-    }
-
-    #[tokio::test]
-    async fn a_cursor_from_max_waits_without_delivering() {
-        let reg = StreamRegistry::new(settings());
-        for name in ["live/max", "synth/max"] {
-            let name = StreamName::new(name).unwrap();
-            let s = reg.stream(&name, NOW);
-            if !name.is_synthetic() {
-                s.publish(chunk(Seq::new(5))).unwrap();
-            }
-            let mut cur = reg.subscribe(&name, Some(Seq::MAX), NOW);
-            reg.tick(NOW + 5_000);
-            if !name.is_synthetic() {
-                s.publish(chunk(Seq::new(6))).unwrap();
-                s.publish(chunk(Seq::LAST)).unwrap();
-            }
-            assert_eq!(next_soon(&mut cur).await, None, "{name}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_lagging_cursor_near_the_end_catches_up() {
-        let reg = StreamRegistry::new(StreamSettings {
-            buffer_chunks: 4,
-            ..settings()
-        });
-        let name = StreamName::new("live/lag").unwrap();
-        let s = reg.stream(&name, NOW);
-        let mut cur = reg.subscribe(&name, None, NOW);
-        // More than the broadcast channel holds (16), ending at `Seq::LAST`.
-        let first = Seq::LAST.checked_sub(39).unwrap();
-        for n in 0..40 {
-            s.publish(chunk(first.checked_add(n).unwrap())).unwrap();
-        }
-        let mut got = Vec::new();
-        while let Some(Some(item)) = next_soon(&mut cur).await {
-            got.push(item);
-        }
-        assert_eq!(got.last(), Some(&Item::Chunk(chunk(Seq::LAST))), "{got:?}");
-        assert!(
-            matches!(got[0], Item::Gap { from, .. } if from == first),
-            "{got:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_idle_ticker_waits_until_a_stream_exists() {
-        let reg = Arc::new(StreamRegistry::new(settings()));
-        let waiting = {
-            let reg = reg.clone();
-            tokio::spawn(async move { reg.wait_for_stream().await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "no stream yet: the ticker sleeps");
-        reg.warm(&StreamName::new("synth/w").unwrap(), NOW, 1_000_000);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("woken by the new stream")
-            .unwrap();
-        // With a stream held, it returns at once.
-        tokio::time::timeout(std::time::Duration::from_secs(5), reg.wait_for_stream())
-            .await
-            .expect("a stream exists");
-    }
-}
+mod tests;

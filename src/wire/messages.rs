@@ -255,6 +255,14 @@ pub struct MirrorWelcome {
     pub last_seq: Option<Seq>,
 }
 
+/// Shard → subscriber: the stream's publisher finished (a clean end of its publish stream)
+/// and every chunk up to `last_seq` (none: it published nothing) was sent. Nothing follows;
+/// the shard finishes its stream and the subscriber closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEnd {
+    pub last_seq: Option<Seq>,
+}
+
 /// Every control message. Encoded as a MessagePack map with one key, the variant name in
 /// snake_case, whose value is the message's map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +283,7 @@ pub enum Message {
     Gap(Gap),
     MirrorHello(MirrorHello),
     MirrorWelcome(MirrorWelcome),
+    StreamEnd(StreamEnd),
 }
 
 impl Message {
@@ -295,6 +304,7 @@ impl Message {
             Message::Gap(_) => "gap",
             Message::MirrorHello(_) => "mirror_hello",
             Message::MirrorWelcome(_) => "mirror_welcome",
+            Message::StreamEnd(_) => "stream_end",
         }
     }
 }

@@ -418,6 +418,49 @@ fn subscribers_are_told_the_cluster_went_away_and_print_their_summary() {
 }
 
 #[test]
+fn subscribers_of_a_live_stream_are_told_when_its_publisher_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, hub, _) = up(dir.path(), None, Some("info"));
+    let ca = dir.path().join("ca.pem");
+    // Several subscribers: some on the publisher's shard, some on its standby copy.
+    let subs: Vec<Proc> = (0..4)
+        .map(|i| {
+            let mut c = shoal();
+            c.args(["subscribe", "-q", "--hub", &hub, "--ca"])
+                .arg(&ca)
+                .args(["--client-id", &format!("end-{i}"), "live/operator-end"])
+                .env("RUST_LOG", "warn");
+            Proc::spawn(c)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = run(shoal()
+        .args(["publish", "--hub", &hub, "--ca"])
+        .arg(&ca)
+        .args(["--count", "20", "--rate", "50", "live/operator-end"])
+        .env("RUST_LOG", "warn"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mut s in subs {
+        assert_eq!(
+            s.wait_exit(Duration::from_secs(15)),
+            Some(0),
+            "{:#?}",
+            s.seen
+        );
+        let text = s.seen.join("\n");
+        assert!(
+            text.contains("20 chunks, 0 missing, 0 duplicated"),
+            "{text}"
+        );
+        assert!(text.contains("the publisher finished the stream"), "{text}");
+    }
+}
+
+#[test]
 fn certs_refuse_to_overwrite_a_ca_or_to_name_an_ip_and_are_valid_for_a_bounded_time() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(shoal().args(["certs", "--out"]).arg(dir.path()));

@@ -110,6 +110,7 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
             zero_rtt_accepted = s.zero_rtt_accepted,
             zero_rtt_attempted = s.zero_rtt_attempted,
             ttfb_ms,
+            ended_by_publisher = s.ended,
             "subscription summary"
         );
     } else {
@@ -121,6 +122,10 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
             s.zero_rtt_accepted,
             s.zero_rtt_attempted,
         );
+        if s.ended {
+            let last = s.ended_after_seq.map_or("none".into(), |q| q.to_string());
+            eprintln!("the publisher finished the stream (last seq {last})");
+        }
     }
     drop(sub);
     client.close().await;

@@ -171,6 +171,10 @@ fn every_message_round_trips_through_the_strict_decoder() {
         Message::MirrorWelcome(MirrorWelcome {
             last_seq: Some(Seq::ZERO),
         }),
+        Message::StreamEnd(crate::wire::StreamEnd {
+            last_seq: Some(Seq::new(7)),
+        }),
+        Message::StreamEnd(crate::wire::StreamEnd { last_seq: None }),
     ];
     for m in all {
         let b = rmp_serde::to_vec_named(&m).unwrap();
