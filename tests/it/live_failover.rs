@@ -271,8 +271,9 @@ async fn primary_and_standby_both_dying_end_the_subscriptions_with_a_clear_error
     let p = primary(&tc).expect("a shard took the publisher");
     let s = standby(&tc, &stream, p.id()).await;
     check_all(&mut subs, &sent).await;
-    // The publisher is gone too: nothing can bring the stream back.
-    publisher.finish().await.unwrap();
+    // The publisher is gone too, without a clean end (which would end the stream with
+    // `stream_end`): nothing can bring the stream back.
+    drop(publisher);
     tc.kill(&p).await;
     tc.kill(&s).await;
     for (i, sub) in subs.iter_mut().enumerate() {

@@ -431,30 +431,42 @@ async fn relay_rtt(t: &Target, samples: usize) -> Result<f64, BenchError> {
     Ok(median(v))
 }
 
-/// Chunk rate and size for the fan-out scenario.
+/// Chunk rate and size for the fan-out scenario: 500 chunks/s per subscriber, at most
+/// [`FANOUT_AGGREGATE`] chunks/s over all of them.
 const FANOUT_HZ: u32 = 500;
 const FANOUT_BYTES: u32 = 4096;
+/// Chunks per second over all subscribers (2.1 Gbit/s of payload): both sides stay below
+/// what this 2-core machine can push, so the figure compares costs, not saturation (at
+/// 512 subscribers × 500 Hz the raw-quinn side could no longer accept connections).
+const FANOUT_AGGREGATE: u32 = 64_000;
+
+/// The per-subscriber chunk rate for `subs` subscribers.
+fn fanout_rate(subs: usize) -> u32 {
+    let subs = u32::try_from(subs).unwrap_or(u32::MAX).max(1);
+    (FANOUT_AGGREGATE / subs).clamp(1, FANOUT_HZ)
+}
 
 /// Shard goodput per CPU-second to N subscribers of one stream, against raw quinn pushing the
 /// same chunks on N unidirectional streams.
 pub async fn fanout(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Fanout;
-    let shoal = ChildServer::spawn(&opts.exe, &shoal_spec(0, FANOUT_HZ, FANOUT_BYTES)).await?;
-    let quinn = ChildServer::spawn(
-        &opts.exe,
-        &ServerSpec::Quinn(BaselineSpec {
-            tickets: 2,
-            response_bytes: 64,
-            rate_hz: FANOUT_HZ,
-            chunk_bytes: FANOUT_BYTES,
-        }),
-    )
-    .await?;
     let subs = if opts.quick {
         4
     } else {
         opts.subscribers.max(1)
     };
+    let rate = fanout_rate(subs);
+    let shoal = ChildServer::spawn(&opts.exe, &shoal_spec(0, rate, FANOUT_BYTES)).await?;
+    let quinn = ChildServer::spawn(
+        &opts.exe,
+        &ServerSpec::Quinn(BaselineSpec {
+            tickets: 2,
+            response_bytes: 64,
+            rate_hz: rate,
+            chunk_bytes: FANOUT_BYTES,
+        }),
+    )
+    .await?;
     let window = Duration::from_millis(if opts.quick { 500 } else { 3000 });
     let (ts, tq) = (Target::of(&shoal, 0), Target::of(&quinn, 0));
     let mut rounds = Vec::new();
@@ -486,7 +498,7 @@ pub async fn fanout(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Benc
         .with("baseline_goodput_gbps", median(gbps.iter().map(|g| g.1)))
         .with("subscribers", subs as f64)
         .with("chunk_bytes", f64::from(FANOUT_BYTES))
-        .with("rate_hz", f64::from(FANOUT_HZ)))
+        .with("rate_hz", f64::from(rate)))
 }
 
 /// Receivers started by a fan-out side: payload bytes so far, receivers that got a chunk, and
@@ -607,8 +619,11 @@ async fn quinn_fan(t: &Target, n: usize) -> Result<Fan, BenchError> {
     })
 }
 
-/// Shard memory per idle attached client against a raw-quinn idle connection. Fresh children
-/// every round: freed memory stays with the allocator, so a reused child would under-count.
+/// Shard memory per idle attached client against a raw-quinn idle connection, at `n` idle
+/// clients and (unless quick, for `n` ≥ 1000) at `n / 10`: the slope between the two sizes
+/// (KiB per added client) says whether a side's cost per client grows with the number of
+/// clients. Fresh children every round: freed memory stays with the allocator, so a reused
+/// child would under-count.
 pub async fn memory(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
     let s = Scenario::Memory;
     let n = if opts.quick {
@@ -616,32 +631,71 @@ pub async fn memory(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Benc
     } else {
         opts.idle_clients.max(1)
     };
-    let mut rounds = Vec::new();
-    let mut open = Vec::new();
-    for r in 0..opts.rounds {
-        let mut held = 0;
-        let round = alternate(
-            r,
-            async {
-                let (kib, h) = shoal_idle(opts, n).await?;
-                held = h;
-                Ok(kib)
-            },
-            quinn_idle(opts, n),
-        )
-        .await?;
-        report(p, s, r, opts.rounds, &round, "KiB/conn");
-        open.push(held as f64);
-        rounds.push(round);
+    let small = (!opts.quick && n >= 1000).then_some(n / 10);
+    // Per round: (shoal, quinn) each as (KiB in all, connections held).
+    let sizes = |n: usize| async move {
+        let mut per = Vec::new();
+        for r in 0..opts.rounds {
+            let mut sides = ((0.0, 0), (0.0, 0));
+            let round = alternate(
+                r,
+                async {
+                    sides.0 = shoal_idle(opts, n).await?;
+                    Ok(sides.0 .0 / sides.0 .1.max(1) as f64)
+                },
+                async {
+                    sides.1 = quinn_idle(opts, n).await?;
+                    Ok(sides.1 .0 / sides.1 .1.max(1) as f64)
+                },
+            )
+            .await?;
+            per.push((round, sides));
+        }
+        Ok::<_, BenchError>(per)
+    };
+    let big = sizes(n).await?;
+    for (r, (round, _)) in big.iter().enumerate() {
+        report(p, s, r, opts.rounds, round, "KiB/conn");
     }
-    Ok(Figure::new(s, "server_kib_per_idle_conn", &rounds)
-        .with("kib_per_conn", median(rounds.iter().map(|r| r.shoal)))
-        .with(
-            "baseline_kib_per_conn",
-            median(rounds.iter().map(|r| r.baseline)),
-        )
-        .with("idle_clients", n as f64)
-        .with("sessions_open_at_measure", median(open)))
+    let rounds: Vec<Round> = big.iter().map(|b| b.0.clone()).collect();
+    let open: Vec<f64> = big.iter().map(|b| (b.1 .0 .1) as f64).collect();
+    let mut f = Figure::new(s, "server_kib_per_idle_conn", &rounds);
+    if let Some(m) = small {
+        let low = sizes(m).await?;
+        // KiB per added client between the two sizes, round by round.
+        let slope = |a: (f64, usize), b: (f64, usize)| {
+            (a.0 - b.0) / (a.1.saturating_sub(b.1)).max(1) as f64
+        };
+        let (mut sh, mut qu) = (Vec::new(), Vec::new());
+        for ((_, hi), (_, lo)) in big.iter().zip(&low) {
+            sh.push(slope(hi.0, lo.0));
+            qu.push(slope(hi.1, lo.1));
+        }
+        let (sh, qu) = (median(sh), median(qu));
+        p(&format!(
+            "memory: slope {m} → {n} idle clients: shoal {sh:.1} KiB/client, raw quinn {qu:.1} (ratio {:.3})",
+            sh / qu.max(1e-9)
+        ));
+        f = f
+            .with("small_idle_clients", m as f64)
+            .with("small_kib_per_conn", median(low.iter().map(|l| l.0.shoal)))
+            .with(
+                "small_baseline_kib_per_conn",
+                median(low.iter().map(|l| l.0.baseline)),
+            )
+            .with("slope_kib_per_client", sh)
+            .with("baseline_slope_kib_per_client", qu)
+            .with("slope_ratio", sh / qu.max(1e-9));
+    }
+    Ok(
+        f.with("kib_per_conn", median(rounds.iter().map(|r| r.shoal)))
+            .with(
+                "baseline_kib_per_conn",
+                median(rounds.iter().map(|r| r.baseline)),
+            )
+            .with("idle_clients", n as f64)
+            .with("sessions_open_at_measure", median(open)),
+    )
 }
 
 const PER_CLIENT: usize = 100;
@@ -651,7 +705,8 @@ async fn settle_rss(child: &ChildServer) -> Result<u64, BenchError> {
     child.rss()
 }
 
-/// KiB of shard RSS per idle attached session, and how many were open when measured.
+/// KiB of server RSS the idle attached sessions took in all, and how many were open when
+/// measured.
 async fn shoal_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), BenchError> {
     let (spec, _link) = default_shoal(opts).await?;
     let child = ChildServer::spawn(&opts.exe, &spec).await?;
@@ -683,13 +738,10 @@ async fn shoal_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), Bench
     drop(sessions);
     load::close_all(&clients).await;
     child.stop().await;
-    Ok((
-        rss1.saturating_sub(rss0) as f64 / 1024.0 / held.max(1) as f64,
-        held,
-    ))
+    Ok((rss1.saturating_sub(rss0) as f64 / 1024.0, held))
 }
 
-async fn quinn_idle(opts: &BenchOptions, n: usize) -> Result<f64, BenchError> {
+async fn quinn_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), BenchError> {
     let child = ChildServer::spawn(&opts.exe, &quinn_spec(2, 64)).await?;
     let t = Target::of(&child, 0);
     let eps = load::ticketed_endpoints(&t, n.div_ceil(PER_CLIENT), WORKERS).await?;
@@ -710,5 +762,5 @@ async fn quinn_idle(opts: &BenchOptions, n: usize) -> Result<f64, BenchError> {
     drop(conns);
     load::close_endpoints(&eps).await;
     child.stop().await;
-    Ok(rss1.saturating_sub(rss0) as f64 / 1024.0 / held.max(1) as f64)
+    Ok((rss1.saturating_sub(rss0) as f64 / 1024.0, held))
 }
