@@ -395,3 +395,40 @@ fn placement_bench_reports_every_policy_on_every_trace_and_start_up() {
         assert!(!out.status.success(), "{bad:?}");
     }
 }
+
+#[test]
+fn the_latency_scenario_offers_poisson_load_to_both_sides_at_three_levels() {
+    let (figures, stderr) = bench_json(&["bench", "latency", "--quick", "--rounds", "1", "--json"]);
+    assert_eq!(figures.len(), 1, "{stderr}");
+    let f = &figures[0];
+    assert_eq!(f["scenario"], "latency", "{f}");
+    assert!(f["capacity_ops_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    for pct in [25, 50, 80] {
+        for side in ["shoal", "quinn"] {
+            let ops = f[format!("{side}_ops_at_{pct}")].as_f64().unwrap();
+            assert!(ops > 0.0, "{side} at {pct} %: {f}");
+            assert!(f[format!("{side}_p99_ms_at_{pct}")].as_f64().unwrap() > 0.0);
+        }
+        let offered = f[format!("offered_ops_per_s_at_{pct}")].as_f64().unwrap();
+        assert!(offered > 0.0, "{f}");
+        assert!(f[format!("p99_ratio_at_{pct}")].as_f64().unwrap() > 0.0);
+    }
+    // Both sides at a level got the same offered rate, and the second connections (shoal's
+    // attach with the hub's ticket, the baseline's reconnect) rode in 0-RTT.
+    let levels = f["per_round"][0].as_array().unwrap();
+    assert_eq!(levels.len(), 3, "{f}");
+    for l in levels {
+        assert_eq!(
+            l["shoal"]["offered_ops_per_s"],
+            l["quinn"]["offered_ops_per_s"]
+        );
+    }
+    for side in ["shoal", "quinn"] {
+        let zero: u64 = levels
+            .iter()
+            .map(|l| l[side]["zero_rtt"].as_u64().unwrap())
+            .sum();
+        assert!(zero > 0, "{side}: {f}");
+    }
+    assert!(stderr.contains("latency round 1/1 at 80 %"), "{stderr}");
+}

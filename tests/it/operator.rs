@@ -196,7 +196,8 @@ fn with_log_json_every_line_is_json_and_a_failed_start_leaves_no_dev_material() 
         .args(["--log-json", "up", "--listen", &addr, "--admin", "off"])
         .arg("--data-dir")
         .arg(dir.path())
-        .env("RUST_LOG", "info"));
+        // The fatal error is the command's report: no filter hides it.
+        .env("RUST_LOG", "off"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let mut fatal = None;
@@ -405,6 +406,24 @@ fn subscribers_are_told_the_cluster_went_away_and_print_their_summary() {
         "{:#?}",
         s.seen
     );
+    // With --log-json the summary is a JSON line with its figures as fields.
+    let mut c = shoal();
+    c.args(["--log-json", "subscribe", "-q", "--hub", &hub, "--ca"])
+        .arg(&ca)
+        .arg("synth/operator")
+        .env("RUST_LOG", "warn");
+    let mut s = Proc::spawn(c);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&s.child, "-TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    let summary = s
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "subscription summary")
+        .unwrap_or_else(|| panic!("no JSON summary: {:#?}", s.seen));
+    assert!(summary["fields"]["chunks"].as_u64() > Some(0), "{summary}");
+    assert_eq!(summary["fields"]["missing"], 0, "{summary}");
     // The cluster stops: the subscriber says so (not "gave up after N attempts") within a few
     // seconds, after its summary.
     let mut s = subscribe();

@@ -30,6 +30,9 @@ enum BenchScenario {
     /// An attacker process (handshake flood, idle connections, stalled streams, garbage
     /// datagrams) against a hub with shard processes, while legitimate clients run.
     Flood,
+    /// Open-loop latency (Poisson arrivals) at 25, 50 and 80 % of shoal's capacity: p50, p99
+    /// and p999 of shoal and raw quinn at the same offered rates.
+    Latency,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,7 +88,7 @@ pub struct BenchArgs {
     /// Seconds of traffic simulated per trace (placement).
     #[arg(long, default_value_t = 1800, value_parser = crate::args::count(1, 10_000_000))]
     steps: usize,
-    /// Seed of the traces and session lengths (placement).
+    /// Seed of the traces and session lengths (placement), of the arrival times (latency).
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Use this shard start-up cost instead of measuring one (placement), e.g. for shards that
@@ -100,6 +103,9 @@ pub struct BenchArgs {
     /// (a failover attaches anew), `warm` (attached, idle) or `hot` (attached and subscribed).
     #[arg(long, value_enum, default_value = "hot")]
     standby: StandbyArg,
+    /// Seconds per load level per side (latency; default 5, with --quick 1).
+    #[arg(long, value_parser = crate::args::secs)]
+    seconds: Option<f64>,
     /// The buffer policy's spare shards (placement). Default: the spare whose shard-seconds are
     /// closest to predictive's on the same run.
     #[arg(long, value_parser = crate::args::count32(0, 100_000))]
@@ -125,6 +131,70 @@ async fn bench_flood(a: &BenchArgs) -> Result<()> {
         r.legit_failures,
         r.hub_rss_mib.ratio,
         r.shard_rss_mib.ratio,
+        r.goal,
+        if r.goal_met { "met" } else { "NOT met" }
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
+async fn bench_latency(a: &BenchArgs) -> Result<()> {
+    use shoal::tools::bench::latency::{self, LatencyOptions};
+    let mut o = shoal::tools::bench::BenchOptions::new(
+        std::env::current_exe().context("finding the shoal executable")?,
+    );
+    o.rounds = a.rounds;
+    o.quick = a.quick;
+    let mut l = LatencyOptions::new(a.quick);
+    l.seed = a.seed;
+    if let Some(s) = a.seconds {
+        if !(0.2..=600.0).contains(&s) {
+            refuse!("--seconds must be in 0.2..=600");
+        }
+        l.window = Duration::from_secs_f64(s);
+    }
+    eprintln!(
+        "bench: latency ({} rounds, {:.1} s per level per side, levels {:?} % of shoal's capacity{})",
+        o.rounds,
+        l.window.as_secs_f64(),
+        latency::LEVELS,
+        if o.quick { ", quick" } else { "" }
+    );
+    let r = latency::run(&o, &l, &mut |line: &str| eprintln!("bench: {line}"))
+        .await
+        .context("scenario latency")?;
+    println!(
+        "latency  capacity {:.0} ops/s (raw quinn {:.0}), {} rounds of {:.1} s per level and side",
+        r.capacity_ops_per_s, r.quinn_capacity_ops_per_s, r.rounds, r.window_s
+    );
+    println!(
+        "{:<6} {:>9}  {:>24}  {:>24}  {:>9}  {:>15}",
+        "load",
+        "offered/s",
+        "shoal p50/p99/p999 ms",
+        "quinn p50/p99/p999 ms",
+        "p99 ratio",
+        "failed/dropped"
+    );
+    let p = |s: &latency::SideLevel| format!("{:.2}/{:.2}/{:.2}", s.p50_ms, s.p99_ms, s.p999_ms);
+    for v in &r.levels {
+        println!(
+            "{:<6} {:>9.0}  {:>24}  {:>24}  {:>9.3}  {:>15}",
+            format!("{} %", v.load_percent),
+            v.shoal.offered_ops_per_s,
+            p(&v.shoal),
+            p(&v.quinn),
+            v.p99_ratio,
+            format!(
+                "{}/{} vs {}/{}",
+                v.shoal.failures, v.shoal.drops, v.quinn.failures, v.quinn.drops
+            )
+        );
+    }
+    println!(
+        "latency  goal {}  {}",
         r.goal,
         if r.goal_met { "met" } else { "NOT met" }
     );
@@ -245,6 +315,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if a.scenario == BenchScenario::Flood {
         return bench_flood(&a).await;
     }
+    if a.scenario == BenchScenario::Latency {
+        return bench_latency(&a).await;
+    }
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut opts = BenchOptions::new(exe);
     opts.rounds = a.rounds;
@@ -276,7 +349,8 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         | BenchScenario::Placement
         | BenchScenario::LiveFailover
         | BenchScenario::Lb
-        | BenchScenario::Flood => unreachable!("handled above"),
+        | BenchScenario::Flood
+        | BenchScenario::Latency => unreachable!("handled above"),
     };
     let mut figures = Vec::new();
     for s in list {

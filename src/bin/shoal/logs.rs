@@ -18,7 +18,6 @@ use crate::args::InputError;
 pub const DEFAULT_FILTER: &str = "info";
 
 static JSON: AtomicBool = AtomicBool::new(false);
-static ACTIVE: AtomicBool = AtomicBool::new(false);
 static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 /// The directives in force, as text.
 static CURRENT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
@@ -60,7 +59,6 @@ pub fn init(json: bool) -> Result<(), InputError> {
     };
     tracing_subscriber::registry().with(filter).with(fmt).init();
     JSON.store(json, Ordering::Relaxed);
-    ACTIVE.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -84,22 +82,51 @@ pub fn json() -> bool {
     JSON.load(Ordering::Relaxed)
 }
 
-/// A line for the operator (a summary, progress): plain text on stderr, or an `info` event
-/// (a JSON line) with `--log-json`.
+/// A line for the operator (a summary, progress): plain text on stderr, or a JSON line with
+/// `--log-json`. Never filtered out: it is the command's report, not a log.
 pub fn say(text: &str) {
-    if json() {
-        tracing::info!(target: "shoal", "{text}");
-    } else {
-        eprintln!("{text}");
-    }
+    report(text, "INFO", text, serde_json::Map::new());
 }
 
-/// The error that ends the command: `error: …` on stderr, or an `error` event with its exit
-/// code with `--log-json` (plain text if logging never started).
+/// A summary: `text` on stderr, or with `--log-json` a JSON line whose `fields` hold
+/// `message` and `fields` (the figures as numbers).
+pub fn summary(text: &str, message: &str, fields: serde_json::Value) {
+    let fields = match fields {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    report(text, "INFO", message, fields);
+}
+
+/// The error that ends the command: `error: …` on stderr, or a JSON line at level `ERROR`
+/// with its exit code with `--log-json`.
 pub fn fatal(text: &str, code: u8) {
-    if json() && ACTIVE.load(Ordering::Relaxed) {
-        tracing::error!(target: "shoal", exit_code = code, "{text}");
-    } else {
-        eprintln!("error: {text}");
+    let mut fields = serde_json::Map::new();
+    fields.insert("exit_code".into(), code.into());
+    report(&format!("error: {text}"), "ERROR", text, fields);
+}
+
+/// One line the way the JSON log writes events (`timestamp`, `level`, `fields.message`,
+/// `target`), so a reader of the log sees one format.
+fn report(
+    text: &str,
+    level: &str,
+    message: &str,
+    mut fields: serde_json::Map<String, serde_json::Value>,
+) {
+    if !json() {
+        eprintln!("{text}");
+        return;
     }
+    fields.insert("message".into(), message.into());
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let line = serde_json::json!({
+        "timestamp": timestamp,
+        "level": level,
+        "fields": fields,
+        "target": "shoal",
+    });
+    eprintln!("{line}");
 }

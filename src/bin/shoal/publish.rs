@@ -57,11 +57,11 @@ pub async fn run(a: PublishArgs) -> Result<()> {
         }
     }
     publisher.finish().await?;
-    if crate::logs::json() {
-        tracing::info!(target: "shoal", chunks = sent, %stream, "publish summary");
-    } else {
-        eprintln!("published {sent} chunks to {stream}");
-    }
+    crate::logs::summary(
+        &format!("published {sent} chunks to {stream}"),
+        "publish summary",
+        serde_json::json!({ "chunks": sent, "stream": stream.as_str() }),
+    );
     client.close().await;
     Ok(())
 }

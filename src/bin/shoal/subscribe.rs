@@ -99,34 +99,32 @@ pub async fn run(a: SubscribeArgs) -> Result<()> {
     let s = sub.stats();
     // The summary comes first, whatever ended the subscription.
     let ttfb_ms = s.ttfb_us as f64 / 1000.0;
-    if crate::logs::json() {
-        tracing::info!(
-            target: "shoal",
-            chunks,
-            missing = s.missing,
-            duplicated = s.duplicates,
-            integrity_failures = bad,
-            resumes = s.resumes,
-            zero_rtt_accepted = s.zero_rtt_accepted,
-            zero_rtt_attempted = s.zero_rtt_attempted,
-            ttfb_ms,
-            ended_by_publisher = s.ended,
-            "subscription summary"
-        );
-    } else {
-        eprintln!(
-            "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, {} resumes, 0-RTT {}/{}, ttfb {ttfb_ms:.2} ms",
-            s.missing,
-            s.duplicates,
-            s.resumes,
-            s.zero_rtt_accepted,
-            s.zero_rtt_attempted,
-        );
-        if s.ended {
-            let last = s.ended_after_seq.map_or("none".into(), |q| q.to_string());
-            eprintln!("the publisher finished the stream (last seq {last})");
-        }
+    let mut text = format!(
+        "{chunks} chunks, {} missing, {} duplicated, {bad} integrity failures, {} resumes, 0-RTT {}/{}, ttfb {ttfb_ms:.2} ms",
+        s.missing, s.duplicates, s.resumes, s.zero_rtt_accepted, s.zero_rtt_attempted,
+    );
+    if s.ended {
+        let last = s.ended_after_seq.map_or("none".into(), |q| q.to_string());
+        text.push_str(&format!(
+            "\nthe publisher finished the stream (last seq {last})"
+        ));
     }
+    crate::logs::summary(
+        &text,
+        "subscription summary",
+        serde_json::json!({
+            "chunks": chunks,
+            "missing": s.missing,
+            "duplicated": s.duplicates,
+            "integrity_failures": bad,
+            "resumes": s.resumes,
+            "zero_rtt_accepted": s.zero_rtt_accepted,
+            "zero_rtt_attempted": s.zero_rtt_attempted,
+            "ttfb_ms": ttfb_ms,
+            "ended_by_publisher": s.ended,
+            "ended_after_seq": s.ended_after_seq,
+        }),
+    );
     drop(sub);
     client.close().await;
     if let Some(e) = ended {

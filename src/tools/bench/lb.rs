@@ -105,8 +105,11 @@ fn start_cluster(lab: &mut Lab, name: &str, base: u16, extra: &str) -> Result<Cl
     }
     let hub = lab.addr("hub", base);
     let admin = lab.addr("hub", base + 47);
+    // The admin API listens on the lab's address, not loopback: it needs a token.
+    let token = data.join("admin.token");
+    std::fs::write(&token, "bench-lb-admin-token-not-secret\n").map_err(err)?;
     let text = format!(
-        "data_dir = {data:?}\n[transport]\nheartbeat_interval = \"150ms\"\n[admin]\nlisten = \"{admin}\"\n{extra}"
+        "data_dir = {data:?}\n[transport]\nheartbeat_interval = \"150ms\"\n[admin]\nlisten = \"{admin}\"\ntoken_file = {token:?}\n{extra}"
     );
     let config = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&config, text).map_err(err)?;

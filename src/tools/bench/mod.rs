@@ -12,6 +12,7 @@ mod baseline;
 mod child;
 pub mod failover;
 pub mod flood;
+pub mod latency;
 pub mod lb;
 pub mod live_failover;
 mod load;
