@@ -657,7 +657,7 @@ pub async fn memory(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Benc
     for (r, (round, _)) in big.iter().enumerate() {
         report(p, s, r, opts.rounds, round, "KiB/conn");
     }
-    let rounds: Vec<Round> = big.iter().map(|b| b.0.clone()).collect();
+    let rounds: Vec<Round> = big.iter().map(|b| b.0).collect();
     let open: Vec<f64> = big.iter().map(|b| (b.1 .0 .1) as f64).collect();
     let mut f = Figure::new(s, "server_kib_per_idle_conn", &rounds);
     if let Some(m) = small {
