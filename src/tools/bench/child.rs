@@ -42,6 +42,11 @@ pub enum ServerSpec {
         /// load generator reaches (the other scenarios measure throughput, not defences).
         #[serde(default)]
         production_limits: bool,
+        /// `transport.heartbeat_interval` in ms (default: the config's): the memory scenario
+        /// holds tens of thousands of idle sessions, whose heartbeats a 2-core load generator
+        /// must keep up with.
+        #[serde(default)]
+        heartbeat_ms: Option<u64>,
     },
     /// The raw-quinn baseline server (see [`baseline`]).
     Quinn(baseline::BaselineSpec),
@@ -231,6 +236,7 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             chunk_bytes,
             remote: remote_shards,
             production_limits,
+            heartbeat_ms,
         } => {
             let child = |e: &dyn std::fmt::Display| BenchError::Child(e.to_string());
             let mut cfg = Config::default();
@@ -238,6 +244,9 @@ pub async fn serve(spec_json: &str) -> Result<(), BenchError> {
             cfg.streams.synthetic_rate_hz = rate_hz;
             cfg.streams.synthetic_chunk_bytes = chunk_bytes;
             cfg.streams.session_store_entries = store_entries;
+            if let Some(ms) = heartbeat_ms {
+                cfg.transport.heartbeat_interval = Duration::from_millis(ms);
+            }
             if !production_limits {
                 cfg.transport.handshakes = crate::guard::GuardSettings {
                     retry_above: 1 << 20,

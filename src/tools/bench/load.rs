@@ -22,6 +22,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub ca: Vec<CertificateDer<'static>>,
     pub cluster: String,
+    /// The clients' heartbeat interval (default: the client's).
+    pub heartbeat: Option<Duration>,
 }
 
 impl Target {
@@ -30,6 +32,7 @@ impl Target {
             addr: child.addr(i),
             ca: child.ca(),
             cluster: child.ready.cluster.clone(),
+            heartbeat: None,
         }
     }
 
@@ -38,6 +41,9 @@ impl Target {
         let id = ClientId::new(format!("bench-{id}")).expect("bench client ids are valid");
         let mut o = ClientOptions::new(self.cluster.clone(), self.ca.clone(), id);
         o.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        if let Some(h) = self.heartbeat {
+            o.heartbeat_interval = h;
+        }
         Client::new(self.addr, o).map_err(|e| BenchError::Load(format!("client: {e}")))
     }
 
