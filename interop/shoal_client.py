@@ -295,16 +295,18 @@ def attach_frame(grant, idx, nonce=None, token=None, proof=None):
                    proof=proof)
 
 
-def subscribe_frame(stream, from_seq=None):
+def subscribe_frame(stream, from_seq=None, stream_end=False):
     f = {"stream": stream}
     if from_seq is not None:
         f["from_seq"] = from_seq
+    if stream_end:
+        f["stream_end"] = True
     return control("subscribe", f)
 
 
 async def attach(ctx, client: Client, grant, idx=0, *, zero_rtt=True, flight=None,
                  subscribe=None, from_seq=None, expect=True, cipher_suites=None,
-                 stream_id=0, addr=None, flight_end=False) -> Session:
+                 stream_id=0, addr=None, flight_end=False, stream_end=False) -> Session:
     """Attach to grant.shards[idx] (section 3.2). With zero_rtt, use an unused ticket and write
     the first flight as 0-RTT data; if the shard refuses early data, attach again with a fresh
     nonce after a full handshake (section 3.2 step 3). `flight` replaces the first flight's
@@ -316,7 +318,7 @@ async def attach(ctx, client: Client, grant, idx=0, *, zero_rtt=True, flight=Non
             return flight() if callable(flight) else flight
         data = attach_frame(grant, idx)
         if subscribe is not None:
-            data += subscribe_frame(subscribe, from_seq)
+            data += subscribe_frame(subscribe, from_seq, stream_end)
         return data
 
     ticket = client.take_ticket(addr) if zero_rtt else None
@@ -1413,7 +1415,8 @@ async def _(ctx, env):
 @check("publish.stream_end")
 async def _(ctx, env):
     """A publisher that ends its stream cleanly (FIN after its last chunk) ends the stream:
-    the subscriber gets every chunk, then stream_end{last_seq} (section 5)."""
+    a subscriber that asked for it (subscribe.stream_end) gets every chunk, then
+    stream_end{last_seq} (sections 2.4, 3.6)."""
     stream = f"live/interop-{env.run_id}-end"
     p = await publisher(ctx, env, stream)
     base = unix_us()
@@ -1422,7 +1425,7 @@ async def _(ctx, env):
     await asyncio.sleep(0.3)
     cl = Client(env, "endsub")
     g, _, _ = await get_grant(ctx, cl, stream)
-    s = await attach(ctx, cl, g, 0, subscribe=stream, from_seq=base)
+    s = await attach(ctx, cl, g, 0, subscribe=stream, from_seq=base, stream_end=True)
     s.start_heartbeats()
     if p.hb_task:
         p.hb_task.cancel()

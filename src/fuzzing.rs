@@ -212,6 +212,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         Message::Subscribe(Subscribe {
             stream: stream.clone(),
             from_seq: None,
+            stream_end: false,
         }),
         Message::Heartbeat(Heartbeat { at_us: 7 }),
         Message::Gap(Gap {

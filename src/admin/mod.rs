@@ -380,7 +380,7 @@ impl Admin {
         }
         info!(
             addr = %bound,
-            metrics = ?metrics_addr,
+            metrics = metrics_addr.map(tracing::field::display),
             token = inner.auth.is_some(),
             "admin API listening"
         );

@@ -336,6 +336,7 @@ pub(crate) async fn run_subscription(
                 let sub = Message::Subscribe(Subscribe {
                     stream: stream.clone(),
                     from_seq: seq.next(),
+                    stream_end: true,
                 });
                 (sub, side_tx.clone())
             });
@@ -506,6 +507,7 @@ async fn stream_from(
     let sub = Message::Subscribe(Subscribe {
         stream: stream.clone(),
         from_seq: seq.next(),
+        stream_end: true,
     });
     let mut a = match ready {
         // A hot standby streams already.

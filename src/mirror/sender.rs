@@ -297,7 +297,6 @@ impl MirrorSender {
         }
     }
 
-    /// The provider itself lost `from..to`; receivers get a `gap`.
     /// The stream's publisher finished after `last`: every receiver is sent a `stream_end`
     /// once it has been sent everything before (receivers that connect later too).
     pub fn push_end(&self, last: Option<Seq>) {
@@ -305,6 +304,7 @@ impl MirrorSender {
         self.shared.wake_all();
     }
 
+    /// The provider itself lost `from..to`; receivers get a `gap`.
     pub fn push_gap(&self, from: Seq, to: Seq) {
         self.shared.machine().push_gap(from, to);
         self.shared.wake_all();

@@ -139,7 +139,13 @@ async fn carry_out(
         HubCmd::Stop => shard.kill(),
         HubCmd::Peers(peers) => shard.set_peers(peers),
         HubCmd::Lb(params) => match shard.install_lb(&params) {
-            Ok(()) => info!(?params, "QUIC-LB connection IDs configured"),
+            Ok(()) => info!(
+                config_id = params.config_id,
+                server_id_len = params.server_id_len,
+                nonce_len = params.nonce_len,
+                encrypted = params.key.is_some(),
+                "QUIC-LB connection IDs configured"
+            ),
             Err(e) => tracing::warn!(error = %e, "QUIC-LB configuration refused"),
         },
         HubCmd::Keys(keys) => match shard.install_keys(&keys) {

@@ -208,6 +208,8 @@ pub(super) async fn serve(
         accepted: 0,
         admitted,
         first_chunk: false,
+        sent_end: false,
+        wants_end: false,
     };
     let code = session.run(reader, zero_rtt).await;
     conn_store.flush();
@@ -270,6 +272,10 @@ struct Session {
     /// timed).
     admitted: std::time::Instant,
     first_chunk: bool,
+    /// `stream_end` went out and the send side is finished: nothing more is written.
+    sent_end: bool,
+    /// The subscriber asked for `stream_end` (`subscribe.stream_end`).
+    wants_end: bool,
 }
 
 impl Session {
@@ -336,10 +342,8 @@ impl Session {
                         // The client finished its side: the session is over. A publisher's clean
                         // end (the last one of the stream) ends the stream for its subscribers.
                         Ok(None) => {
-                            if let Some(p) = &self.publishing {
-                                if p.publishers() == 1 {
-                                    p.end();
-                                }
+                            if let Some(p) = self.publishing.take() {
+                                p.finish();
                             }
                             return ErrorCode::NoError;
                         }
@@ -371,7 +375,7 @@ impl Session {
                 item = next_item(&mut cursor) => {
                     let Some(item) = item else { return ErrorCode::UnknownStream };
                     self.orphan_until = None;
-                    let end = matches!(item, Item::End { .. });
+                    let end = matches!(item, Item::End { .. }) && self.wants_end;
                     if self.deliver(item).await.is_err() {
                         return ErrorCode::NoError;
                     }
@@ -392,6 +396,10 @@ impl Session {
 
     async fn control(&mut self, msg: &Message) -> Result<(), quinn::WriteError> {
         self.core.handle_sent(clock::now());
+        if self.sent_end {
+            // The subscriber closes on `stream_end`; heartbeats no longer go out.
+            return Ok(());
+        }
         write_control(&mut self.send, msg).await
     }
 
@@ -414,11 +422,14 @@ impl Session {
                 c.gaps_sent.fetch_add(1, Ordering::Relaxed);
                 write_control(&mut self.send, &Message::Gap(crate::wire::Gap { from, to })).await?;
             }
+            // A subscriber that did not ask for it keeps waiting, as before `stream_end`.
+            Item::End { .. } if !self.wants_end => {}
             Item::End { last } => {
                 let end = Message::StreamEnd(crate::wire::StreamEnd { last_seq: last });
                 write_control(&mut self.send, &end).await?;
                 // Nothing follows; the subscriber closes the connection.
                 let _ = self.send.finish();
+                self.sent_end = true;
             }
         }
         Ok(())
@@ -431,7 +442,12 @@ impl Session {
     ) -> Result<(), ErrorCode> {
         match action {
             Action::None => {}
-            Action::Subscribe { stream, from } => {
+            Action::Subscribe {
+                stream,
+                from,
+                stream_end,
+            } => {
+                self.wants_end = stream_end;
                 // No chunk of it held here (never published or mirrored here, or let go; a
                 // warmed stream is empty). Without replication a resume waits, as before.
                 let held = self

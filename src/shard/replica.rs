@@ -523,7 +523,8 @@ fn sync_standbys(
                         members.insert(p.shard, (ep, p.mirror));
                     }
                 }
-                info!(standbys = ?want.iter().map(|p| p.shard.0).collect::<Vec<_>>(), "mirroring to standbys");
+                let standbys: Vec<String> = want.iter().map(|p| p.shard.0.to_string()).collect();
+                info!(standbys = standbys.join(","), "mirroring to standbys");
                 *sender = Some(s);
                 leaving.clear();
                 return true;

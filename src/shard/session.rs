@@ -43,6 +43,8 @@ pub enum Action {
     Subscribe {
         stream: StreamName,
         from: Option<Seq>,
+        /// The client asked for `stream_end`.
+        stream_end: bool,
     },
     /// Check the bind MAC against this connection's exporter, once the handshake completed,
     /// then call [`SessionCore::handle_bind_checked`].
@@ -121,6 +123,7 @@ impl SessionCore {
                 Ok(Action::Subscribe {
                     stream: s.stream,
                     from: s.from_seq,
+                    stream_end: s.stream_end,
                 })
             }
             (Frame::Control(Message::Bind(b)), State::Provisional { .. } | State::Open) => {
@@ -205,6 +208,7 @@ mod tests {
         Frame::Control(Message::Subscribe(Subscribe {
             stream: stream(n),
             from_seq: None,
+            stream_end: false,
         }))
     }
 

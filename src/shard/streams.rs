@@ -40,8 +40,6 @@ struct Inner {
     held_bytes: u64,
     /// A live stream's publisher finished after `last` (until a publisher sends again).
     ended: bool,
-    /// A copy told of an end after a chunk it does not hold yet: it ends when that arrives.
-    end_at: Option<Seq>,
 }
 
 /// One stream on one shard.
@@ -58,13 +56,14 @@ pub struct StreamState {
     ended_tx: tokio::sync::watch::Sender<u64>,
 }
 
-/// A publisher session's hold on its stream: counted while it lives.
-pub struct Publishing(Arc<StreamState>);
+/// A publisher session's hold on its stream: counted while it lives (the flag: still
+/// counted).
+pub struct Publishing(Arc<StreamState>, bool);
 
 impl Publishing {
     pub fn new(stream: Arc<StreamState>) -> Self {
         stream.publishers.fetch_add(1, Ordering::Relaxed);
-        Publishing(stream)
+        Publishing(stream, true)
     }
 }
 
@@ -75,9 +74,22 @@ impl std::ops::Deref for Publishing {
     }
 }
 
+impl Publishing {
+    /// The publisher ended its stream cleanly: if it was the stream's last publisher here, the
+    /// stream ends ([`StreamState::end`]). One step, so two publishers finishing at once end it.
+    pub fn finish(mut self) {
+        self.1 = false;
+        if self.0.publishers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.end();
+        }
+    }
+}
+
 impl Drop for Publishing {
     fn drop(&mut self) {
-        self.0.publishers.fetch_sub(1, Ordering::Relaxed);
+        if self.1 {
+            self.0.publishers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -116,7 +128,6 @@ impl StreamState {
                 first: None,
                 held_bytes: 0,
                 ended: false,
-                end_at: None,
             }),
             tx,
             keep_until_us: AtomicU64::new(0),
@@ -225,15 +236,8 @@ impl StreamState {
         }
         inner.last = Some(chunk.seq);
         inner.first.get_or_insert(chunk.seq);
-        // A publisher again: the stream goes on, unless this is the chunk a copy's end waits
-        // for.
-        inner.ended = inner.end_at == Some(chunk.seq);
-        if inner.end_at.is_some_and(|at| chunk.seq >= at) {
-            inner.end_at = None;
-        }
-        if inner.ended {
-            self.ended_tx.send_modify(|n| *n += 1);
-        }
+        // A publisher again: the stream goes on.
+        inner.ended = false;
         // Send under the lock so cursors see chunks in buffer order.
         let _ = self.tx.send(chunk);
         Ok(true)
@@ -246,9 +250,8 @@ impl StreamState {
         self.end_after(last);
     }
 
-    /// [`StreamState::end`] for a copy: the publisher finished after `last`. A copy that does
-    /// not hold `last` yet ends when it arrives; one that holds more (a publisher went on)
-    /// ignores it.
+    /// [`StreamState::end`] for a copy: the publisher finished after `last`. A copy that holds
+    /// more (a publisher went on) ignores it; one that holds less ends now (the rest was lost).
     pub fn end_after(&self, last: Option<Seq>) {
         let mut inner = self.lock();
         if !matches!(inner.kind, Kind::Live { .. }) || inner.ended {
@@ -260,10 +263,15 @@ impl StreamState {
             return;
         }
         match (inner.last, last) {
-            (Some(held), Some(at)) if held > at => {}
-            (_, Some(at)) => inner.end_at = Some(at),
             // It holds chunks of a publisher that went on.
-            (_, None) => {}
+            (Some(held), Some(at)) if held > at => {}
+            (Some(_), None) => {}
+            // The sender tells the end after everything it sent, and the copy applies chunks
+            // in order: what it lacks was lost (reported as a gap), and will not come.
+            _ => {
+                inner.ended = true;
+                self.ended_tx.send_modify(|n| *n += 1);
+            }
         }
     }
 

@@ -281,6 +281,7 @@ mod tests {
         let sub = Message::Subscribe(Subscribe {
             stream: StreamName::new("synth/x").unwrap(),
             from_seq: Some(Seq::new(7)),
+            stream_end: true,
         });
         let c = Chunk {
             seq: Seq::new(42),

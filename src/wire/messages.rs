@@ -210,6 +210,11 @@ pub struct Bound {}
 pub struct Subscribe {
     pub stream: StreamName,
     pub from_seq: Option<Seq>,
+    /// The client understands `stream_end` ([`StreamEnd`]) and wants it when the publisher
+    /// finishes; absent (false): the shard never sends it (a client written before it would
+    /// refuse an unknown message).
+    #[serde(default)]
+    pub stream_end: bool,
 }
 
 /// Client → shard (bound sessions only): chunk frames that follow are published to the stream.

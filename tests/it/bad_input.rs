@@ -218,6 +218,7 @@ async fn a_replayed_zero_rtt_first_flight_is_not_admitted() {
     flight.extend_from_slice(&encode_control(&Message::Subscribe(Subscribe {
         stream: stream.clone(),
         from_seq: None,
+        stream_end: false,
     })));
     let (mut send, recv) = conn.open_bi().await.unwrap();
     send.write_all(&flight).await.unwrap();

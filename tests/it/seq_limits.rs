@@ -151,6 +151,7 @@ async fn a_publisher_chunk_at_u64_max_is_refused_and_the_shard_goes_on() {
         Message::Subscribe(Subscribe {
             stream: stream.clone(),
             from_seq,
+            stream_end: false,
         })
     };
     let mut sub = RawSession::open(&tc, &raw, shard, &[subscribe(None)]).await;
@@ -213,6 +214,7 @@ async fn a_subscribe_from_u64_max_waits_at_the_end_without_a_panic() {
         let sub = Message::Subscribe(Subscribe {
             stream: StreamName::new(name).unwrap(),
             from_seq: Some(Seq::MAX),
+            stream_end: false,
         });
         let mut s = RawSession::open(&tc, &raw, shard, &[sub]).await;
         // Documented: a start after the newest chunk waits for it, and no chunk is ever at

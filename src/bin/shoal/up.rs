@@ -109,7 +109,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         }
     }
     let (material, dev) = Material::load_or_create(&cfg)?;
-    let started = start(&cfg, material).await;
+    let started = start(&cfg, material, &mut signals).await;
     let (cluster, admin) = match started {
         Ok(s) => s,
         Err(e) => {
@@ -131,6 +131,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         "ready: try `{hint}`"
     );
     let pool = cfg.pool.enabled.then(|| start_pool(&cfg, &cluster));
+    let pool_max_at_start = cfg.pool.max_shards;
     crate::notify::ready();
     // What runs beside the signal wait; the first one to end is a failure and ends `up` (the
     // drain below still runs).
@@ -154,6 +155,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
                     cluster: &cluster,
                     pool: pool.as_ref(),
                     admin: admin.as_ref(),
+                    pool_max_at_start,
                 };
                 reload::reload(&a, &mut cfg, &r);
             }
@@ -190,19 +192,30 @@ pub struct Running<'a> {
     pub cluster: &'a Cluster,
     pub pool: Option<&'a shoal::pool::driver::PoolDriver>,
     pub admin: Option<&'a Admin>,
+    /// `pool.max_shards` at start: the shard ports are reserved for it.
+    pub pool_max_at_start: u32,
 }
 
 /// `log.filter` takes effect unless `RUST_LOG` is set (which wins).
 pub fn apply_log_filter(cfg: &Config) -> Result<Option<String>> {
     let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
-    match &cfg.log.filter {
-        Some(f) if !from_env => Ok(crate::logs::set_filter(f, "log.filter")?),
-        _ => Ok(None),
+    if from_env {
+        return Ok(None);
     }
+    let f = cfg
+        .log
+        .filter
+        .as_deref()
+        .unwrap_or(crate::logs::DEFAULT_FILTER);
+    Ok(crate::logs::set_filter(f, "log.filter")?)
 }
 
 /// Binds and starts the cluster and the admin API; on an error, nothing keeps running.
-async fn start(cfg: &Config, material: Material) -> Result<(Cluster, Option<Admin>)> {
+async fn start(
+    cfg: &Config,
+    material: Material,
+    signals: &mut Signals,
+) -> Result<(Cluster, Option<Admin>)> {
     // Every client would fail its handshake with a certificate that does not cover the
     // cluster name: refuse to start with one.
     material.check_covers(&cfg.cluster).map_err(|e| {
@@ -234,12 +247,14 @@ async fn start(cfg: &Config, material: Material) -> Result<(Cluster, Option<Admi
         None => None,
     };
     let cluster = Cluster::start(cfg, material)?;
-    if let Err(e) = cluster
-        .wait_ready(shoal::cluster::processes::REGISTER_TIMEOUT)
-        .await
-    {
+    // Shard processes may take a while to register; a stop signal meanwhile is obeyed.
+    let ready = tokio::select! {
+        r = cluster.wait_ready(shoal::cluster::processes::REGISTER_TIMEOUT) => r.map_err(anyhow::Error::from),
+        () = signals.stop("up (starting)") => Err(anyhow!("stopped by a signal during the start-up")),
+    };
+    if let Err(e) = ready {
         cluster.shutdown().await;
-        return Err(e.into());
+        return Err(e);
     }
     if let Some(p) = cluster.processes() {
         tracing::info!(

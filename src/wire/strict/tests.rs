@@ -156,6 +156,7 @@ fn every_message_round_trips_through_the_strict_decoder() {
         Message::Subscribe(Subscribe {
             stream: name(),
             from_seq: None,
+            stream_end: true,
         }),
         Message::Publish(Publish { stream: name() }),
         Message::Heartbeat(Heartbeat { at_us: 1 << 40 }),

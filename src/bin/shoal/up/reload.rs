@@ -7,7 +7,11 @@
 //! - the certificate and key at `tls.cert`/`tls.key`, on the hub, the embedded shards and the
 //!   control listener, for the next handshakes (refused, keeping the old one, when clients
 //!   trusting the CA would reject it);
-//! - the admin API's bearer token (`admin.token_file`).
+//! - the admin API's bearer token (the content of `admin.token_file`; a new path needs a
+//!   restart).
+//!
+//! What needs a restart, among others: the mirrors' client certificate (`admin.mirror_cert`),
+//! and the certificates of shards that run as processes (each reads its own).
 //!
 //! Every other changed key is named in a warning: it needs a restart. An invalid
 //! configuration changes nothing.
@@ -18,14 +22,14 @@ use shoal::cluster::config::Config;
 
 use super::{apply_log_filter, effective_config, Running, UpArgs};
 
-/// The keys a reload applies.
-const RELOADABLE: [&str; 6] = [
+/// The keys a reload applies (the token file's content is read again; a new path needs a
+/// restart).
+const RELOADABLE: [&str; 5] = [
     "log.filter",
     "pool.min_shards",
     "pool.max_shards",
     "tls.cert",
     "tls.key",
-    "admin.token_file",
 ];
 
 pub fn reload(a: &UpArgs, running: &mut Config, r: &Running<'_>) {
@@ -46,22 +50,31 @@ pub fn reload(a: &UpArgs, running: &mut Config, r: &Running<'_>) {
     let mut applied: Vec<String> = Vec::new();
     if new.log.filter != running.log.filter {
         match apply_log_filter(&new) {
-            Ok(Some(old)) => applied.push(format!(
-                "log.filter {old:?} -> {:?}",
-                new.log.filter.as_deref().unwrap_or_default()
-            )),
-            Ok(None) => info!("log.filter changed, but RUST_LOG is set and wins"),
+            Ok(Some(old)) => {
+                applied.push(format!(
+                    "log.filter {old} -> {}",
+                    new.log
+                        .filter
+                        .as_deref()
+                        .unwrap_or(crate::logs::DEFAULT_FILTER)
+                ));
+                running.log.filter.clone_from(&new.log.filter);
+            }
+            Ok(None) if std::env::var_os("RUST_LOG").is_some() => {
+                info!("log.filter changed, but RUST_LOG is set and wins");
+            }
+            Ok(None) => running.log.filter.clone_from(&new.log.filter),
             Err(e) => warn!(error = crate::render(&e), "log.filter not applied"),
         }
-        running.log.filter.clone_from(&new.log.filter);
     }
     let (old_pool, new_pool) = (&running.pool, &new.pool);
     if (new_pool.min_shards, new_pool.max_shards) != (old_pool.min_shards, old_pool.max_shards) {
         match r.pool {
             None => info!("pool bounds changed; the pool is off (pool.enabled needs a restart)"),
-            Some(_) if new_pool.max_shards > old_pool.max_shards => warn!(
+            Some(_) if new_pool.max_shards > r.pool_max_at_start => warn!(
                 from = old_pool.max_shards,
                 to = new_pool.max_shards,
+                at_start = r.pool_max_at_start,
                 "pool.max_shards above the value the cluster started with needs a restart (shard ports are reserved for it); the pool bounds are unchanged"
             ),
             Some(p) => {
