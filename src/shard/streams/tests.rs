@@ -128,19 +128,6 @@ mod seq_limits {
 
     use super::*;
 
-    const NOW: u64 = 1_800_000_000_000_000;
-
-    fn settings() -> StreamSettings {
-        StreamSettings {
-            synthetic: SyntheticSpec {
-                rate_hz: 1000,
-                chunk_bytes: 16,
-            },
-            buffer_chunks: 8,
-            replay_window: 100,
-        }
-    }
-
     fn chunk(seq: Seq) -> Chunk {
         Chunk {
             seq,

@@ -52,8 +52,7 @@ use crate::client::Client;
 use crate::clock;
 use crate::cluster::config::Config;
 use crate::hub::predictor::traces::SplitMix64;
-use crate::ids::ClientId;
-use crate::wire::{encode_control, Attach, Message, Role, StreamRequest, CHUNK_HEADER_LEN};
+use crate::wire::{encode_control, Attach, Message, Role};
 
 /// The load levels, in per cent of shoal's capacity.
 pub const LEVELS: [u32; 3] = [25, 50, 80];
@@ -582,26 +581,9 @@ impl LatencyReport {
 /// The sizes of a real grant to a fresh client (as the `grant` scenario measures them) and of
 /// an attach with its token.
 async fn probe_sizes(t: &Target) -> Result<Sizes, BenchError> {
-    let probe = t.shoal_client(0)?;
-    let stream = load::stream(0);
-    let reply = probe.request(&stream, Role::Subscribe).await;
-    probe.close().await;
-    let reply = reply.map_err(|e| load_err("probe grant", e))?;
-    let request_bytes = encode_control(&Message::StreamRequest(StreamRequest {
-        client_id: ClientId::new("bench-0").expect("valid"),
-        stream,
-        role: Role::Subscribe,
-        hints: Default::default(),
-    }))
-    .len();
-    let response_bytes = encode_control(&Message::Grant(reply.grant.clone())).len()
-        + reply
-            .first_chunks
-            .iter()
-            .map(|c| CHUNK_HEADER_LEN + c.payload.len())
-            .sum::<usize>();
+    let (request_bytes, response_bytes, token_len) = super::scenarios::grant_sizes(t).await?;
     let attach_bytes = encode_control(&Message::Attach(Attach {
-        token: vec![0; reply.grant.token.len()],
+        token: vec![0; token_len],
         nonce: vec![0; crate::security::proof::NONCE_LEN],
         proof: vec![0; 32],
     }))

@@ -102,21 +102,14 @@ fn report(p: Progress<'_>, s: Scenario, r: usize, of: usize, round: &Round, unit
     ));
 }
 
-/// Hub CPU per grant to a fresh client, against a full handshake plus one request/response of
-/// the same sizes.
-pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
-    let s = Scenario::Grant;
-    let (spec, _link) = default_shoal(opts).await?;
-    let shoal = ChildServer::spawn(&opts.exe, &spec).await?;
-    let ts = Target::of(&shoal, 0);
-    // The baseline moves as many bytes as a real grant does.
-    let probe = ts.shoal_client(0)?;
+/// The sizes of a real grant to a fresh client: its request, its answer (the grant and the
+/// first chunks it carries), and the token it holds.
+pub(super) async fn grant_sizes(t: &Target) -> Result<(usize, usize, usize), BenchError> {
+    let probe = t.shoal_client(0)?;
     let stream = load::stream(0);
-    let reply = probe
-        .request(&stream, Role::Subscribe)
-        .await
-        .map_err(|e| BenchError::Load(format!("probe grant: {e}")))?;
+    let reply = probe.request(&stream, Role::Subscribe).await;
     probe.close().await;
+    let reply = reply.map_err(|e| BenchError::Load(format!("probe grant: {e}")))?;
     let request_bytes = encode_control(&Message::StreamRequest(StreamRequest {
         client_id: ClientId::new("bench-0").expect("valid"),
         stream,
@@ -130,6 +123,18 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
             .iter()
             .map(|c| CHUNK_HEADER_LEN + c.payload.len())
             .sum::<usize>();
+    Ok((request_bytes, response_bytes, reply.grant.token.len()))
+}
+
+/// Hub CPU per grant to a fresh client, against a full handshake plus one request/response of
+/// the same sizes.
+pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, BenchError> {
+    let s = Scenario::Grant;
+    let (spec, _link) = default_shoal(opts).await?;
+    let shoal = ChildServer::spawn(&opts.exe, &spec).await?;
+    let ts = Target::of(&shoal, 0);
+    // The baseline moves as many bytes as a real grant does.
+    let (request_bytes, response_bytes, _) = grant_sizes(&ts).await?;
     let tickets = Config::default().hub.tickets_per_handshake;
     let quinn = ChildServer::spawn(&opts.exe, &quinn_spec(tickets, response_bytes)).await?;
     let tq = Target::of(&quinn, 0);
