@@ -10,7 +10,9 @@
 //!    last progress, the hub is asked for a new grant;
 //! 3. more than `max_failures` failures without progress end the work (`Exhausted`);
 //! 4. from the second failure on, each retry waits an exponential backoff (20 ms doubling,
-//!    at most 1 s).
+//!    at most 1 s);
+//! 5. a re-grant that fails after a shard sent go-away since the last progress ends the work:
+//!    the cluster is shutting down ([`Failover::on_regrant_failed`]).
 
 use std::time::Duration;
 
@@ -40,6 +42,8 @@ pub struct Failover {
     tried_in_grant: usize,
     failures: u32,
     max_failures: u32,
+    /// A shard sent go-away since the last progress.
+    sent_away: bool,
 }
 
 impl Failover {
@@ -49,6 +53,7 @@ impl Failover {
             tried_in_grant: 0,
             failures: 0,
             max_failures,
+            sent_away: false,
         }
     }
 
@@ -75,7 +80,9 @@ impl Failover {
         if progressed {
             self.failures = 0;
             self.tried_in_grant = 0;
+            self.sent_away = false;
         }
+        self.sent_away |= code == Some(ErrorCode::GoingAway);
         self.failures += 1;
         self.tried_in_grant += 1;
         self.rank = (self.rank + 1) % shards.max(1);
@@ -97,6 +104,12 @@ impl Failover {
         }
     }
 
+    /// The hub gave no new grant: true when that ends the work (the shards sent go-away since
+    /// the last progress, so the cluster is shutting down), false to retry.
+    pub fn on_regrant_failed(&self) -> bool {
+        self.sent_away
+    }
+
     /// A new grant arrived: start again from its first shard.
     pub fn regranted(&mut self) {
         self.rank = 0;
@@ -113,6 +126,20 @@ mod tests {
             code,
             reason: code.reason().into(),
         }
+    }
+
+    #[test]
+    fn a_failed_regrant_ends_the_work_only_after_a_go_away_since_progress() {
+        let mut f = Failover::new(8);
+        f.on_failure(&refused(ErrorCode::ShardStopped), 2, false);
+        assert!(!f.on_regrant_failed());
+        f.on_failure(&refused(ErrorCode::GoingAway), 2, false);
+        // Later failures of another kind keep it: the drain goes on.
+        f.on_failure(&refused(ErrorCode::HeartbeatTimeout), 2, false);
+        assert!(f.on_regrant_failed());
+        // Progress forgets it.
+        f.on_failure(&refused(ErrorCode::ShardStopped), 2, true);
+        assert!(!f.on_regrant_failed());
     }
 
     #[test]

@@ -217,9 +217,7 @@ async fn drive(
         // Re-attach (to the next shard, or through a new grant) and replay what the new shard
         // may lack.
         let mut err = failure;
-        let mut went_away = false;
         a = loop {
-            went_away |= err.code() == Some(ErrorCode::GoingAway);
             let (rank, backoff, regrant) =
                 match failover.on_failure(&err, grant.shards.len(), progressed) {
                     Next::GiveUp => return Err(err),
@@ -244,7 +242,7 @@ async fn drive(
                         failover.regranted();
                         rank = failover.rank();
                     }
-                    Err(e) if went_away => {
+                    Err(e) if failover.on_regrant_failed() => {
                         let last = e.to_string();
                         return Err(ClientError::ClusterDraining {
                             hub: inner.hub,

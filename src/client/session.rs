@@ -292,7 +292,6 @@ pub(crate) async fn run_subscription(
     // The hot standby's newest sequence (its own duplicates are counted).
     let mut side_high = seq.last();
     let mode = inner.opts.standby;
-    let mut went_away = false;
     loop {
         let rank = failover.rank() % grant.shards.len();
         let shard = grant.shards[rank].clone();
@@ -368,9 +367,6 @@ pub(crate) async fn run_subscription(
             End::Failed(e) => e,
         };
         let progressed = stats.chunks.load(Ordering::Relaxed) > before;
-        // Sent away since the last progress (a drain), whatever the later attempts met.
-        went_away =
-            !progressed && went_away || err.code() == Some(crate::wire::ErrorCode::GoingAway);
         tracing::debug!(shard = shard.id.0, error = %err, "shard session ended");
         let (backoff, regrant) = match failover.on_failure(&err, grant.shards.len(), progressed) {
             Next::GiveUp => {
@@ -400,7 +396,7 @@ pub(crate) async fn run_subscription(
                 }
                 // Sent away by the shards, refused by the hub: the cluster is going down;
                 // say so now rather than retrying into silence.
-                Err(e) if went_away => {
+                Err(e) if failover.on_regrant_failed() => {
                     let last = e.to_string();
                     let _ = tx
                         .send(Err(ClientError::ClusterDraining {

@@ -44,8 +44,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::baseline::{self, BaselineSpec};
-use super::child::{ChildServer, ServerSpec};
+use super::baseline;
+use super::child::ChildServer;
 use super::load::{self, Target};
 use super::{median, BenchError, BenchOptions};
 use crate::client::Client;
@@ -623,13 +623,10 @@ async fn with_shoal(
 ) -> Result<LatencyReport, BenchError> {
     let ts = Target::of(shoal, 0);
     let sizes = probe_sizes(&ts).await?;
-    let d = Config::default();
-    let spec = ServerSpec::Quinn(BaselineSpec {
-        tickets: d.hub.tickets_per_handshake,
-        response_bytes: sizes.response_bytes,
-        rate_hz: d.streams.synthetic_rate_hz,
-        chunk_bytes: d.streams.synthetic_chunk_bytes,
-    });
+    let spec = super::scenarios::quinn_spec(
+        Config::default().hub.tickets_per_handshake,
+        sizes.response_bytes,
+    );
     let quinn = ChildServer::spawn(&opts.exe, &spec).await?;
     let sides = (Side::Shoal(ts), Side::Quinn(Target::of(&quinn, 0), sizes));
     // On a timeout this future is dropped, and the child with it (killed on drop).
@@ -666,14 +663,12 @@ async fn measure(
         for (k, &pct) in LEVELS.iter().enumerate() {
             let rate = cap * f64::from(pct) / 100.0;
             let seed = seed_of(o.seed, r, k);
-            // Even rounds shoal first, odd rounds raw quinn (as the other scenarios alternate).
-            let (s, q) = if r % 2 == 0 {
-                let s = settled(shoal, rate, o, seed).await;
-                (s, settled(quinn, rate, o, seed).await)
-            } else {
-                let q = settled(quinn, rate, o, seed).await;
-                (settled(shoal, rate, o, seed).await, q)
-            };
+            let (s, q) = super::scenarios::in_round_order(
+                r,
+                settled(shoal, rate, o, seed),
+                settled(quinn, rate, o, seed),
+            )
+            .await;
             let ratio = s.p99_ms / q.p99_ms;
             p(&format!(
                 "latency round {}/{rounds} at {pct} % ({rate:.0} ops/s offered): shoal p50/p99/p999 {:.2}/{:.2}/{:.2} ms ({} ops, {} failed, {} dropped), raw quinn {:.2}/{:.2}/{:.2} ms ({} ops, {} failed, {} dropped), p99 ratio {ratio:.3}",

@@ -57,7 +57,7 @@ pub(super) async fn default_shoal(
     Ok((spec, Some(relay)))
 }
 
-fn quinn_spec(tickets: usize, response_bytes: usize) -> ServerSpec {
+pub(super) fn quinn_spec(tickets: usize, response_bytes: usize) -> ServerSpec {
     let d = Config::default().streams;
     ServerSpec::Quinn(BaselineSpec {
         tickets,
@@ -67,7 +67,24 @@ fn quinn_spec(tickets: usize, response_bytes: usize) -> ServerSpec {
     })
 }
 
-/// Runs `a` and `b` in the order the round asks for (even rounds: shoal first).
+/// Runs `a` (shoal) and `b` (the baseline) one after the other, in the order the round asks
+/// for (even rounds: shoal first), and returns their outputs in that order.
+pub(super) async fn in_round_order<A, B>(round: usize, a: A, b: B) -> (A::Output, B::Output)
+where
+    A: std::future::Future,
+    B: std::future::Future,
+{
+    if round % 2 == 0 {
+        let s = a.await;
+        (s, b.await)
+    } else {
+        let q = b.await;
+        (a.await, q)
+    }
+}
+
+/// [`in_round_order`] for two figures, except that the first side's error ends the round
+/// before the second side runs.
 async fn alternate<A, B>(round: usize, a: A, b: B) -> Result<Round, BenchError>
 where
     A: std::future::Future<Output = Result<f64, BenchError>>,
