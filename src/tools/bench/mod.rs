@@ -16,6 +16,7 @@ pub mod latency;
 pub mod lb;
 pub mod live_failover;
 mod load;
+mod memory;
 pub mod placement;
 mod relay;
 mod scenarios;
@@ -285,7 +286,7 @@ pub async fn run(
             Scenario::Attach => scenarios::attach(opts, progress).await,
             Scenario::Ttfb => scenarios::ttfb(opts, progress).await,
             Scenario::Fanout => scenarios::fanout(opts, progress).await,
-            Scenario::Memory => scenarios::memory(opts, progress).await,
+            Scenario::Memory => memory::memory(opts, progress).await,
             Scenario::Tickets => scenarios::tickets(opts, progress).await,
         }
     };
