@@ -262,7 +262,9 @@ pub struct ShardsConfig {
     pub attach_timeout: Duration,
     /// Remembered attach nonces per shard (replay protection), bounded.
     pub replay_cache: usize,
-    /// TLS session tickets sent per shard handshake.
+    /// TLS session tickets sent per shard handshake. One replaces the ticket the handshake
+    /// used (the hub's tickets cover the failovers of a grant); each is kept by the hub too
+    /// and copied to the other shards of the client's grant.
     pub tickets_per_handshake: usize,
     /// How the cluster's (and the pool's) shards run: inside this process (`embedded`) or
     /// each as a `shoal shard` child process linked over the control listener (`processes`).
@@ -380,7 +382,7 @@ impl Default for ShardsConfig {
             socket_buffer_bytes: 4 << 20,
             attach_timeout: Duration::from_secs(5),
             replay_cache: 100_000,
-            tickets_per_handshake: 2,
+            tickets_per_handshake: 1,
             launcher: LauncherKind::Embedded,
             program: None,
             hub_link: None,

@@ -86,23 +86,99 @@ impl Drop for SessionGuard {
     }
 }
 
+/// An admitted session, ready to run, and what its end is reported with.
+struct Admitted {
+    session: Session,
+    reader: FrameReader<quinn::RecvStream>,
+    zero_rtt: bool,
+    client: crate::ids::ClientId,
+    grant: crate::ids::TokenId,
+    now_ms: u64,
+    started: std::time::Instant,
+    _guard: SessionGuard,
+}
+
 /// Serves one connection; `permit` (the handshake guard's) is held until its attach arrived.
+///
+/// A task's future is as large as its largest state, and an async fn keeps its arguments
+/// twice: so admission and the session are two futures awaited one after the other, and what
+/// passes between them (the `Incoming`, the admitted session) is boxed. An idle session then
+/// costs its `Session` and its run loop, not also what admission held across its awaits.
 pub(super) async fn serve(
     state: Arc<ShardState>,
-    incoming: quinn::Incoming,
+    incoming: Box<quinn::Incoming>,
     permit: crate::guard::Permit,
 ) -> Result<(), quinn::ConnectionError> {
+    if let Some(a) = admit(&state, incoming, permit).await? {
+        a.serve(&state).await;
+    }
+    Ok(())
+}
+
+impl Admitted {
+    /// Runs the session, closes the connection with its code and reports it.
+    async fn serve(mut self: Box<Self>, state: &ShardState) {
+        let code = self.session.run(self.reader, self.zero_rtt).await;
+        let session = &mut self.session;
+        session.store.flush();
+        if code != ErrorCode::NoError {
+            state.counters.reject(code);
+        }
+        close_with(
+            &session.conn,
+            code,
+            &mut session.hs,
+            Duration::from_millis(200),
+        )
+        .await;
+        if !session.core.is_confirmed() {
+            // Never committed: a copied first flight, or a client that vanished mid-handshake.
+            state
+                .counters
+                .provisional_expired
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // One report per role the session took (a session may both publish and subscribe).
+        let duration_ms = u64::try_from(clock::since(self.started).as_millis()).unwrap_or(u64::MAX);
+        let (subscribed, published) = session.core.roles();
+        for (role, named, bytes) in [
+            (crate::wire::Role::Subscribe, subscribed, session.delivered),
+            (crate::wire::Role::Publish, published, session.accepted),
+        ] {
+            if let Some(stream) = named {
+                state.uplink.report(ShardMsg::SessionEnded(SessionOutcome {
+                    client: self.client.clone(),
+                    grant: self.grant,
+                    stream: stream.clone(),
+                    role,
+                    started_ms: self.now_ms,
+                    duration_ms,
+                    bytes,
+                }));
+            }
+        }
+    }
+}
+
+/// The handshake, the first frame and the admission decision; `None` when the connection was
+/// refused (and closed with its code).
+async fn admit(
+    state: &Arc<ShardState>,
+    incoming: Box<quinn::Incoming>,
+    permit: crate::guard::Permit,
+) -> Result<Option<Box<Admitted>>, quinn::ConnectionError> {
     let (config, conn_store) = match state.configs.for_connection() {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "no server configuration for a connection");
-            incoming.refuse();
-            return Ok(());
+            (*incoming).refuse();
+            return Ok(None);
         }
     };
     // The attach latency runs from here (the connection accepted) to the attach admitted.
     let accepted = clock::now();
-    let connecting = incoming.accept_with(config)?;
+    let connecting = (*incoming).accept_with(config)?;
     // A server can always answer in 0.5-RTT; `handshake` resolves when the handshake completes.
     let (conn, mut hs) = match connecting.into_0rtt() {
         Ok((conn, accepted)) => (conn, Handshake(Some(accepted))),
@@ -118,8 +194,8 @@ pub(super) async fn serve(
     drop(permit);
     let (send, reader, frame) = match first {
         Err(_) => {
-            refuse(&state, &conn, ErrorCode::Timeout, &mut hs).await;
-            return Ok(());
+            refuse(state, &conn, ErrorCode::Timeout, &mut hs).await;
+            return Ok(None);
         }
         Ok(r) => r?,
     };
@@ -135,12 +211,12 @@ pub(super) async fn serve(
     let attach: Attach = match frame {
         Ok(Some(Frame::Control(Message::Attach(a)))) => a,
         Ok(_) => {
-            refuse(&state, &conn, ErrorCode::ProtocolViolation, &mut hs).await;
-            return Ok(());
+            refuse(state, &conn, ErrorCode::ProtocolViolation, &mut hs).await;
+            return Ok(None);
         }
         Err(e) => {
-            refuse(&state, &conn, e.code(), &mut hs).await;
-            return Ok(());
+            refuse(state, &conn, e.code(), &mut hs).await;
+            return Ok(None);
         }
     };
     let now_ms = clock::unix_ms();
@@ -148,21 +224,21 @@ pub(super) async fn serve(
     let claims = match checked {
         Ok(c) => c,
         Err(code) => {
-            refuse(&state, &conn, code, &mut hs).await;
-            return Ok(());
+            refuse(state, &conn, code, &mut hs).await;
+            return Ok(None);
         }
     };
     if !state.alive.load(Ordering::Relaxed) {
         // Draining or stopped: the client moves on to the next shard of its grant.
-        refuse(&state, &conn, ErrorCode::GoingAway, &mut hs).await;
-        return Ok(());
+        refuse(state, &conn, ErrorCode::GoingAway, &mut hs).await;
+        return Ok(None);
     }
     let c = &state.counters;
     let limit = admit_limit(state.max_sessions, claims.priority);
     if c.sessions.fetch_add(1, Ordering::Relaxed) >= limit {
         c.sessions.fetch_sub(1, Ordering::Relaxed);
-        refuse(&state, &conn, ErrorCode::OverQuota, &mut hs).await;
-        return Ok(());
+        refuse(state, &conn, ErrorCode::OverQuota, &mut hs).await;
+        return Ok(None);
     }
     let kbps = u64::from(claims.expect_kbps);
     c.committed_kbps.fetch_add(kbps, Ordering::Relaxed);
@@ -194,7 +270,7 @@ pub(super) async fn serve(
         conn_store.flush();
     }
     debug!(token = ?claims.id, client = %claims.client, zero_rtt, provisional = provisional.is_some(), "admitted");
-    let mut session = Session {
+    let session = Session {
         state: state.clone(),
         conn: conn.clone(),
         send,
@@ -211,40 +287,16 @@ pub(super) async fn serve(
         sent_end: false,
         wants_end: false,
     };
-    let code = session.run(reader, zero_rtt).await;
-    conn_store.flush();
-    if code != ErrorCode::NoError {
-        state.counters.reject(code);
-    }
-    close_with(&conn, code, &mut session.hs, Duration::from_millis(200)).await;
-    if !session.core.is_confirmed() {
-        // Never committed: a copied first flight, or a client that vanished mid-handshake.
-        state
-            .counters
-            .provisional_expired
-            .fetch_add(1, Ordering::Relaxed);
-        return Ok(());
-    }
-    // One report per role the session took (a session may both publish and subscribe).
-    let duration_ms = u64::try_from(clock::since(started).as_millis()).unwrap_or(u64::MAX);
-    let (subscribed, published) = session.core.roles();
-    for (role, named, bytes) in [
-        (crate::wire::Role::Subscribe, subscribed, session.delivered),
-        (crate::wire::Role::Publish, published, session.accepted),
-    ] {
-        if let Some(stream) = named {
-            state.uplink.report(ShardMsg::SessionEnded(SessionOutcome {
-                client: claims.client.clone(),
-                grant: claims.id,
-                stream: stream.clone(),
-                role,
-                started_ms: now_ms,
-                duration_ms,
-                bytes,
-            }));
-        }
-    }
-    Ok(())
+    Ok(Some(Box::new(Admitted {
+        session,
+        reader,
+        zero_rtt,
+        client: claims.client,
+        grant: claims.id,
+        now_ms,
+        started,
+        _guard,
+    })))
 }
 
 /// The I/O of one admitted session; its decisions are in `core`.
@@ -297,11 +349,11 @@ impl Session {
     ) -> ErrorCode {
         // Subscribed before `attached` goes out: a drain that starts meanwhile is seen.
         let mut go_away = self.state.go_away.subscribe();
-        let attached = Message::Attached(Attached {
+        let attached = Box::new(Message::Attached(Attached {
             shard: self.state.id,
             zero_rtt,
             load_permille: Some(self.load_permille()),
-        });
+        }));
         if self.control(&attached).await.is_err() {
             return ErrorCode::NoError;
         }

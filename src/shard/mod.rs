@@ -439,6 +439,8 @@ async fn accept_loop(state: Arc<ShardState>, endpoint: quinn::Endpoint) {
         }
         let state = state.clone();
         let span = info_span!("conn", remote = %incoming.remote_address());
+        // Boxed: the task keeps what it captures for as long as the connection lives.
+        let incoming = Box::new(incoming);
         let cpu = state.counters.cpu_ns.clone();
         tokio::spawn(cpu::Metered::new(
             async move {

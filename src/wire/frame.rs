@@ -1,7 +1,6 @@
 //! Frame encoding and the incremental frame reader.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::strict::{self, DecodeError};
 use super::{Chunk, ErrorCode, Message};
@@ -160,26 +159,53 @@ fn decode_chunk(mut body: Bytes) -> Result<Chunk, WireError> {
     })
 }
 
-/// Reads frames from a byte stream, checking each header before reading its body.
-pub struct FrameReader<R> {
-    inner: R,
-    buf: BytesMut,
-    /// Smallest allocation when the buffer grows: sized from the frames seen, so that an idle
-    /// connection exchanging heartbeats holds a few hundred bytes while a stream of chunks
-    /// shares each allocation among several chunks.
-    block: usize,
+/// A byte stream a [`FrameReader`] reads in owned pieces.
+pub trait ByteSource: Unpin {
+    /// The next bytes of the stream, `None` at its end. Cancel-safe: bytes are taken from
+    /// the stream only when the future completes.
+    fn next_bytes(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<Option<Bytes>>> + Send;
 }
 
-/// Bounds of [`FrameReader`]'s growth block.
-const MIN_BLOCK: usize = 512;
-const MAX_BLOCK: usize = 16 * 1024;
+/// quinn hands over what it received as it is, without a copy.
+impl ByteSource for quinn::RecvStream {
+    async fn next_bytes(&mut self) -> std::io::Result<Option<Bytes>> {
+        Ok(self.read_chunk(usize::MAX, true).await?.map(|c| c.bytes))
+    }
+}
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+/// A whole input at once (fuzzing, tests).
+impl ByteSource for &[u8] {
+    fn next_bytes(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<Option<Bytes>>> + Send {
+        let out = (!self.is_empty()).then(|| Bytes::copy_from_slice(self));
+        *self = &[];
+        std::future::ready(Ok(out))
+    }
+}
+
+/// Reads frames from a byte stream, checking each header before reading its body.
+///
+/// What the stream delivers is kept as it came ([`ByteSource::next_bytes`]): a frame inside
+/// one piece is split off it without a copy, and only a frame that spans pieces is copied,
+/// once, into a buffer sized for it. A reader waiting for its next frame holds no buffer: an
+/// idle session costs nothing here.
+pub struct FrameReader<R> {
+    inner: R,
+    /// Unread bytes, as the stream delivered them (when `joined` is empty).
+    head: Bytes,
+    /// Unread bytes of a frame that spans pieces, copied together.
+    joined: BytesMut,
+}
+
+impl<R: ByteSource> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            buf: BytesMut::new(),
-            block: MIN_BLOCK,
+            head: Bytes::new(),
+            joined: BytesMut::new(),
         }
     }
 
@@ -191,17 +217,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.inner
     }
 
+    fn unread(&self) -> &[u8] {
+        if self.joined.is_empty() {
+            &self.head
+        } else {
+            &self.joined
+        }
+    }
+
     /// The next frame, or `None` when the stream ended cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, WireError> {
         if !self.fill(HEADER_LEN).await? {
-            return if self.buf.is_empty() {
+            return if self.unread().is_empty() {
                 Ok(None)
             } else {
                 Err(WireError::Truncated)
             };
         }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        let (version, kind) = (self.buf[4], self.buf[5]);
+        let b = self.unread();
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let (version, kind) = (b[4], b[5]);
         if version != VERSION {
             return Err(WireError::UnsupportedVersion(version));
         }
@@ -224,11 +259,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if !self.fill(HEADER_LEN + body_len).await? {
             return Err(WireError::Truncated);
         }
-        self.buf.advance(HEADER_LEN);
-        let body = self.buf.split_to(body_len).freeze();
-        self.block = (HEADER_LEN + body_len)
-            .saturating_mul(8)
-            .clamp(MIN_BLOCK, MAX_BLOCK);
+        let body = if self.joined.is_empty() {
+            self.head.advance(HEADER_LEN);
+            self.head.split_to(body_len)
+        } else {
+            self.joined.advance(HEADER_LEN);
+            let body = self.joined.split_to(body_len).freeze();
+            if self.joined.is_empty() {
+                // Nothing left of it: let go of the allocation (the body keeps its part).
+                self.joined = BytesMut::new();
+            }
+            body
+        };
         let frame = match kind {
             KIND_CONTROL => Frame::Control(strict::from_slice(&body)?),
             _ => Frame::Chunk(decode_chunk(body)?),
@@ -236,13 +278,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(frame))
     }
 
-    /// Reads until `need` bytes are buffered; false if the stream ended first.
+    /// Reads until `need` bytes are unread; false if the stream ended first. What each read
+    /// returns is stored before the next one, so a cancelled call loses nothing.
     async fn fill(&mut self, need: usize) -> Result<bool, WireError> {
-        while self.buf.len() < need {
-            // Grow in blocks so that many small chunks share one allocation.
-            self.buf.reserve((need - self.buf.len()).max(self.block));
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+        while self.unread().len() < need {
+            let Some(more) = self.inner.next_bytes().await? else {
                 return Ok(false);
+            };
+            if !self.joined.is_empty() {
+                self.joined.reserve(need.saturating_sub(self.joined.len()));
+                self.joined.extend_from_slice(&more);
+            } else if self.head.is_empty() {
+                self.head = more;
+            } else {
+                // A frame spans pieces: one buffer, sized for what is needed so far.
+                let mut joined = BytesMut::with_capacity(need.max(self.head.len() + more.len()));
+                joined.extend_from_slice(&self.head);
+                joined.extend_from_slice(&more);
+                self.head = Bytes::new();
+                self.joined = joined;
             }
         }
         Ok(true)
@@ -295,6 +349,85 @@ mod tests {
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[0].as_ref().unwrap(), &Frame::Control(sub));
         assert_eq!(frames[1].as_ref().unwrap(), &Frame::Chunk(c));
+    }
+
+    /// Pieces as they were sent, like a QUIC stream's.
+    struct Pieces(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+    impl ByteSource for Pieces {
+        async fn next_bytes(&mut self) -> std::io::Result<Option<Bytes>> {
+            Ok(self.0.recv().await)
+        }
+    }
+
+    fn pieces() -> (
+        tokio::sync::mpsc::UnboundedSender<Bytes>,
+        FrameReader<Pieces>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, FrameReader::new(Pieces(rx)))
+    }
+
+    /// A reader waiting for its next frame holds no buffer, whether the last frame came in one
+    /// piece or in several.
+    #[tokio::test]
+    async fn a_waiting_reader_holds_nothing() {
+        let (tx, mut r) = pieces();
+        let hb = encode_control(&Message::Heartbeat(Heartbeat { at_us: 1 }));
+        tx.send(hb.clone()).unwrap();
+        assert!(matches!(r.next().await, Ok(Some(Frame::Control(_)))));
+        for (i, b) in hb.iter().enumerate() {
+            tx.send(Bytes::copy_from_slice(&[*b])).unwrap();
+            if i == 2 {
+                let wait = tokio::time::timeout(std::time::Duration::from_millis(5), r.next());
+                assert!(wait.await.is_err(), "a partial frame is not a frame");
+            }
+        }
+        assert!(matches!(r.next().await, Ok(Some(Frame::Control(_)))));
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(wait.is_err(), "nothing more was sent");
+        assert!(r.head.is_empty());
+        assert_eq!(r.joined.capacity(), 0, "an idle reader holds no buffer");
+    }
+
+    /// A chunk inside one piece is that piece's memory; frames across piece boundaries, in
+    /// any split, come out whole and in order.
+    #[tokio::test]
+    async fn frames_inside_a_piece_are_not_copied_and_split_ones_are_joined() {
+        let c = |seq: u64| Chunk {
+            seq: Seq::new(seq),
+            timestamp_us: seq,
+            payload: Bytes::from(vec![seq as u8; 700]),
+        };
+        let piece = Bytes::from(chunk_bytes(&c(1)));
+        let (tx, mut r) = pieces();
+        tx.send(piece.clone()).unwrap();
+        let Ok(Some(Frame::Chunk(got))) = r.next().await else {
+            panic!("a chunk")
+        };
+        let range = piece.as_ptr_range();
+        assert!(
+            range.contains(&got.payload.as_ptr()),
+            "the payload is a slice of the piece"
+        );
+        let mut wire = Vec::new();
+        for seq in 2..6 {
+            wire.extend(chunk_bytes(&c(seq)));
+        }
+        for cut in [1, 5, 6, 7, 333, 731, 1000, 2000] {
+            let (tx, mut r) = pieces();
+            for part in wire.chunks(cut) {
+                tx.send(Bytes::copy_from_slice(part)).unwrap();
+            }
+            drop(tx);
+            for seq in 2..6 {
+                match r.next().await {
+                    Ok(Some(Frame::Chunk(got))) => assert_eq!(got, c(seq), "cut {cut}"),
+                    other => panic!("cut {cut}: {other:?}"),
+                }
+            }
+            assert!(matches!(r.next().await, Ok(None)), "cut {cut}");
+        }
     }
 
     #[tokio::test]

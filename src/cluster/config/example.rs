@@ -104,7 +104,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "shards.tickets_per_handshake",
-        "TLS session tickets sent per shard handshake.",
+        "TLS session tickets sent per shard handshake. One replaces the ticket the handshake used (the hub's tickets cover the failovers of a grant); each is kept by the hub too and copied to the other shards of the client's grant.",
     ),
     (
         "shards.launcher",

@@ -144,7 +144,11 @@ async fn shoal_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), Bench
 }
 
 async fn quinn_idle(opts: &BenchOptions, n: usize) -> Result<(f64, usize), BenchError> {
-    let child = ChildServer::spawn(&opts.exe, &quinn_spec(2, 64)).await?;
+    // As many tickets per handshake as a shard sends: both sides store what they issue.
+    let tickets = crate::cluster::config::Config::default()
+        .shards
+        .tickets_per_handshake;
+    let child = ChildServer::spawn(&opts.exe, &quinn_spec(tickets, 64)).await?;
     let t = Target::of(&child, 0);
     let eps = load::ticketed_endpoints(&t, n.div_ceil(PER_CLIENT), WORKERS).await?;
     let rss0 = settle_rss(&child).await?;
