@@ -360,19 +360,30 @@ impl Session {
         if go_away.borrow().is_some() {
             go_away.mark_changed();
         }
+        // Kept across turns of the loop, like the timer: it waits on the channel once.
+        let go_away = next_go_away(go_away);
+        tokio::pin!(go_away);
         // One task per session, reading and writing in one loop (`FrameReader::next` is
         // cancel-safe). `biased`: a go-away goes out first; frames already received are read
         // before the timers run, so a session that was busy writing does not mistake queued
         // heartbeats for silence; timers come before chunks, so a busy stream cannot starve
         // them.
         let mut cursor: Option<streams::Cursor> = None;
+        // One timer for the session, moved only when its deadline does: a fresh one per turn
+        // of the loop (a turn per chunk sent) would enter and leave the timer wheel each time.
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
+        tokio::pin!(timer);
         loop {
             let wake = tokio::time::Instant::from_std(self.core.poll_timeout());
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let confirmed = self.core.is_confirmed();
             tokio::select! {
                 biased;
-                Ok(()) = go_away.changed() => {
-                    let msg = go_away.borrow_and_update().clone();
+                (msg, rx) = &mut go_away => {
+                    go_away.set(next_go_away(rx));
                     if let Some(g) = msg {
                         if self.control(&Message::GoAway(g)).await.is_err() {
                             return ErrorCode::NoError;
@@ -410,7 +421,7 @@ impl Session {
                         return code;
                     }
                 }
-                () = tokio::time::sleep_until(wake) => match self.core.handle_timeout(clock::now()) {
+                () = &mut timer => match self.core.handle_timeout(clock::now()) {
                     Err(code) => return code,
                     Ok(Due::Heartbeat) => {
                         let m = Message::Heartbeat(Heartbeat { at_us: clock::unix_us() });
@@ -565,6 +576,21 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The shard's next go-away message, and the receiver to wait for the one after; never
+/// resolves once the shard is gone.
+async fn next_go_away(
+    mut rx: tokio::sync::watch::Receiver<Option<crate::wire::GoAway>>,
+) -> (
+    Option<crate::wire::GoAway>,
+    tokio::sync::watch::Receiver<Option<crate::wire::GoAway>>,
+) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    let msg = rx.borrow_and_update().clone();
+    (msg, rx)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
