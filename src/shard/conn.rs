@@ -369,14 +369,15 @@ impl Session {
         // heartbeats for silence; timers come before chunks, so a busy stream cannot starve
         // them.
         let mut cursor: Option<streams::Cursor> = None;
-        // One timer for the session, moved only when its deadline does: a fresh one per turn
-        // of the loop (a turn per chunk sent) would enter and leave the timer wheel each time.
+        // One timer for the session. Each chunk sent moves the heartbeat deadline later; the
+        // timer is moved only when the deadline comes earlier or after it fired (firing early
+        // is harmless: `handle_timeout` finds nothing due), not once per chunk.
         let timer =
             tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
         tokio::pin!(timer);
         loop {
             let wake = tokio::time::Instant::from_std(self.core.poll_timeout());
-            if timer.deadline() != wake {
+            if wake < timer.deadline() || (timer.is_elapsed() && wake != timer.deadline()) {
                 timer.as_mut().reset(wake);
             }
             let confirmed = self.core.is_confirmed();
