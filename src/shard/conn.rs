@@ -349,13 +349,16 @@ impl Session {
     ) -> ErrorCode {
         // Subscribed before `attached` goes out: a drain that starts meanwhile is seen.
         let mut go_away = self.state.go_away.subscribe();
-        let attached = Box::new(Message::Attached(Attached {
-            shard: self.state.id,
-            zero_rtt,
-            load_permille: Some(self.load_permille()),
-        }));
-        if self.control(&attached).await.is_err() {
-            return ErrorCode::NoError;
+        // In its own scope: the message is not kept in the future while the loop runs.
+        {
+            let attached = Message::Attached(Attached {
+                shard: self.state.id,
+                zero_rtt,
+                load_permille: Some(self.load_permille()),
+            });
+            if self.control(&attached).await.is_err() {
+                return ErrorCode::NoError;
+            }
         }
         if go_away.borrow().is_some() {
             go_away.mark_changed();
