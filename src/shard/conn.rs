@@ -25,6 +25,7 @@ use super::streams::{self, Item};
 use super::{admit_limit, ShardState};
 use crate::clock;
 use crate::link::{ClientEntries, SessionOutcome, ShardMsg};
+use crate::sync::WakeGate;
 use crate::wire::{
     write_chunk, write_control, Attach, Attached, Bound, ErrorCode, Frame, FrameReader, Heartbeat,
     Message, WireError,
@@ -89,7 +90,6 @@ impl Drop for SessionGuard {
 /// An admitted session, ready to run, and what its end is reported with.
 struct Admitted {
     session: Session,
-    reader: FrameReader<quinn::RecvStream>,
     zero_rtt: bool,
     client: crate::ids::ClientId,
     grant: crate::ids::TokenId,
@@ -102,14 +102,15 @@ struct Admitted {
 ///
 /// A task's future is as large as its largest state, and an async fn keeps its arguments
 /// twice: so admission and the session are two futures awaited one after the other, and what
-/// passes between them (the `Incoming`, the admitted session) is boxed. An idle session then
-/// costs its `Session` and its run loop, not also what admission held across its awaits.
+/// passes between them (the `Incoming`, the admitted session) is boxed. Admission's future is
+/// boxed too, for its length only (it is the larger of the two). An idle session then costs
+/// its `Session` and its run loop, not also what admission held across its awaits.
 pub(super) async fn serve(
     state: Arc<ShardState>,
     incoming: Box<quinn::Incoming>,
     permit: crate::guard::Permit,
 ) -> Result<(), quinn::ConnectionError> {
-    if let Some(a) = admit(&state, incoming, permit).await? {
+    if let Some(a) = Box::pin(admit(&state, incoming, permit)).await? {
         a.serve(&state).await;
     }
     Ok(())
@@ -118,7 +119,7 @@ pub(super) async fn serve(
 impl Admitted {
     /// Runs the session, closes the connection with its code and reports it.
     async fn serve(mut self: Box<Self>, state: &ShardState) {
-        let code = self.session.run(self.reader, self.zero_rtt).await;
+        let code = self.session.run(self.zero_rtt).await;
         let session = &mut self.session;
         session.store.flush();
         if code != ErrorCode::NoError {
@@ -274,6 +275,7 @@ async fn admit(
         state: state.clone(),
         conn: conn.clone(),
         send,
+        reader,
         secret: claims.secret,
         hs,
         store: conn_store.clone(),
@@ -289,7 +291,6 @@ async fn admit(
     };
     Ok(Some(Box::new(Admitted {
         session,
-        reader,
         zero_rtt,
         client: claims.client,
         grant: claims.id,
@@ -308,6 +309,8 @@ struct Session {
     state: Arc<ShardState>,
     conn: quinn::Connection,
     send: quinn::SendStream,
+    /// A field, not an argument of the run loop: an async fn keeps its arguments twice.
+    reader: FrameReader<quinn::RecvStream>,
     secret: [u8; 32],
     hs: Handshake,
     /// This connection's view of the shard's session store.
@@ -334,19 +337,15 @@ impl Session {
     /// Serves the session until it ends; returns the code to close with. When the session
     /// ends in an error, what was already written (the `attached`, say) gets a moment to
     /// reach the client before the connection closes.
-    async fn run(&mut self, reader: FrameReader<quinn::RecvStream>, zero_rtt: bool) -> ErrorCode {
-        let code = self.serve_frames(reader, zero_rtt).await;
+    async fn run(&mut self, zero_rtt: bool) -> ErrorCode {
+        let code = self.serve_frames(zero_rtt).await;
         if code != ErrorCode::NoError && self.send.finish().is_ok() {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.send.stopped()).await;
         }
         code
     }
 
-    async fn serve_frames(
-        &mut self,
-        mut reader: FrameReader<quinn::RecvStream>,
-        zero_rtt: bool,
-    ) -> ErrorCode {
+    async fn serve_frames(&mut self, zero_rtt: bool) -> ErrorCode {
         // Subscribed before `attached` goes out: a drain that starts meanwhile is seen.
         let mut go_away = self.state.go_away.subscribe();
         // In its own scope: the message is not kept in the future while the loop runs.
@@ -372,21 +371,30 @@ impl Session {
         // heartbeats for silence; timers come before chunks, so a busy stream cannot starve
         // them.
         let mut cursor: Option<streams::Cursor> = None;
-        // One timer for the session. Each chunk sent moves the heartbeat deadline later; the
-        // timer is moved only when the deadline comes earlier or after it fired (firing early
-        // is harmless: `handle_timeout` finds nothing due), not once per chunk.
+        // One timer for the session, for its heartbeats and liveness and for the wait of a
+        // resume no copy of whose stream is here. Each chunk sent moves the heartbeat deadline
+        // later; the timer is moved only when the deadline comes earlier or after it fired
+        // (firing early is harmless: nothing is found due), not once per chunk.
         let timer =
             tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
         tokio::pin!(timer);
+        // The control stream and the go-away wait are polled only after one of them woke: a
+        // turn per chunk sent would otherwise poll both, taking the connection's lock and the
+        // lock of a channel every session shares.
+        let gate = WakeGate::new();
         loop {
-            let wake = tokio::time::Instant::from_std(self.core.poll_timeout());
+            let mut wake = tokio::time::Instant::from_std(self.core.poll_timeout());
+            if let Some(orphan) = self.orphan_until {
+                wake = wake.min(orphan);
+            }
             if wake < timer.deadline() || (timer.is_elapsed() && wake != timer.deadline()) {
                 timer.as_mut().reset(wake);
             }
             let confirmed = self.core.is_confirmed();
+            let woke = gate.open();
             tokio::select! {
                 biased;
-                (msg, rx) = &mut go_away => {
+                (msg, rx) = gate.gated(woke, &mut go_away) => {
                     go_away.set(next_go_away(rx));
                     if let Some(g) = msg {
                         if self.control(&Message::GoAway(g)).await.is_err() {
@@ -403,7 +411,7 @@ impl Session {
                     // The tickets rustls issued at completion go to the hub in one report.
                     self.store.flush();
                 }
-                frame = reader.next() => {
+                frame = gate.gated(woke, self.reader.next()) => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
                         // The client finished its side: the session is over. A publisher's clean
@@ -425,19 +433,21 @@ impl Session {
                         return code;
                     }
                 }
-                () = &mut timer => match self.core.handle_timeout(clock::now()) {
-                    Err(code) => return code,
-                    Ok(Due::Heartbeat) => {
-                        let m = Message::Heartbeat(Heartbeat { at_us: clock::unix_us() });
-                        if self.control(&m).await.is_err() {
-                            return ErrorCode::NoError;
-                        }
+                () = &mut timer => {
+                    if self.orphan_until.is_some_and(|o| clock::tokio_now() >= o) {
+                        debug!("resume on a live stream no copy of which is here; nothing came");
+                        return ErrorCode::UnknownStream;
                     }
-                    Ok(Due::Nothing) => {}
-                },
-                () = sleep_until_opt(self.orphan_until) => {
-                    debug!("resume on a live stream no copy of which is here; nothing came");
-                    return ErrorCode::UnknownStream;
+                    match self.core.handle_timeout(clock::now()) {
+                        Err(code) => return code,
+                        Ok(Due::Heartbeat) => {
+                            let m = Message::Heartbeat(Heartbeat { at_us: clock::unix_us() });
+                            if self.control(&m).await.is_err() {
+                                return ErrorCode::NoError;
+                            }
+                        }
+                        Ok(Due::Nothing) => {}
+                    }
                 }
                 item = next_item(&mut cursor) => {
                     let Some(item) = item else { return ErrorCode::UnknownStream };
@@ -595,13 +605,6 @@ async fn next_go_away(
     }
     let msg = rx.borrow_and_update().clone();
     (msg, rx)
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn next_item(cursor: &mut Option<streams::Cursor>) -> Option<Item> {

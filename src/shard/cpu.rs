@@ -1,12 +1,18 @@
-//! Per-shard CPU accounting: every task of a shard runs inside [`Metered`], which adds the
-//! calling thread's CPU time spent in each poll to the shard's counter. Embedded shards share
-//! one runtime, so a process-wide figure would not say which shard is busy; this does.
+//! Per-shard CPU accounting: every task of a shard runs inside [`Metered`], which adds the time
+//! each poll of the task took to the shard's counter. Embedded shards share one runtime, so a
+//! process-wide figure would not say which shard is busy; this does.
 //!
-//! Cost: two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` calls per poll.
+//! A poll is timed by the monotonic clock, which the vDSO reads without entering the kernel
+//! (tens of nanoseconds). A poll does not block, so its wall time is the CPU time its thread
+//! spent in it, except when the kernel preempts the thread mid-poll: then the figure counts
+//! the wait too, an over-estimate only on a machine with more runnable threads than cores.
+//! The thread's own CPU clock (`CLOCK_THREAD_CPUTIME_ID`) would not count that, but it is a
+//! system call, and two per poll were a measurable share of a shard's cost per chunk sent
+//! (issue 19's fan-out profile; see the README's performance section).
 //!
-//! A lower bound: quinn runs packet I/O, crypto and congestion control in its own endpoint and
-//! connection driver tasks, which are not the shard's tasks and are not charged here. The figure
-//! compares shards with each other; it is not the process's CPU.
+//! A lower bound in another way: quinn runs packet I/O, crypto and congestion control in its
+//! own endpoint and connection driver tasks, which are not the shard's tasks and are not
+//! charged here. The figure compares shards with each other; it is not the process's CPU.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,23 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// CPU time of the calling thread, in nanoseconds (0 if the clock is unavailable).
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec passed by pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
-/// A future whose polls are charged to `sink` (nanoseconds of thread CPU time).
+/// A future whose polls are charged to `sink` (nanoseconds spent inside them).
 pub struct Metered<F> {
     inner: Pin<Box<F>>,
     sink: Arc<AtomicU64>,
@@ -48,10 +38,12 @@ impl<F: Future> Metered<F> {
 impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
+    // A meter times what a poll really took, never a paused runtime's virtual time.
+    #[allow(clippy::disallowed_methods)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let start = thread_cpu_ns();
+        let start = std::time::Instant::now();
         let r = self.inner.as_mut().poll(cx);
-        let spent = thread_cpu_ns().saturating_sub(start);
+        let spent = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.sink.fetch_add(spent, Ordering::Relaxed);
         r
     }

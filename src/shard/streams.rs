@@ -419,6 +419,8 @@ impl Cursor {
             let c = match self.held.take() {
                 Some(c) => c,
                 None => match tokio::select! {
+                    // A chunk that is there is taken without registering for the end.
+                    biased;
                     r = self.rx.recv() => Some(r),
                     // The end: looked at again above.
                     _ = self.ended.changed() => None,

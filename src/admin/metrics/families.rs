@@ -332,7 +332,7 @@ pub const SHARD: &[Metric<ShardRecord>] = &[
     (
         "shoal_shard_cpu_seconds_total",
         "counter",
-        "CPU time the shard's own tasks used (a lower bound: quinn's drivers are not charged).",
+        "CPU time the shard's own tasks used, timed per poll by the monotonic clock (quinn's drivers are not charged).",
         |s| s.load.cpu_ns as f64 / 1e9,
     ),
     (
