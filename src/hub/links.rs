@@ -516,20 +516,34 @@ impl Links {
         self.forward(f);
     }
 
-    /// Best-effort copies (never waits: called from inside TLS handshakes and link readers).
+    /// Best-effort copies, and what fell out of the client's newest entries forgotten where it
+    /// was put: the hub's store (which holds every entry) at once, shards in the same message
+    /// as their copies (never waits: called from inside TLS handshakes and link readers). A
+    /// forget that is dropped leaves the entry to its TTL or the store's bound.
     fn forward(&self, f: Forward) {
-        if f.to.is_empty() || f.entries.is_empty() {
+        let mut per: std::collections::BTreeMap<ShardId, (Vec<StoreEntry>, Vec<bytes::Bytes>)> =
+            Default::default();
+        if !f.entries.is_empty() {
+            for shard in f.to {
+                per.entry(shard).or_default().0 = f.entries.clone();
+            }
+        }
+        for (key, at) in f.forget {
+            self.inner.store.forget(&key);
+            for shard in at.into_iter().flatten() {
+                per.entry(shard).or_default().1.push(key.clone());
+            }
+        }
+        if per.is_empty() {
             return;
         }
         let senders = lock(&self.inner.senders);
         let c = &self.inner.hub.link;
-        for shard in f.to {
+        for (shard, (entries, forget)) in per {
             let Some(tx) = senders.get(&shard) else {
                 continue;
             };
-            let cmd = HubCmd::StoreEntries {
-                entries: f.entries.clone(),
-            };
+            let cmd = HubCmd::StoreEntries { entries, forget };
             let counter = match tx.try_send(cmd) {
                 Ok(()) => &c.entries_forwarded,
                 Err(_) => &c.forwards_dropped,

@@ -34,8 +34,8 @@ use crate::metrics_hist::{CodeCount, HistogramSnapshot};
 
 /// The version of the hub↔shard contract. A shard registers with it; the hub refuses another.
 /// Version 4 added the load report's 0-RTT counters, rejections by code and latency
-/// histograms ([`ShardLoad`]).
-pub const LINK_VERSION: u16 = 4;
+/// histograms ([`ShardLoad`]); version 5 the keys `store_entries` has a shard forget.
+pub const LINK_VERSION: u16 = 5;
 
 /// Shard → hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,8 +70,13 @@ pub enum HubCmd {
         stream: StreamName,
         entries: Vec<StoreEntry>,
     },
-    /// More entries of a client that was granted this shard (no answer).
-    StoreEntries { entries: Vec<StoreEntry> },
+    /// More entries of a client that was granted this shard, and the keys of entries that
+    /// fell out of their client's newest (see [`crate::tickets::book`]), to forget (no answer).
+    StoreEntries {
+        entries: Vec<StoreEntry>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        forget: Vec<bytes::Bytes>,
+    },
     /// Send go-away to every session, give them `grace_ms` to move, then stop and report
     /// `drained`.
     Drain { grace_ms: u64 },
@@ -422,6 +427,11 @@ mod tests {
             },
             HubCmd::StoreEntries {
                 entries: vec![entry(), entry()],
+                forget: Vec::new(),
+            },
+            HubCmd::StoreEntries {
+                entries: Vec::new(),
+                forget: vec![vec![1; 32].into()],
             },
             HubCmd::Drain { grace_ms: 2000 },
             HubCmd::Stop,

@@ -126,9 +126,12 @@ async fn carry_out(
             // An acknowledgement must arrive: the hub waits for it before its grant leaves.
             let _ = up.send(ShardMsg::Prepared { batch }).await;
         }
-        HubCmd::StoreEntries { entries } => {
+        HubCmd::StoreEntries { entries, forget } => {
             for e in entries {
                 shard.store().put_entry(e);
+            }
+            for key in forget {
+                shard.store().forget(&key);
             }
         }
         HubCmd::Drain { grace_ms } => {

@@ -11,6 +11,12 @@
 //! Sans-IO, time passed in. Bounds: `per_client` entries per client (the newest; a client keeps
 //! at most 8 tickets per server name), `max_clients` clients (least recently touched evicted
 //! first, amortised O(1)), every entry expires with the store's TTL.
+//!
+//! An entry that falls out of its client's newest `per_client` can never be presented again
+//! (the client dropped that ticket when it took a newer one), so [`Book::add`] also returns it
+//! with the endpoints that hold it, for them to forget: without that, every store would keep
+//! every ticket it ever issued or received until its TTL (24 h) or its capacity, one per
+//! handshake and per copy, though only a client's newest 8 are of use.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -42,11 +48,14 @@ pub struct Book {
     ttl: Duration,
 }
 
-/// Entries to copy to shards now.
+/// Entries to copy to shards now, and entries to forget.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Forward {
     pub to: Vec<ShardId>,
     pub entries: Vec<StoreEntry>,
+    /// Keys that fell out of their client's newest entries, each with the endpoints it was
+    /// put at (`None`: the hub).
+    pub forget: Vec<(bytes::Bytes, Vec<Option<ShardId>>)>,
 }
 
 /// Clients the hub remembers entries for, by default.
@@ -75,7 +84,8 @@ impl Book {
     }
 
     /// Records entries produced for `client` (at shard `from`, or at the hub when `None`);
-    /// returns where to copy them now: the client's current grant shards except `from`.
+    /// returns where to copy them now (the client's current grant shards except `from`) and
+    /// the client's entries they pushed out of its newest `per_client`, to forget where held.
     pub fn add(
         &mut self,
         client: &ClientId,
@@ -101,10 +111,17 @@ impl Book {
                 at: at.clone(),
             });
         }
+        let mut forget = Vec::new();
         while c.entries.len() > per {
-            c.entries.pop_front();
+            if let Some(old) = c.entries.pop_front() {
+                forget.push((old.entry.key, old.at));
+            }
         }
-        Forward { to, entries }
+        Forward {
+            to,
+            entries,
+            forget,
+        }
     }
 
     /// The client is granted `shards`: they become its targets; returns, per shard, the live
@@ -222,6 +239,30 @@ mod tests {
         // A shard's own entry is never copied back to it.
         b.add(&c("a"), vec![e(2)], Some(ShardId(3)), t);
         assert_eq!(only(b.grant(&c("a"), &[ShardId(3)], t), 3), vec![e(1)]);
+    }
+
+    #[test]
+    fn an_entry_pushed_out_of_its_clients_newest_is_forgotten_where_it_was_put() {
+        let t = crate::clock::now();
+        let mut b = Book::new(10, 2, Duration::from_secs(60));
+        b.add(&c("a"), vec![e(1)], None, t);
+        b.grant(&c("a"), &[ShardId(1), ShardId(2)], t);
+        // Shard 1's entry goes to shard 2; nothing fell out yet.
+        let f = b.add(&c("a"), vec![e(2)], Some(ShardId(1)), t);
+        assert!(f.forget.is_empty());
+        // A third: the hub's first entry (at the hub, copied to both shards by the grant) goes.
+        let f = b.add(&c("a"), vec![e(3)], Some(ShardId(2)), t);
+        assert_eq!(
+            f.forget,
+            vec![(e(1).key, vec![None, Some(ShardId(1)), Some(ShardId(2))])]
+        );
+        let f = b.add(&c("a"), vec![e(4)], None, t);
+        assert_eq!(
+            f.forget,
+            vec![(e(2).key, vec![Some(ShardId(1)), Some(ShardId(2))])]
+        );
+        // Another client's entries are its own.
+        assert!(b.add(&c("b"), vec![e(5)], None, t).forget.is_empty());
     }
 
     #[test]

@@ -172,6 +172,16 @@ impl SessionStore {
         self.core().len()
     }
 
+    /// Drops the entry under `key`, if held: a ticket its client can no longer present (see
+    /// [`book`]). Counted as evicted.
+    pub fn forget(&self, key: &[u8]) -> bool {
+        let gone = self.core().map.remove(key).is_some();
+        if gone {
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        gone
+    }
+
     /// Drops every entry (a restarted endpoint starts empty; tests use it to force 1-RTT).
     pub fn clear(&self) {
         let mut c = self.core();

@@ -297,3 +297,54 @@ async fn a_silent_shard_is_detected_by_heartbeats_and_the_stream_resumes() {
     drop(sub);
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn endpoints_keep_only_a_clients_newest_tickets() {
+    // Twenty attaches to the grant's first shard each issue a ticket there, which is copied to
+    // the grant's other shard and to the hub. A client keeps its newest 8 tickets and presents
+    // only those, so the older ones are forgotten everywhere instead of piling up for 24 h.
+    let tc = TestCluster::start();
+    let client = tc.client("returning");
+    let stream = StreamName::new("synth/tickets").unwrap();
+    let reply = client.request(&stream, Role::Subscribe).await.unwrap();
+    assert!(reply.grant.shards.len() >= 2, "{:?}", reply.grant.shards);
+    let (first, other) = (reply.grant.shards[0].id, reply.grant.shards[1].id);
+    let (mut zero_rtt, mut open) = (0, Vec::new());
+    for _ in 0..20 {
+        let s = client.attach(&reply, 0).await.unwrap();
+        zero_rtt += usize::from(s.zero_rtt);
+        // `attached` comes in 0.5-RTT, the session's ticket after the handshake: held open
+        // a moment, the session hands the client its ticket for the next attach.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open.push(s);
+    }
+    assert!(zero_rtt >= 15, "0-RTT on {zero_rtt} of 20 attaches");
+    // The copies and the forgets travel as reports: wait for them (bounded).
+    let held = |tc: &TestCluster| {
+        (
+            tc.shard(first).store().len(),
+            tc.shard(other).store().len(),
+            tc.cluster.hub.store().len(),
+        )
+    };
+    let deadline = shoal::clock::now() + Duration::from_secs(10);
+    while held(&tc).1 < 8 && shoal::clock::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (at_first, at_other, at_hub) = held(&tc);
+    assert!(at_other >= 8, "the copies arrived: {at_other}");
+    assert!(
+        at_first <= 8 && at_other <= 8 && at_hub <= 8,
+        "first shard {at_first}, other shard {at_other}, hub {at_hub}"
+    );
+    let evicted: u64 = [first, other]
+        .iter()
+        .map(|id| tc.shard(*id).store().stats.evicted.load(Ordering::Relaxed))
+        .sum();
+    assert!(evicted >= 12, "forgotten at the shards: {evicted}");
+    // The newest still work: one more attach with 0-RTT.
+    assert!(client.attach(&reply, 1).await.unwrap().zero_rtt);
+    drop(open);
+    tc.shutdown().await;
+}
