@@ -14,17 +14,18 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Skips polling the futures of a `select!` loop that rarely wake while another branch wakes
-/// the loop often: a shard session's control stream and go-away wait, polled once per chunk
-/// sent otherwise (each poll takes the connection's lock or a lock every session shares).
+/// Skips polling a future of a `select!` loop that rarely wakes while another branch wakes the
+/// loop often: a shard session's control stream and go-away wait, polled once per chunk sent
+/// otherwise (each poll takes the connection's lock, or a lock every session shares).
 ///
-/// The gated futures are polled with the gate's own waker. A loop turn calls
-/// [`WakeGate::open`] once, then polls each gated future through [`WakeGate::poll`]: when
-/// none of them woke since the last turn that polled them, they are not polled at all and
-/// count as pending. A gated future that completes keeps the gate open for the next turn
-/// (it may have more ready at once, as a reader with a second frame buffered does).
+/// One gate per future. The future is polled with the gate's own waker, and only when that
+/// waker fired since the future last returned pending; otherwise [`WakeGate::poll`] answers
+/// pending without polling it. A wake is consumed only by a poll that polls the future, so a
+/// turn that ends before reaching the branch (an earlier branch completed) loses nothing. A
+/// future that completes keeps its gate open (it may have more ready at once, as a reader with
+/// a second frame buffered does).
 ///
-/// The loop's own waker is remembered at every gated poll, polled or not, so a wake always
+/// The loop's own waker is remembered at every poll, polled through or not, so a wake always
 /// reaches the task that polls the loop now.
 pub(crate) struct WakeGate(Arc<GateState>);
 
@@ -47,7 +48,7 @@ impl Wake for GateState {
 }
 
 impl WakeGate {
-    /// A gate that is open: the first turn polls everything.
+    /// An open gate: the first poll polls the future.
     pub(crate) fn new() -> Self {
         WakeGate(Arc::new(GateState {
             woken: AtomicBool::new(true),
@@ -55,17 +56,9 @@ impl WakeGate {
         }))
     }
 
-    /// Whether this turn polls the gated futures: one of them woke (or completed) since the
-    /// last turn that did. Call once per turn, before the polls.
-    pub(crate) fn open(&self) -> bool {
-        self.0.woken.swap(false, Ordering::AcqRel)
-    }
-
-    /// Polls `fut` with the gate's waker when `open` (this turn's [`WakeGate::open`]), else
-    /// answers pending without polling it.
+    /// Polls `fut` with the gate's waker if the gate is open, else answers pending.
     pub(crate) fn poll<F: Future + ?Sized>(
         &self,
-        open: bool,
         fut: Pin<&mut F>,
         cx: &mut Context<'_>,
     ) -> Poll<F::Output> {
@@ -75,7 +68,8 @@ impl WakeGate {
                 *parent = Some(cx.waker().clone());
             }
         }
-        if !open {
+        // Cleared before the poll: a wake during it opens the gate again.
+        if !self.0.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
         let waker = Waker::from(self.0.clone());
@@ -87,12 +81,8 @@ impl WakeGate {
     }
 
     /// [`WakeGate::poll`] as a future, for a `select!` branch.
-    pub(crate) fn gated<F: Future>(&self, open: bool, fut: F) -> Gated<'_, F> {
-        Gated {
-            gate: self,
-            open,
-            fut,
-        }
+    pub(crate) fn gated<F: Future>(&self, fut: F) -> Gated<'_, F> {
+        Gated { gate: self, fut }
     }
 }
 
@@ -100,7 +90,6 @@ pin_project_lite::pin_project! {
     /// See [`WakeGate::gated`]. A struct rather than an async fn, which would hold `fut` twice.
     pub(crate) struct Gated<'a, F> {
         gate: &'a WakeGate,
-        open: bool,
         #[pin]
         fut: F,
     }
@@ -111,7 +100,7 @@ impl<F: Future> Future for Gated<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        this.gate.poll(*this.open, this.fut, cx)
+        this.gate.poll(this.fut, cx)
     }
 }
 
@@ -139,6 +128,27 @@ mod tests {
         }
     }
 
+    type Probed = (
+        Probe,
+        Arc<AtomicUsize>,
+        Arc<AtomicBool>,
+        Arc<Mutex<Option<Waker>>>,
+    );
+
+    fn probe() -> Probed {
+        let (polls, ready) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let waker = Arc::new(Mutex::new(None));
+        let p = Probe {
+            polls: polls.clone(),
+            ready: ready.clone(),
+            waker: waker.clone(),
+        };
+        (p, polls, ready, waker)
+    }
+
     struct Flag(AtomicUsize);
     impl Wake for Flag {
         fn wake(self: Arc<Self>) {
@@ -149,69 +159,60 @@ mod tests {
     #[test]
     fn a_gated_future_is_polled_only_after_it_woke_and_its_wake_reaches_the_loop() {
         let gate = WakeGate::new();
-        let (polls, ready) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let waker = Arc::new(Mutex::new(None));
-        let mut probe = Probe {
-            polls: polls.clone(),
-            ready: ready.clone(),
-            waker: waker.clone(),
-        };
+        let (mut probe, polls, ready, waker) = probe();
         let loop_wakes = Arc::new(Flag(AtomicUsize::new(0)));
         let loop_waker = Waker::from(loop_wakes.clone());
         let mut cx = Context::from_waker(&loop_waker);
         // The first turn polls it; ten turns woken by something else do not.
         for _ in 0..11 {
-            let open = gate.open();
-            assert!(gate.poll(open, Pin::new(&mut probe), &mut cx).is_pending());
+            assert!(gate.poll(Pin::new(&mut probe), &mut cx).is_pending());
         }
         assert_eq!(polls.load(Ordering::Relaxed), 1);
-        // Its own wake goes to the loop's waker and opens the gate once.
+        // Its own wake goes to the loop's waker and opens the gate.
         let w = lock(&waker)
             .take()
             .expect("the probe kept the gate's waker");
         ready.store(true, Ordering::Relaxed);
         w.wake();
         assert_eq!(loop_wakes.0.load(Ordering::Relaxed), 1);
-        let open = gate.open();
-        assert!(gate.poll(open, Pin::new(&mut probe), &mut cx).is_ready());
-        // Completed: the next turn polls again (it may have more ready), then closes.
-        let open = gate.open();
-        assert!(open, "a completed future keeps the gate open");
-        assert!(gate.poll(open, Pin::new(&mut probe), &mut cx).is_ready());
+        assert!(gate.poll(Pin::new(&mut probe), &mut cx).is_ready());
+        // Completed: the next turn polls again (it may have more ready), then it closes.
+        assert!(gate.poll(Pin::new(&mut probe), &mut cx).is_ready());
         ready.store(false, Ordering::Relaxed);
-        let open = gate.open();
-        assert!(gate.poll(open, Pin::new(&mut probe), &mut cx).is_pending());
-        assert!(!gate.open(), "pending with no wake: closed");
+        assert!(gate.poll(Pin::new(&mut probe), &mut cx).is_pending());
+        assert!(gate.poll(Pin::new(&mut probe), &mut cx).is_pending());
         assert_eq!(polls.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_wake_is_kept_until_a_turn_reaches_the_future() {
+        // A turn that ends before it polls the branch (another branch completed first) must
+        // not lose the wake: the next turn that reaches it polls it.
+        let gate = WakeGate::new();
+        let (mut probe, polls, _ready, waker) = probe();
+        let loop_waker = Waker::from(Arc::new(Flag(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&loop_waker);
+        let _ = gate.poll(Pin::new(&mut probe), &mut cx);
+        lock(&waker).take().expect("kept").wake();
+        // Turns that never reach the gated branch: nothing is polled, nothing consumed.
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        assert!(gate.poll(Pin::new(&mut probe), &mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 2, "the wake was kept");
     }
 
     #[test]
     fn a_wake_reaches_the_waker_of_the_latest_turn() {
         let gate = WakeGate::new();
-        let (polls, ready) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let waker = Arc::new(Mutex::new(None));
-        let mut probe = Probe {
-            polls,
-            ready,
-            waker: waker.clone(),
-        };
+        let (mut probe, _polls, _ready, waker) = probe();
         let (first, second) = (
             Arc::new(Flag(AtomicUsize::new(0))),
             Arc::new(Flag(AtomicUsize::new(0))),
         );
         let w1 = Waker::from(first.clone());
-        let open = gate.open();
-        let _ = gate.poll(open, Pin::new(&mut probe), &mut Context::from_waker(&w1));
+        let _ = gate.poll(Pin::new(&mut probe), &mut Context::from_waker(&w1));
         // A turn under another waker, gate closed: the probe is not polled, the waker is kept.
         let w2 = Waker::from(second.clone());
-        let open = gate.open();
-        let _ = gate.poll(open, Pin::new(&mut probe), &mut Context::from_waker(&w2));
+        let _ = gate.poll(Pin::new(&mut probe), &mut Context::from_waker(&w2));
         lock(&waker).take().expect("kept").wake();
         assert_eq!(first.0.load(Ordering::Relaxed), 0);
         assert_eq!(second.0.load(Ordering::Relaxed), 1);

@@ -378,10 +378,10 @@ impl Session {
         let timer =
             tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
         tokio::pin!(timer);
-        // The control stream and the go-away wait are polled only after one of them woke: a
-        // turn per chunk sent would otherwise poll both, taking the connection's lock and the
-        // lock of a channel every session shares.
-        let gate = WakeGate::new();
+        // The control stream and the go-away wait are each polled only after it woke: a turn
+        // per chunk sent would otherwise poll both, taking the connection's lock and the lock
+        // of a channel every session shares.
+        let (reading, leaving) = (WakeGate::new(), WakeGate::new());
         loop {
             let mut wake = tokio::time::Instant::from_std(self.core.poll_timeout());
             if let Some(orphan) = self.orphan_until {
@@ -391,10 +391,9 @@ impl Session {
                 timer.as_mut().reset(wake);
             }
             let confirmed = self.core.is_confirmed();
-            let woke = gate.open();
             tokio::select! {
                 biased;
-                (msg, rx) = gate.gated(woke, &mut go_away) => {
+                (msg, rx) = leaving.gated(&mut go_away) => {
                     go_away.set(next_go_away(rx));
                     if let Some(g) = msg {
                         if self.control(&Message::GoAway(g)).await.is_err() {
@@ -411,7 +410,7 @@ impl Session {
                     // The tickets rustls issued at completion go to the hub in one report.
                     self.store.flush();
                 }
-                frame = gate.gated(woke, self.reader.next()) => {
+                frame = reading.gated(self.reader.next()) => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
                         // The client finished its side: the session is over. A publisher's clean
