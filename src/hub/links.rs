@@ -12,6 +12,7 @@
 //! are best effort ([`Links::forward`]: a full link drops and counts them — the client then
 //! resumes with 1-RTT).
 
+mod forward;
 mod lb;
 mod peers;
 
@@ -29,7 +30,7 @@ use crate::link::channel::HubEnd;
 use crate::link::{HubCmd, SessionOutcome, ShardMsg, StoreEntry};
 use crate::security::token::TokenKeys;
 use crate::sync::lock;
-use crate::tickets::book::{Book, Forward};
+use crate::tickets::book::Book;
 use crate::tickets::SessionStore;
 
 /// Counters of the hub's links.
@@ -133,6 +134,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, (ShardId, oneshot::Sender<()>)>>,
     next_batch: AtomicU64,
     book: Mutex<Book>,
+    /// Keys each shard is to forget, waiting to ride with its next copy (see `forward.rs`).
+    forgets: Mutex<HashMap<ShardId, Vec<bytes::Bytes>>>,
     /// The hub's counters; the links count into `link`.
     hub: Arc<super::HubCounters>,
     /// The hub's own session store (entries from shards go there too: a returning client
@@ -168,6 +171,7 @@ impl Links {
                 pending: Mutex::default(),
                 next_batch: AtomicU64::new(1),
                 book: Mutex::new(book),
+                forgets: Mutex::default(),
                 hub,
                 store,
                 sessions,
@@ -516,44 +520,9 @@ impl Links {
         self.forward(f);
     }
 
-    /// Best-effort copies, and what fell out of the client's newest entries forgotten where it
-    /// was put: the hub's store (which holds every entry) at once, shards in the same message
-    /// as their copies (never waits: called from inside TLS handshakes and link readers). A
-    /// forget that is dropped leaves the entry to its TTL or the store's bound.
-    fn forward(&self, f: Forward) {
-        let mut per: std::collections::BTreeMap<ShardId, (Vec<StoreEntry>, Vec<bytes::Bytes>)> =
-            Default::default();
-        if !f.entries.is_empty() {
-            for shard in f.to {
-                per.entry(shard).or_default().0 = f.entries.clone();
-            }
-        }
-        for (key, at) in f.forget {
-            self.inner.store.forget(&key);
-            for shard in at.into_iter().flatten() {
-                per.entry(shard).or_default().1.push(key.clone());
-            }
-        }
-        if per.is_empty() {
-            return;
-        }
-        let senders = lock(&self.inner.senders);
-        let c = &self.inner.hub.link;
-        for (shard, (entries, forget)) in per {
-            let Some(tx) = senders.get(&shard) else {
-                continue;
-            };
-            let cmd = HubCmd::StoreEntries { entries, forget };
-            let counter = match tx.try_send(cmd) {
-                Ok(()) => &c.entries_forwarded,
-                Err(_) => &c.forwards_dropped,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// Sends every shard its group's new token keys whenever the set changes (a new epoch, or
-    /// the next one's key ahead of it), checking every second, until the hub goes.
+    /// the next one's key ahead of it), checking every second, until the hub goes; on the same
+    /// tick, the forgets waiting for each shard ([`Links::flush_forgets`]).
     pub fn spawn_key_rotation(&self) -> tokio::task::JoinHandle<()> {
         let links = self.clone();
         tokio::spawn(async move {
@@ -562,6 +531,7 @@ impl Links {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                links.flush_forgets();
                 let now_ms = crate::clock::unix_ms();
                 let set = tokens.key_set_at(now_ms);
                 if set == sent {
