@@ -134,8 +134,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, (ShardId, oneshot::Sender<()>)>>,
     next_batch: AtomicU64,
     book: Mutex<Book>,
-    /// Keys each shard is to forget, waiting to ride with its next copy (see `forward.rs`).
-    forgets: Mutex<HashMap<ShardId, Vec<bytes::Bytes>>>,
+    /// Keys each shard is to forget, waiting to ride with its next copy.
+    forgets: Mutex<forward::ForgetQueue>,
     /// The hub's counters; the links count into `link`.
     hub: Arc<super::HubCounters>,
     /// The hub's own session store (entries from shards go there too: a returning client
