@@ -290,7 +290,9 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) endpoint: quinn::Endpoint,
+    /// Shard connections; the hub's has no path-MTU discovery (`tls::hub_transport_config`).
     pub(crate) quic: quinn::ClientConfig,
+    hub_quic: quinn::ClientConfig,
     /// Routing CIDs used so far, per shard of the newest grants (each used once, in turn).
     pub(crate) route_turn: std::sync::atomic::AtomicUsize,
     pub(crate) hub: SocketAddr,
@@ -309,6 +311,7 @@ impl Client {
     /// A client of the hub at `hub`. Binds its UDP socket now.
     pub fn new(hub: SocketAddr, opts: ClientOptions) -> Result<Client, ClientError> {
         let crypto = crate::security::tls::client_crypto(&opts.ca)?;
+        let hub_quic = crate::security::tls::hub_client_config(crypto.clone(), opts.idle_timeout)?;
         let quic = crate::security::tls::client_config(crypto, opts.idle_timeout)?;
         let bind = match (hub, opts.bind) {
             (SocketAddr::V6(_), SocketAddr::V4(b)) if b.ip().is_unspecified() => {
@@ -322,6 +325,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoint,
                 quic,
+                hub_quic,
                 route_turn: std::sync::atomic::AtomicUsize::new(0),
                 hub,
                 opts,
@@ -498,7 +502,7 @@ impl Inner {
         }
         let connecting = self
             .endpoint
-            .connect_with(self.quic.clone(), self.hub, &self.opts.cluster)
+            .connect_with(self.hub_quic.clone(), self.hub, &self.opts.cluster)
             .map_err(|source| ClientError::Connect {
                 addr: self.hub,
                 source,

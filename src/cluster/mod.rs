@@ -28,8 +28,10 @@ use crate::link::net::{ControlServer, CTL_ALPN};
 use crate::pool::launcher::{LaunchError, Launcher};
 use crate::security::certslot::{check_covers, CertSlot};
 use crate::security::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
+use crate::security::tls::{
+    hub_transport_config, read_certs, read_key, transport_config, TlsError,
+};
 use crate::security::tls::{mtls_server_crypto_in, server_crypto_in};
-use crate::security::tls::{read_certs, read_key, transport_config, TlsError};
 use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
 use crate::shard::Shard;
@@ -306,7 +308,7 @@ impl Cluster {
             socket_buffer: s.socket_buffer_bytes,
             configs: ConnConfigs::new(
                 crypto(cfg.hub.tickets_per_handshake)?,
-                transport.clone(),
+                hub_transport_config(cfg.transport.idle_timeout),
                 token_key.clone(),
                 hub_store,
             )

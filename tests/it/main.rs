@@ -24,5 +24,6 @@ mod profiles;
 mod prometheus;
 mod remote;
 mod seq_limits;
+mod transport;
 mod wire_strict;
 mod zero_rtt;

@@ -189,12 +189,17 @@ where
 }
 
 /// Fresh shoal clients each asking for one grant, `workers` at a time; returns the count.
-pub async fn shoal_grants(t: &Target, n: usize, workers: usize) -> Result<usize, BenchError> {
+pub async fn shoal_grants(
+    t: &Target,
+    first_id: usize,
+    n: usize,
+    workers: usize,
+) -> Result<usize, BenchError> {
     let t = t.clone();
     let results = par(n, workers, move |i| {
         let t = t.clone();
         async move {
-            let c = t.shoal_client(i)?;
+            let c = t.shoal_client(first_id + i)?;
             let r = c.request(&stream(i), Role::Subscribe).await;
             c.close().await;
             r.map(|_| ())

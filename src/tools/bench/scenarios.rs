@@ -157,7 +157,9 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
     let quinn = ChildServer::spawn(&opts.exe, &quinn_spec(tickets, response_bytes)).await?;
     let tq = Target::of(&quinn, 0);
     let n = opts.ops();
-    load::shoal_grants(&ts, 4, 4).await?;
+    // Every grant is to a fresh client (a returning one's hub handshake also copies its new
+    // tickets to its shards): ids past the probe's and the warm-up's, new in every round.
+    load::shoal_grants(&ts, 1, 4, 4).await?;
     load::quinn_requests(&tq, 4, 4, request_bytes).await?;
     let mut rounds = Vec::new();
     // The hub's own share of each shoal round (all of it unless shards are processes).
@@ -166,7 +168,7 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
         let round = alternate(
             r,
             async {
-                let work = ops(load::shoal_grants(&ts, n, WORKERS));
+                let work = ops(load::shoal_grants(&ts, 5 + r * n, n, WORKERS));
                 let cpu = load::cpu_split_per_op(&shoal, work).await?.0;
                 hub_share.push((cpu.own, cpu.tree - cpu.own));
                 Ok(cpu.tree)
