@@ -29,9 +29,9 @@ use crate::pool::launcher::{LaunchError, Launcher};
 use crate::security::certslot::{check_covers, CertSlot};
 use crate::security::keys::{ClusterSecret, KeySchedule, SecretError, SECRET_ENV};
 use crate::security::tls::{
-    hub_transport_config, read_certs, read_key, transport_config, TlsError,
+    hub_transport_config, mtls_server_crypto_in, read_certs, read_key, server_crypto_in,
+    transport_config, TlsError,
 };
-use crate::security::tls::{mtls_server_crypto_in, server_crypto_in};
 use crate::security::token::TokenKeys;
 use crate::shard::streams::StreamSettings;
 use crate::shard::Shard;

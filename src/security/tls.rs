@@ -130,10 +130,17 @@ pub fn client_config(
     crypto: Arc<rustls::ClientConfig>,
     idle_timeout: Duration,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_with(crypto, transport_config(idle_timeout))
+}
+
+fn client_config_with(
+    crypto: Arc<rustls::ClientConfig>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport_config(idle_timeout));
+    cfg.transport_config(transport);
     Ok(cfg)
 }
 
@@ -142,9 +149,7 @@ pub fn hub_client_config(
     crypto: Arc<rustls::ClientConfig>,
     idle_timeout: Duration,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let mut cfg = client_config(crypto, idle_timeout)?;
-    cfg.transport_config(hub_transport_config(idle_timeout));
-    Ok(cfg)
+    client_config_with(crypto, hub_transport_config(idle_timeout))
 }
 
 /// The server's TLS configuration: stateful resumption through `store` (the only kind that

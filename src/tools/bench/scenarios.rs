@@ -159,7 +159,10 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
     let n = opts.ops();
     // Every grant is to a fresh client (a returning one's hub handshake also copies its new
     // tickets to its shards): ids past the probe's and the warm-up's, new in every round.
-    load::shoal_grants(&ts, 1, 4, 4).await?;
+    // (Id 0 was the probe of `grant_sizes`.)
+    let mut first_id = 1;
+    load::shoal_grants(&ts, first_id, 4, 4).await?;
+    first_id += 4;
     load::quinn_requests(&tq, 4, 4, request_bytes).await?;
     let mut rounds = Vec::new();
     // The hub's own share of each shoal round (all of it unless shards are processes).
@@ -168,7 +171,8 @@ pub async fn grant(opts: &BenchOptions, p: Progress<'_>) -> Result<Figure, Bench
         let round = alternate(
             r,
             async {
-                let work = ops(load::shoal_grants(&ts, 5 + r * n, n, WORKERS));
+                let work = ops(load::shoal_grants(&ts, first_id, n, WORKERS));
+                first_id += n;
                 let cpu = load::cpu_split_per_op(&shoal, work).await?.0;
                 hub_share.push((cpu.own, cpu.tree - cpu.own));
                 Ok(cpu.tree)
